@@ -1,0 +1,93 @@
+"""The ASGI application: the identity service, the share service, or both in one process.
+
+The two services share no tables and no objects: the share service verifies tokens against the identity
+service's JWKS over HTTP even when both run here, so splitting them into two deployments changes configuration,
+not code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.auth.app import auth_router
+from services.auth.context import AuthContext
+from services.health import router as health_router
+from services.kit.errors import RenkeiError, Unauthorized
+from services.kit.logging import configure_logging
+from services.kit.settings import Settings
+from services.kit.tokens import challenge_header
+from services.share.context import ShareContext
+from services.share.fhir.endpoints import authenticated as fhir_authenticated
+from services.share.fhir.endpoints import public as fhir_public
+from services.share.fhir.responses import outcome_response
+
+
+def create_app(settings: Settings | None = None, *, auth: bool = True, share: bool = True) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if auth:
+            auth_ctx = AuthContext.build(settings)
+            with auth_ctx.db.transaction() as session:
+                auth_ctx.signer.ensure_key(session)
+            app.state.auth = auth_ctx
+        if share:
+            app.state.share = ShareContext.build(settings)
+        yield
+        if share:
+            await app.state.share.verifier.jwks.close()
+            app.state.share.db.dispose()
+        if auth:
+            app.state.auth.db.dispose()
+
+    app = FastAPI(title="Renkei", version="0.1.0", lifespan=lifespan,
+                  description="Care-information sharing for home-care teams (FHIR R4B).")
+    app.include_router(health_router)
+    if auth:
+        app.include_router(auth_router())
+    if share:
+        app.include_router(fhir_public)
+        app.include_router(fhir_authenticated)
+    install_error_handlers(app)
+    return app
+
+
+def _is_fhir(request: Request) -> bool:
+    return request.url.path.startswith("/fhir")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """One place where errors become answers: OperationOutcome under /fhir, OAuth-style JSON elsewhere."""
+
+    @app.exception_handler(RenkeiError)
+    async def renkei_error(request: Request, error: RenkeiError) -> Response:
+        headers = dict(error.headers)
+        if isinstance(error, Unauthorized) and error.status_code == 401:
+            headers.update(challenge_header(error))
+        if _is_fhir(request):
+            return outcome_response(error.status_code, error.message, code=error.code, headers=headers)
+        return JSONResponse({"error": error.code, "error_description": error.message},
+                            status_code=error.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> Response:
+        problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in error.errors()]
+        message = "; ".join(problems) or "invalid request"
+        if _is_fhir(request):
+            return outcome_response(400, message, code="invalid_request")
+        return JSONResponse({"error": "invalid_request", "error_description": message}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        if _is_fhir(request):
+            return outcome_response(error.status_code, str(error.detail), headers=error.headers)
+        return JSONResponse({"error": "http_error", "error_description": str(error.detail)},
+                            status_code=error.status_code, headers=error.headers)

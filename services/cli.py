@@ -1,0 +1,291 @@
+"""The ``renkei`` command: serve, migrate, and what a network administrator needs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import select
+
+from services.kit.errors import RenkeiError
+from services.kit.settings import Settings
+
+app = typer.Typer(help="Renkei — care-information sharing for home-care teams.", no_args_is_help=True)
+admin = typer.Typer(help="Network administration.", no_args_is_help=True)
+demo = typer.Typer(help="The demo network (fictitious data only).", no_args_is_help=True)
+app.add_typer(admin, name="admin")
+app.add_typer(demo, name="demo")
+console = Console()
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (default: $RENKEI_DATA_DIR "
+                                                                 "or ./renkei-data).")]
+
+
+def load_settings(data_dir: Path | None, **overrides: Any) -> Settings:
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    return Settings(**overrides)
+
+
+def migrate_all(settings: Settings) -> None:
+    from services.kit.db import make_engine
+    from services.kit.migrate import upgrade
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    for service, url in (("auth", settings.resolved_auth_database_url),
+                         ("share", settings.resolved_share_database_url)):
+        engine = make_engine(url)
+        try:
+            upgrade(service, engine)
+        finally:
+            engine.dispose()
+
+
+def _auth_context(settings: Settings) -> Any:
+    from services.auth.context import AuthContext
+
+    return AuthContext.build(settings)
+
+
+def fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(1)
+
+
+@app.command()
+def migrate(data_dir: DataDir = None) -> None:
+    """Bring both services' databases to the latest schema."""
+    migrate_all(load_settings(data_dir))
+    console.print("databases are up to date")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    data_dir: DataDir = None,
+    demo_data: Annotated[bool, typer.Option("--demo", help="Load the demo network and print how to log in.")] = False,
+) -> None:
+    """Migrate, then serve the identity and share services in one process."""
+    import uvicorn
+
+    from services.app import create_app
+
+    overrides: dict[str, Any] = {}
+    if "RENKEI_PUBLIC_URL" not in os.environ:
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - only choosing a display URL
+        overrides["public_url"] = f"http://{shown}:{port}"
+    settings = load_settings(data_dir, **overrides)
+    migrate_all(settings)
+    if demo_data:
+        _load_demo(settings)
+    console.print(f"Renkei serving at {settings.public_url} (data in {settings.data_dir.resolve()})")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=True)
+
+
+def _load_demo(settings: Settings) -> None:
+    from services import demo as demo_module
+    from services.auth.directory.schemas import BootstrapFile
+    from services.auth.directory.service import Directory
+
+    ctx = _auth_context(settings)
+    with ctx.db.transaction() as db:
+        Directory(ctx).bootstrap(db, BootstrapFile.model_validate(demo_module.demo_network(settings)))
+    ctx.db.dispose()
+    table = Table(title="Demo network (fictitious) — password for everyone: demo-password-2026")
+    for column in ("username", "profession", "organization"):
+        table.add_column(column)
+    for user in orjson.loads(demo_module.DEMO_FILE.read_bytes())["users"]:
+        table.add_row(user["username"], user["profession"], user["organization"])
+    console.print(table)
+    console.print("Second factor: [bold]renkei demo code USERNAME[/bold] prints the current TOTP code.")
+    console.print(f"System client {demo_module.DEMO_CLIENT}: key in {demo_module.client_key_path(settings)}; "
+                  "[bold]renkei demo assertion[/bold] prints a client assertion.")
+
+
+@demo.command("code")
+def demo_code(username: str) -> None:
+    """Print the current TOTP code of a demo user (demo secrets are public; real ones never leave the server)."""
+    import pyotp
+
+    from services import demo as demo_module
+
+    secret = demo_module.totp_secret(username)
+    if secret is None:
+        raise fail(f"{username} is not a demo user")
+    print(pyotp.TOTP(secret).now())
+
+
+@demo.command("assertion")
+def demo_assertion(
+    data_dir: DataDir = None,
+    public_url: Annotated[str | None, typer.Option(help="The server's URL (default: $RENKEI_PUBLIC_URL or "
+                                                       "http://127.0.0.1:8000).")] = None,
+) -> None:
+    """Print a fresh client assertion for the demo hospital system client."""
+    from services import demo as demo_module
+
+    overrides: dict[str, Any] = {"public_url": public_url} if public_url else {}
+    print(demo_module.client_assertion(load_settings(data_dir, **overrides)))
+
+
+# Administration ------------------------------------------------------------------------------------------
+
+
+@admin.command()
+def bootstrap(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+              data_dir: DataDir = None) -> None:
+    """Load a network description (JSON): the network, organisations, users, system clients. Idempotent."""
+    from services.auth.directory.schemas import BootstrapFile
+    from services.auth.directory.service import Directory
+
+    try:
+        data = BootstrapFile.model_validate(orjson.loads(file.read_bytes()))
+    except orjson.JSONDecodeError as error:
+        raise fail(f"{file} is not valid JSON: {error}") from None
+    except ValidationError as error:
+        problems = "\n".join(f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+        raise fail(f"{file} does not match the bootstrap format:\n{problems}") from None
+    settings = load_settings(data_dir)
+    migrate_all(settings)
+    ctx = _auth_context(settings)
+    try:
+        with ctx.db.transaction() as db:
+            changes = Directory(ctx).bootstrap(db, data)
+    except RenkeiError as error:
+        raise fail(error.message) from None
+    finally:
+        ctx.db.dispose()
+    if not changes.changed:
+        console.print(f"network {data.network.id}: nothing to change")
+        return
+    console.print(f"network {data.network.id}: created {changes.created or '{}'}, updated {changes.updated or '{}'}")
+
+
+@admin.command("users")
+def list_users(network: str, data_dir: DataDir = None) -> None:
+    """List a network's users."""
+    from services.auth.directory.service import Directory
+
+    ctx = _auth_context(load_settings(data_dir))
+    with ctx.db.transaction() as db:
+        table = Table("id", "username", "name", "organization", "profession", "admin", "mfa", "disabled")
+        for u in Directory(ctx).users(db, network):
+            table.add_row(u.id, u.username, u.name, u.organization_id, u.profession, str(u.is_admin),
+                          str(u.totp_enabled), str(u.disabled))
+    console.print(table)
+
+
+def _user_by_name(db: Any, username: str) -> Any:
+    from services.auth.directory.models import User
+
+    user = db.scalars(select(User).where(User.username == username)).first()
+    if user is None:
+        raise fail(f"no user {username}")
+    return user
+
+
+@admin.command("disable-user")
+def disable_user(username: str, data_dir: DataDir = None) -> None:
+    """Disable a user and end all their sessions."""
+    from services.auth.audit.recorder import SUCCESS, record
+    from services.auth.sessions.revocation import revoke_user_sessions
+
+    ctx = _auth_context(load_settings(data_dir))
+    with ctx.db.transaction() as db:
+        user = _user_by_name(db, username)
+        user.disabled = True
+        ended = revoke_user_sessions(db, user.id, "user_disabled")
+        record(db, "user_changed", SUCCESS, network_id=user.network_id, user_id=user.id, by="cli", disabled=True)
+    console.print(f"{username} disabled; {ended} session(s) ended")
+
+
+@admin.command("reset-mfa")
+def reset_mfa(username: str, data_dir: DataDir = None) -> None:
+    """Remove a user's second factor (lost phone); they enrol again at next login."""
+    from services.auth.directory.service import Directory
+
+    ctx = _auth_context(load_settings(data_dir))
+    with ctx.db.transaction() as db:
+        user = _user_by_name(db, username)
+        Directory(ctx).reset_mfa(db, user.network_id, user.id)
+    console.print(f"{username}: second factor removed, sessions ended")
+
+
+@admin.command("devices")
+def list_devices(username: str, data_dir: DataDir = None) -> None:
+    """List a user's registered devices."""
+    from services.auth.sessions import devices
+
+    ctx = _auth_context(load_settings(data_dir))
+    with ctx.db.transaction() as db:
+        table = Table("id", "name", "registered", "revoked")
+        for d in devices.devices_of(db, _user_by_name(db, username).id):
+            table.add_row(d.id, d.name, d.created_at.isoformat(), d.revoked_at.isoformat() if d.revoked_at else "")
+    console.print(table)
+
+
+@admin.command("revoke-device")
+def revoke_device(username: str, device_id: str, data_dir: DataDir = None) -> None:
+    """A lost tablet: end every session on it now."""
+    from services.auth.sessions import devices
+
+    ctx = _auth_context(load_settings(data_dir))
+    try:
+        with ctx.db.transaction() as db:
+            devices.revoke(db, _user_by_name(db, username), device_id, by="cli")
+    except RenkeiError as error:
+        raise fail(error.message) from None
+    console.print(f"device {device_id} revoked; its access tokens lapse within "
+                  f"{ctx.settings.access_token_ttl_seconds // 60} minutes")
+
+
+@admin.command("clients")
+def list_clients(network: str, data_dir: DataDir = None) -> None:
+    """List a network's system clients."""
+    from services.auth.directory.service import Directory
+
+    ctx = _auth_context(load_settings(data_dir))
+    with ctx.db.transaction() as db:
+        table = Table("client_id", "organization", "scope", "disabled")
+        for c in Directory(ctx).clients(db, network):
+            table.add_row(c.client_id, c.organization_id, c.scope, str(c.disabled))
+    console.print(table)
+
+
+@admin.command("rotate-signing-key")
+def rotate_signing_key(data_dir: DataDir = None) -> None:
+    """Start signing with a new key; the old public key stays published until its tokens have expired."""
+    from services.auth.audit.recorder import SUCCESS, record
+
+    ctx = _auth_context(load_settings(data_dir))
+    with ctx.db.transaction() as db:
+        purged = ctx.signer.purge_expired(db)
+        key = ctx.signer.rotate(db)
+        record(db, "signing_key_rotated", SUCCESS, kid=key.kid)
+    console.print(f"new signing key {key.kid}; {purged} expired key(s) removed")
+
+
+@admin.command("security-events")
+def security_events(network: str, type: Annotated[str | None, typer.Option()] = None, limit: int = 50,
+                    data_dir: DataDir = None) -> None:
+    """Show the identity service's security log for a network, newest first."""
+    from services.auth.audit.recorder import list_events
+
+    ctx = _auth_context(load_settings(data_dir))
+    with ctx.db.transaction() as db:
+        table = Table("at", "type", "outcome", "user", "client", "address", "detail")
+        for e in list_events(db, network, type=type, limit=limit):
+            table.add_row(e.at.isoformat(timespec="seconds"), e.type, e.outcome, e.user_id or "",
+                          e.client_id or "", e.address or "", orjson.dumps(e.detail).decode())
+    console.print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,105 @@
+"""Configuration, read from the environment with the ``RENKEI_`` prefix.
+
+Every default is the embedded default: SQLite files and generated keys under one data directory, so
+``renkei serve`` works on a fresh laptop with nothing configured. Production sets the database URLs, the public
+URL and the key material explicitly (see ``deploy/``).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RENKEI_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("./renkei-data"), description="Where SQLite files and key files live.")
+    schemas_dir: Path = Field(default=REPO_ROOT / "schemas", description="Code systems and templates (data).")
+
+    # The URL at which clients reach this deployment; issuer, audience and token endpoint derive from it.
+    public_url: str = "http://127.0.0.1:8000"
+
+    auth_database_url: str | None = None
+    share_database_url: str | None = None
+    redis_url: str | None = None
+
+    # Key material. The master key encrypts TOTP secrets and signing keys at rest in the auth database;
+    # when unset it is read from (or generated into) ``<data_dir>/keys/auth-master.key`` with mode 0600.
+    auth_master_key: str | None = Field(default=None, repr=False)
+    key_dir: Path | None = None
+
+    # Tokens.
+    access_token_ttl_seconds: int = 600
+    refresh_token_ttl_seconds: int = 12 * 3600
+    session_max_age_seconds: int = 7 * 24 * 3600
+    mfa_challenge_ttl_seconds: int = 300
+    client_assertion_max_lifetime_seconds: int = 300
+    clock_skew_seconds: int = 30
+
+    # The share service's view of the identity service. Unset means "this deployment's own auth service".
+    share_jwks_url: str | None = None
+    share_token_issuer: str | None = None
+    share_token_audience: str | None = None
+    jwks_min_refresh_seconds: float = 10.0
+
+    # argon2id cost (RFC 9106 "second recommended option" by default; see README for the measured latency).
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+    argon2_parallelism: int = 4
+
+    # Login throttling: free failures, then exponential back-off capped so no one is locked out for good.
+    throttle_window_seconds: int = 900
+    throttle_account_ip_free: int = 5
+    throttle_account_free: int = 20
+    throttle_ip_free: int = 50
+    throttle_max_lock_seconds: int = 900
+    throttle_account_max_lock_seconds: int = 60
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    # Derived values -------------------------------------------------------------------------------------
+
+    @cached_property
+    def resolved_key_dir(self) -> Path:
+        return self.key_dir or self.data_dir / "keys"
+
+    @cached_property
+    def resolved_auth_database_url(self) -> str:
+        return self.auth_database_url or f"sqlite:///{(self.data_dir / 'auth.db').resolve()}"
+
+    @cached_property
+    def resolved_share_database_url(self) -> str:
+        return self.share_database_url or f"sqlite:///{(self.data_dir / 'share.db').resolve()}"
+
+    @property
+    def issuer(self) -> str:
+        return f"{self.public_url}/auth"
+
+    @property
+    def token_endpoint(self) -> str:
+        return f"{self.public_url}/auth/token"
+
+    @property
+    def fhir_base(self) -> str:
+        return f"{self.public_url}/fhir"
+
+    @property
+    def jwks_url(self) -> str:
+        return self.share_jwks_url or f"{self.public_url}/auth/jwks.json"
+
+    @property
+    def expected_issuer(self) -> str:
+        return self.share_token_issuer or self.issuer
+
+    @property
+    def expected_audience(self) -> str:
+        return self.share_token_audience or self.fhir_base

@@ -1,0 +1,72 @@
+"""The identity service's public keys, fetched over HTTP and cached.
+
+The share service trusts the identity service only through these keys — also in the one-process embedded mode,
+where the fetch goes to our own ``/auth/jwks.json`` over loopback. An unknown ``kid`` triggers a refetch (key
+rotation), rate-limited so a flood of forged kids cannot turn into a flood of fetches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import jwt
+import structlog
+
+from services.kit.tokens import keys_from_jwks
+
+log = structlog.get_logger(__name__)
+
+
+class JwksUnavailable(Exception):
+    pass
+
+
+class JwksCache:
+    def __init__(self, url: str, *, min_refresh_seconds: float = 10.0, max_age_seconds: float = 300.0) -> None:
+        self.url = url
+        self.min_refresh_seconds = min_refresh_seconds
+        self.max_age_seconds = max_age_seconds
+        self._keys: dict[str, Any] = {}
+        self._fetched_at = 0.0
+        self._lock = asyncio.Lock()
+        self._client: httpx.AsyncClient | None = None
+
+    async def key(self, kid: str) -> Any | None:
+        key = self._keys.get(kid)
+        if key is not None and time.monotonic() - self._fetched_at < self.max_age_seconds:
+            return key
+        async with self._lock:
+            age = time.monotonic() - self._fetched_at
+            stale = age >= self.max_age_seconds
+            if (kid not in self._keys and age >= self.min_refresh_seconds) or stale or not self._fetched_at:
+                try:
+                    await self.refresh()
+                except JwksUnavailable:
+                    if not self._keys:
+                        raise
+                    log.warning("jwks_refresh_failed_using_cached_keys", url=self.url)
+            return self._keys.get(kid)
+
+    async def refresh(self) -> None:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=5.0)
+        try:
+            response = await self._client.get(self.url)
+            response.raise_for_status()
+            keys = keys_from_jwks(response.json())
+        except (httpx.HTTPError, ValueError, jwt.PyJWTError) as error:
+            raise JwksUnavailable(f"cannot fetch JWKS from {self.url}: {error}") from error
+        self._keys = keys
+        self._fetched_at = time.monotonic()
+
+    @property
+    def loaded(self) -> bool:
+        return bool(self._keys)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
