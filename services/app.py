@@ -48,8 +48,13 @@ def create_app(settings: Settings | None = None, *, auth: bool = True, share: bo
         if auth:
             app.state.auth.db.dispose()
 
-    app = FastAPI(title="Renkei", version="0.1.0", lifespan=lifespan,
-                  description="Care-information sharing for home-care teams (FHIR R4B).")
+    app = FastAPI(
+        title="Renkei",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Care-information sharing for home-care teams (FHIR R4B).",
+    )
+    app.state.settings = settings
     app.include_router(health_router)
     if auth:
         app.include_router(auth_router())
@@ -74,8 +79,11 @@ def install_error_handlers(app: FastAPI) -> None:
             headers.update(challenge_header(error))
         if _is_fhir(request):
             return outcome_response(error.status_code, error.message, code=error.code, headers=headers)
-        return JSONResponse({"error": error.code, "error_description": error.message},
-                            status_code=error.status_code, headers=headers)
+        return JSONResponse(
+            {"error": error.code, "error_description": error.message},
+            status_code=error.status_code,
+            headers=headers,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> Response:
@@ -88,6 +96,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
         if _is_fhir(request):
-            return outcome_response(error.status_code, str(error.detail), headers=error.headers)
-        return JSONResponse({"error": "http_error", "error_description": str(error.detail)},
-                            status_code=error.status_code, headers=error.headers)
+            return outcome_response(error.status_code, str(error.detail), headers=dict(error.headers or {}))
+        return JSONResponse(
+            {"error": "http_error", "error_description": str(error.detail)},
+            status_code=error.status_code,
+            headers=error.headers,
+        )

@@ -23,8 +23,10 @@ app.add_typer(admin, name="admin")
 app.add_typer(demo, name="demo")
 console = Console()
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (default: $RENKEI_DATA_DIR "
-                                                                 "or ./renkei-data).")]
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory (default: $RENKEI_DATA_DIR or ./renkei-data)."),
+]
 
 
 def load_settings(data_dir: Path | None, **overrides: Any) -> Settings:
@@ -38,8 +40,10 @@ def migrate_all(settings: Settings) -> None:
     from services.kit.migrate import upgrade
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    for service, url in (("auth", settings.resolved_auth_database_url),
-                         ("share", settings.resolved_share_database_url)):
+    for service, url in (
+        ("auth", settings.resolved_auth_database_url),
+        ("share", settings.resolved_share_database_url),
+    ):
         engine = make_engine(url)
         try:
             upgrade(service, engine)
@@ -105,8 +109,10 @@ def _load_demo(settings: Settings) -> None:
         table.add_row(user["username"], user["profession"], user["organization"])
     console.print(table)
     console.print("Second factor: [bold]renkei demo code USERNAME[/bold] prints the current TOTP code.")
-    console.print(f"System client {demo_module.DEMO_CLIENT}: key in {demo_module.client_key_path(settings)}; "
-                  "[bold]renkei demo assertion[/bold] prints a client assertion.")
+    console.print(
+        f"System client {demo_module.DEMO_CLIENT}: key in {demo_module.client_key_path(settings)}; "
+        "[bold]renkei demo assertion[/bold] prints a client assertion."
+    )
 
 
 @demo.command("code")
@@ -125,8 +131,10 @@ def demo_code(username: str) -> None:
 @demo.command("assertion")
 def demo_assertion(
     data_dir: DataDir = None,
-    public_url: Annotated[str | None, typer.Option(help="The server's URL (default: $RENKEI_PUBLIC_URL or "
-                                                       "http://127.0.0.1:8000).")] = None,
+    public_url: Annotated[
+        str | None,
+        typer.Option(help="The server's URL (default: $RENKEI_PUBLIC_URL or http://127.0.0.1:8000)."),
+    ] = None,
 ) -> None:
     """Print a fresh client assertion for the demo hospital system client."""
     from services import demo as demo_module
@@ -139,8 +147,10 @@ def demo_assertion(
 
 
 @admin.command()
-def bootstrap(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
-              data_dir: DataDir = None) -> None:
+def bootstrap(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    data_dir: DataDir = None,
+) -> None:
     """Load a network description (JSON): the network, organisations, users, system clients. Idempotent."""
     from services.auth.directory.schemas import BootstrapFile
     from services.auth.directory.service import Directory
@@ -177,8 +187,16 @@ def list_users(network: str, data_dir: DataDir = None) -> None:
     with ctx.db.transaction() as db:
         table = Table("id", "username", "name", "organization", "profession", "admin", "mfa", "disabled")
         for u in Directory(ctx).users(db, network):
-            table.add_row(u.id, u.username, u.name, u.organization_id, u.profession, str(u.is_admin),
-                          str(u.totp_enabled), str(u.disabled))
+            table.add_row(
+                u.id,
+                u.username,
+                u.name,
+                u.organization_id,
+                u.profession,
+                str(u.is_admin),
+                str(u.totp_enabled),
+                str(u.disabled),
+            )
     console.print(table)
 
 
@@ -242,8 +260,10 @@ def revoke_device(username: str, device_id: str, data_dir: DataDir = None) -> No
             devices.revoke(db, _user_by_name(db, username), device_id, by="cli")
     except RenkeiError as error:
         raise fail(error.message) from None
-    console.print(f"device {device_id} revoked; its access tokens lapse within "
-                  f"{ctx.settings.access_token_ttl_seconds // 60} minutes")
+    console.print(
+        f"device {device_id} revoked; its access tokens lapse within "
+        f"{ctx.settings.access_token_ttl_seconds // 60} minutes"
+    )
 
 
 @admin.command("clients")
@@ -273,8 +293,12 @@ def rotate_signing_key(data_dir: DataDir = None) -> None:
 
 
 @admin.command("security-events")
-def security_events(network: str, type: Annotated[str | None, typer.Option()] = None, limit: int = 50,
-                    data_dir: DataDir = None) -> None:
+def security_events(
+    network: str,
+    type: Annotated[str | None, typer.Option()] = None,
+    limit: int = 50,
+    data_dir: DataDir = None,
+) -> None:
     """Show the identity service's security log for a network, newest first."""
     from services.auth.audit.recorder import list_events
 
@@ -282,10 +306,21 @@ def security_events(network: str, type: Annotated[str | None, typer.Option()] = 
     with ctx.db.transaction() as db:
         table = Table("at", "type", "outcome", "user", "client", "address", "detail")
         for e in list_events(db, network, type=type, limit=limit):
-            table.add_row(e.at.isoformat(timespec="seconds"), e.type, e.outcome, e.user_id or "",
-                          e.client_id or "", e.address or "", orjson.dumps(e.detail).decode())
+            table.add_row(
+                e.at.isoformat(timespec="seconds"),
+                e.type,
+                e.outcome,
+                e.user_id or "",
+                e.client_id or "",
+                e.address or "",
+                orjson.dumps(e.detail).decode(),
+            )
     console.print(table)
 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

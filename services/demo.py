@@ -34,8 +34,7 @@ def _client_key(settings: Settings) -> ec.EllipticCurvePrivateKey:
         return key
     key = ec.generate_private_key(ec.SECP384R1())
     path.parent.mkdir(parents=True, exist_ok=True)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
@@ -63,6 +62,12 @@ def client_assertion(settings: Settings, lifetime: int = 240) -> str:
     import uuid
 
     now = int(time.time())
-    claims = {"iss": DEMO_CLIENT, "sub": DEMO_CLIENT, "aud": settings.token_endpoint, "iat": now,
-              "exp": now + lifetime, "jti": uuid.uuid4().hex}
+    claims = {
+        "iss": DEMO_CLIENT,
+        "sub": DEMO_CLIENT,
+        "aud": settings.token_endpoint,
+        "iat": now,
+        "exp": now + lifetime,
+        "jti": uuid.uuid4().hex,
+    }
     return jwt.encode(claims, _client_key(settings), algorithm="ES384", headers={"kid": "demo-hospital-ehr-1"})

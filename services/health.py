@@ -7,8 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
 
 from services.auth.context import AuthContext
+from services.kit.settings import Settings
 from services.share.context import ShareContext
 
 router = APIRouter(tags=["health"])
@@ -23,7 +25,7 @@ def _check_database(db: Any) -> str:
     try:
         with db.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
-    except Exception as error:  # noqa: BLE001 - any failure means "not ready"; the type is reported
+    except Exception as error:
         return f"error: {type(error).__name__}"
     return "ok"
 
@@ -32,14 +34,14 @@ def _check_signing_key(auth: AuthContext) -> str:
     try:
         with auth.db.transaction() as session:
             return "ok" if auth.signer.active_key(session) is not None else "error: no active signing key"
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         return f"error: {type(error).__name__}"
 
 
 async def _check_jwks(share: ShareContext) -> str:
     try:
         await share.verifier.jwks.refresh()
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         return f"error: {type(error).__name__}"
     return "ok"
 
@@ -50,7 +52,7 @@ async def _check_redis(url: str) -> str:
     client = redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
     try:
         await client.ping()
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         return f"error: {type(error).__name__}"
     finally:
         await client.aclose()
@@ -62,18 +64,18 @@ async def readyz(request: Request) -> JSONResponse:
     """Databases reachable, a signing key in place, the identity service's keys fetchable (and Redis, if set)."""
     auth: AuthContext | None = getattr(request.app.state, "auth", None)
     share: ShareContext | None = getattr(request.app.state, "share", None)
+    settings: Settings = request.app.state.settings
     checks: dict[str, str] = {}
+    # Database checks block, so they run in the thread pool: a hung database must not stall the event loop.
     if auth is not None:
-        checks["auth_database"] = _check_database(auth.db)
-        checks["auth_signing_key"] = _check_signing_key(auth)
+        checks["auth_database"] = await run_in_threadpool(_check_database, auth.db)
+        checks["auth_signing_key"] = await run_in_threadpool(_check_signing_key, auth)
     if share is not None:
-        checks["share_database"] = _check_database(share.db)
+        checks["share_database"] = await run_in_threadpool(_check_database, share.db)
         checks["share_jwks"] = await _check_jwks(share)
-        settings = share.settings
-    else:
-        settings = auth.settings if auth else None
-    if settings is not None and settings.redis_url:
+    if settings.redis_url:
         checks["redis"] = await _check_redis(settings.redis_url)
     ready = all(value == "ok" for value in checks.values())
-    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
-                        status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
+    )

@@ -48,8 +48,13 @@ def authenticate_user(ctx: AuthContext, db: Session, authorization: str | None) 
     key = tokens.keys_from_jwks(ctx.signer.jwks(db)).get(kid)
     if key is None:
         raise InvalidToken("token key id is unknown")
-    principal = tokens.verify(token, key, issuer=ctx.settings.issuer, audience=ctx.settings.fhir_base,
-                              leeway=ctx.settings.clock_skew_seconds)
+    principal = tokens.verify(
+        token,
+        key,
+        issuer=ctx.settings.issuer,
+        audience=ctx.settings.fhir_base,
+        leeway=ctx.settings.clock_skew_seconds,
+    )
     if principal.kind != "user":
         raise Forbidden("this endpoint is for users, not system clients")
     session = db.get(LoginSession, principal.session) if principal.session else None

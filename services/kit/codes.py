@@ -44,7 +44,9 @@ def load_code_systems(schemas_dir: Path) -> dict[str, CodeSystemData]:
         concepts = {}
         for item in raw.get("concept", []):
             english = next((d["value"] for d in item.get("designation", []) if d.get("language") == "en"), "")
-            props = {p["code"]: next(v for k, v in p.items() if k.startswith("value")) for p in item.get("property", [])}
+            props = {
+                p["code"]: next(v for k, v in p.items() if k.startswith("value")) for p in item.get("property", [])
+            }
             concepts[item["code"]] = Concept(item["code"], item["display"], english, props)
         systems[raw["url"]] = CodeSystemData(raw["url"], concepts)
     return systems

@@ -24,11 +24,7 @@ class SmartScope:
         return f"{self.context}/{self.resource}.{self.permissions}"
 
     def covers(self, context: str, resource: str, permission: str) -> bool:
-        return (
-            self.context == context
-            and self.resource in ("*", resource)
-            and permission in self.permissions
-        )
+        return self.context == context and self.resource in ("*", resource) and permission in self.permissions
 
 
 def _normalise_permissions(raw: str) -> str | None:

@@ -55,7 +55,12 @@ def unverified_kid(token: str) -> str:
 def verify(token: str, key: Any, *, issuer: str, audience: str, leeway: int = 0) -> Principal:
     try:
         claims = jwt.decode(
-            token, key, algorithms=list(ACCEPTED_ALGORITHMS), audience=audience, issuer=issuer, leeway=leeway,
+            token,
+            key,
+            algorithms=list(ACCEPTED_ALGORITHMS),
+            audience=audience,
+            issuer=issuer,
+            leeway=leeway,
             options={"require": ["iss", "sub", "aud", "exp", "iat", "jti"]},
         )
     except jwt.ExpiredSignatureError:

@@ -17,5 +17,8 @@ class ShareContext:
 
     @classmethod
     def build(cls, settings: Settings) -> ShareContext:
-        return cls(settings=settings, db=Database(settings.resolved_share_database_url),
-                   verifier=TokenVerifier(settings))
+        return cls(
+            settings=settings,
+            db=Database(settings.resolved_share_database_url),
+            verifier=TokenVerifier(settings),
+        )

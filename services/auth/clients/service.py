@@ -34,27 +34,54 @@ class ClientCredentials:
     def __init__(self, ctx: AuthContext) -> None:
         self.ctx = ctx
 
-    def token(self, db: Session, assertion_type: str | None, assertion: str | None, scope: str | None,
-              address: str) -> dict[str, Any]:
+    def token(
+        self, db: Session, assertion_type: str | None, assertion: str | None, scope: str | None, address: str
+    ) -> dict[str, Any]:
         if assertion_type != ASSERTION_TYPE or not assertion:
             raise InvalidClient(f"client_assertion_type must be {ASSERTION_TYPE} with a client_assertion")
-        client, claims = self._verify_assertion(db, assertion, address)
+        client = self._verify_assertion(db, assertion, address)
         registered = scopes.split(client.scope)
         requested = scopes.split(scope) or registered
         granted = scopes.intersect(requested, registered)
         if not granted:
-            record(db, "client_token", FAILURE, network_id=client.network_id, client_id=client.client_id,
-                   address=address, reason="no_scope_granted")
+            record(
+                db,
+                "client_token",
+                FAILURE,
+                network_id=client.network_id,
+                client_id=client.client_id,
+                address=address,
+                reason="no_scope_granted",
+            )
             raise InvalidScope("none of the requested scopes is registered for this client", keep_writes=True)
-        token, lifetime = self.ctx.signer.issue(db, {
-            "sub": client.client_id, "kind": "system", "client_id": client.client_id,
-            "net": client.network_id, "org": client.organization_id, "scope": " ".join(granted),
-        })
-        record(db, "client_token", SUCCESS, network_id=client.network_id, client_id=client.client_id,
-               address=address, scope=" ".join(granted))
-        return {"access_token": token, "token_type": "Bearer", "expires_in": lifetime, "scope": " ".join(granted)}
+        token, lifetime = self.ctx.signer.issue(
+            db,
+            {
+                "sub": client.client_id,
+                "kind": "system",
+                "client_id": client.client_id,
+                "net": client.network_id,
+                "org": client.organization_id,
+                "scope": " ".join(granted),
+            },
+        )
+        record(
+            db,
+            "client_token",
+            SUCCESS,
+            network_id=client.network_id,
+            client_id=client.client_id,
+            address=address,
+            scope=" ".join(granted),
+        )
+        return {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": lifetime,
+            "scope": " ".join(granted),
+        }
 
-    def _verify_assertion(self, db: Session, assertion: str, address: str) -> tuple[SystemClient, dict[str, Any]]:
+    def _verify_assertion(self, db: Session, assertion: str, address: str) -> SystemClient:
         try:
             header = jwt.get_unverified_header(assertion)
             unverified = jwt.decode(assertion, options={"verify_signature": False})
@@ -63,13 +90,26 @@ class ClientCredentials:
         client_id = unverified.get("iss")
         client = db.get(SystemClient, client_id) if isinstance(client_id, str) else None
         if client is None or client.disabled:
-            record(db, "client_token", FAILURE, client_id=str(client_id)[:200], address=address,
-                   reason="unknown_client")
+            record(
+                db,
+                "client_token",
+                FAILURE,
+                client_id=str(client_id)[:200],
+                address=address,
+                reason="unknown_client",
+            )
             raise InvalidClient("unknown or disabled client", keep_writes=True)
 
         def fail(reason: str) -> InvalidClient:
-            record(db, "client_token", FAILURE, network_id=client.network_id, client_id=client.client_id,
-                   address=address, reason=reason)
+            record(
+                db,
+                "client_token",
+                FAILURE,
+                network_id=client.network_id,
+                client_id=client.client_id,
+                address=address,
+                reason=reason,
+            )
             return InvalidClient(f"client assertion rejected: {reason.replace('_', ' ')}", keep_writes=True)
 
         alg = header.get("alg")
@@ -85,21 +125,26 @@ class ClientCredentials:
             raise fail("exp_too_far_ahead")
         if not self._first_use(db, client.client_id, str(claims["jti"]), int(claims["exp"])):
             raise fail("jti_replayed")
-        return client, claims
+        return client
 
-    def _decode(self, assertion: str, client: SystemClient, header: dict[str, Any],
-                alg: str) -> dict[str, Any] | None:
+    def _decode(self, assertion: str, client: SystemClient, header: dict[str, Any], alg: str) -> dict[str, Any] | None:
         kid = header.get("kid")
         for jwk in client.jwks.get("keys", []):
             if kid is not None and jwk.get("kid") != kid:
                 continue
             try:
                 key = jwt.PyJWK(jwk, algorithm=alg).key
-                return dict(jwt.decode(
-                    assertion, key, algorithms=[alg], audience=self.ctx.settings.token_endpoint,
-                    issuer=client.client_id, leeway=self.ctx.settings.clock_skew_seconds,
-                    options={"require": ["iss", "sub", "aud", "exp", "jti"]},
-                ))
+                return dict(
+                    jwt.decode(
+                        assertion,
+                        key,
+                        algorithms=[alg],
+                        audience=self.ctx.settings.token_endpoint,
+                        issuer=client.client_id,
+                        leeway=self.ctx.settings.clock_skew_seconds,
+                        options={"require": ["iss", "sub", "aud", "exp", "jti"]},
+                    )
+                )
             except (jwt.PyJWTError, ValueError, TypeError):
                 continue
         return None
@@ -110,8 +155,14 @@ class ClientCredentials:
         db.execute(delete(UsedAssertion).where(UsedAssertion.expires_at < horizon))
         try:
             with db.begin_nested():
-                db.add(UsedAssertion(id=uuid.uuid4().hex, client_id=client_id, jti=jti[:255],
-                                     expires_at=datetime.fromtimestamp(exp, UTC)))
+                db.add(
+                    UsedAssertion(
+                        id=uuid.uuid4().hex,
+                        client_id=client_id,
+                        jti=jti[:255],
+                        expires_at=datetime.fromtimestamp(exp, UTC),
+                    )
+                )
         except IntegrityError:
             return False
         return True

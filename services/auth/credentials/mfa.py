@@ -72,11 +72,13 @@ class SecondFactor:
 
     def _use_recovery_code(self, db: Session, user: User, code: str) -> bool:
         row = db.scalars(
-            select(RecoveryCode).where(
+            select(RecoveryCode)
+            .where(
                 RecoveryCode.user_id == user.id,
                 RecoveryCode.code_hash == self._hash_code(user, code),
                 RecoveryCode.used_at.is_(None),
-            ).with_for_update()
+            )
+            .with_for_update()
         ).first()
         if row is None:
             return False

@@ -78,7 +78,9 @@ class LoginThrottle:
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         db.execute(insert(ThrottleCounter).values(**values).on_conflict_do_nothing(index_elements=["key"]))
         row = db.scalars(
-            select(ThrottleCounter).where(ThrottleCounter.key == key).with_for_update()
+            select(ThrottleCounter)
+            .where(ThrottleCounter.key == key)
+            .with_for_update()
             .execution_options(populate_existing=True)
         ).one()
         return row

@@ -26,16 +26,24 @@ from services.auth.directory.schemas import (
 )
 from services.auth.directory.service import Directory
 from services.auth.sessions import devices
-from services.auth.sessions.endpoints import DeviceOut, device_out
+from services.auth.sessions.endpoints import device_out
+from services.auth.sessions.schemas import DeviceOut
 from services.kit.errors import Conflict
 
 router = APIRouter(prefix="/admin")
 
 
 def user_out(user: User) -> UserOut:
-    return UserOut(id=user.id, username=user.username, name=user.name, organization=user.organization_id,
-                   profession=user.profession, admin=user.is_admin, disabled=user.disabled,
-                   mfa_enabled=user.totp_enabled)
+    return UserOut(
+        id=user.id,
+        username=user.username,
+        name=user.name,
+        organization=user.organization_id,
+        profession=user.profession,
+        admin=user.is_admin,
+        disabled=user.disabled,
+        mfa_enabled=user.totp_enabled,
+    )
 
 
 def org_out(org: Organization) -> OrganizationOut:
@@ -43,23 +51,37 @@ def org_out(org: Organization) -> OrganizationOut:
 
 
 def client_out(client: SystemClient) -> ClientOut:
-    return ClientOut(client_id=client.client_id, organization=client.organization_id, scope=client.scope,
-                     disabled=client.disabled, kids=[str(k.get("kid", "")) for k in client.jwks.get("keys", [])])
+    return ClientOut(
+        client_id=client.client_id,
+        organization=client.organization_id,
+        scope=client.scope,
+        disabled=client.disabled,
+        kids=[str(k.get("kid", "")) for k in client.jwks.get("keys", [])],
+    )
 
 
 @router.get("/network")
 def get_network(ctx: Context, db: DbSession, admin: CurrentAdmin) -> dict[str, Any]:
     directory = Directory(ctx)
     network = directory.network(db, admin[1].network_id)
-    return {"id": network.id, "name": network.name,
-            "settings": directory.settings_of(db, network.id).model_dump()}
+    return {
+        "id": network.id,
+        "name": network.name,
+        "settings": directory.settings_of(db, network.id).model_dump(),
+    }
 
 
 @router.patch("/network/settings")
 def patch_settings(body: NetworkSettingsPatch, ctx: Context, db: DbSession, admin: CurrentAdmin) -> NetworkSettings:
     settings = Directory(ctx).patch_settings(db, admin[1].network_id, body)
-    record(db, "network_settings_changed", SUCCESS, network_id=admin[1].network_id, user_id=admin[1].id,
-           settings=settings.model_dump())
+    record(
+        db,
+        "network_settings_changed",
+        SUCCESS,
+        network_id=admin[1].network_id,
+        user_id=admin[1].id,
+        settings=settings.model_dump(),
+    )
     return settings
 
 
@@ -100,8 +122,15 @@ def get_user(user_id: str, ctx: Context, db: DbSession, admin: CurrentAdmin) -> 
 @router.patch("/users/{user_id}")
 def patch_user(user_id: str, body: UserPatch, ctx: Context, db: DbSession, admin: CurrentAdmin) -> UserOut:
     user = Directory(ctx).patch_user(db, admin[1].network_id, user_id, body)
-    record(db, "user_changed", SUCCESS, network_id=user.network_id, user_id=admin[1].id, target=user.id,
-           fields=sorted(body.model_dump(exclude_none=True)))
+    record(
+        db,
+        "user_changed",
+        SUCCESS,
+        network_id=user.network_id,
+        user_id=admin[1].id,
+        target=user.id,
+        fields=sorted(body.model_dump(exclude_none=True)),
+    )
     return user_out(user)
 
 
@@ -136,8 +165,14 @@ def put_client(client_id: str, body: ClientIn, ctx: Context, db: DbSession, admi
     if body.client_id != client_id:
         raise Conflict("client_id in the body differs from the path")
     directory.upsert_client(db, admin[1].network_id, body)
-    record(db, "client_registered", SUCCESS, network_id=admin[1].network_id, user_id=admin[1].id,
-           client_id=client_id)
+    record(
+        db,
+        "client_registered",
+        SUCCESS,
+        network_id=admin[1].network_id,
+        user_id=admin[1].id,
+        client_id=client_id,
+    )
     return client_out(directory.client(db, admin[1].network_id, client_id))
 
 
@@ -145,15 +180,34 @@ def put_client(client_id: str, body: ClientIn, ctx: Context, db: DbSession, admi
 def disable_client(client_id: str, ctx: Context, db: DbSession, admin: CurrentAdmin) -> ClientOut:
     client = Directory(ctx).client(db, admin[1].network_id, client_id)
     client.disabled = True
-    record(db, "client_disabled", SUCCESS, network_id=admin[1].network_id, user_id=admin[1].id,
-           client_id=client_id)
+    record(
+        db,
+        "client_disabled",
+        SUCCESS,
+        network_id=admin[1].network_id,
+        user_id=admin[1].id,
+        client_id=client_id,
+    )
     return client_out(client)
 
 
 @router.get("/security-events")
-def security_events(db: DbSession, admin: CurrentAdmin, type: str | None = None,
-                    limit: int = 100) -> list[dict[str, Any]]:
+def security_events(
+    db: DbSession, admin: CurrentAdmin, type: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
     events = list_events(db, admin[1].network_id, type=type, limit=max(1, min(limit, 1000)))
-    return [{"id": e.id, "at": e.at.isoformat(), "type": e.type, "outcome": e.outcome, "user": e.user_id,
-             "client": e.client_id, "session": e.session_id, "device": e.device_id, "address": e.address,
-             "detail": e.detail} for e in events]
+    return [
+        {
+            "id": e.id,
+            "at": e.at.isoformat(),
+            "type": e.type,
+            "outcome": e.outcome,
+            "user": e.user_id,
+            "client": e.client_id,
+            "session": e.session_id,
+            "device": e.device_id,
+            "address": e.address,
+            "detail": e.detail,
+        }
+        for e in events
+    ]

@@ -20,7 +20,7 @@ class NetworkSettings(BaseModel):
 
     mfa_required: bool = Field(True, description="Clinical users must use a second factor (MHLW guideline 6th ed.).")
     consent_required: bool = True
-    team_join_approvals: list[Approval] = Field(default_factory=lambda: ["invitee", "organization"])
+    team_join_approvals: list[Approval] = Field(default_factory=lambda: list[Approval](["invitee", "organization"]))
 
 
 class NetworkSettingsPatch(BaseModel):

@@ -78,8 +78,11 @@ class Directory:
 
     def patch_settings(self, db: Session, network_id: str, patch: NetworkSettingsPatch) -> NetworkSettings:
         network = self.network(db, network_id)
-        merged = {**NetworkSettings().model_dump(), **(network.settings or {}),
-                  **patch.model_dump(exclude_none=True)}
+        merged = {
+            **NetworkSettings().model_dump(),
+            **(network.settings or {}),
+            **patch.model_dump(exclude_none=True),
+        }
         settings = NetworkSettings.model_validate(merged)
         network.settings = settings.model_dump()
         return settings
@@ -102,6 +105,13 @@ class Directory:
         org.name, org.type = data.name, data.type
         return org_id, "updated"
 
+    def organization_reference(self, db: Session, network_id: str, org_id: str) -> Organization:
+        """An organisation named inside a request body: unknown is the body's fault (400), not a missing page."""
+        org = db.get(Organization, org_id)
+        if org is None or org.network_id != network_id:
+            raise BadRequest(f"organization {org_id} not found in this network")
+        return org
+
     def organization(self, db: Session, network_id: str, org_id: str) -> Organization:
         org = db.get(Organization, org_id)
         if org is None or org.network_id != network_id:
@@ -116,15 +126,22 @@ class Directory:
 
     def upsert_user(self, db: Session, network_id: str, data: UserIn) -> tuple[User, str | None]:
         self._check_profession(data.profession)
-        self.organization(db, network_id, data.organization)
+        self.organization_reference(db, network_id, data.organization)
         user = db.scalars(select(User).where(User.username == data.username)).first()
         if user is None and data.id is not None and db.get(User, data.id) is not None:
             raise Conflict(f"user id {data.id} is taken by another username")
         if user is None:
             user = User(
-                id=data.id or uuid.uuid4().hex, network_id=network_id, organization_id=data.organization,
-                username=data.username, name=data.name, profession=data.profession, is_admin=data.admin,
-                disabled=False, password_hash=self.ctx.passwords.hash(data.password), totp_last_step=0,
+                id=data.id or uuid.uuid4().hex,
+                network_id=network_id,
+                organization_id=data.organization,
+                username=data.username,
+                name=data.name,
+                profession=data.profession,
+                is_admin=data.admin,
+                disabled=False,
+                password_hash=self.ctx.passwords.hash(data.password),
+                totp_last_step=0,
             )
             if data.totp_secret:
                 self._set_totp(user, data.totp_secret)
@@ -136,8 +153,12 @@ class Directory:
         if data.id is not None and data.id != user.id:
             raise Conflict(f"username {data.username} already has id {user.id}")
         changed = False
-        for attr, value in (("organization_id", data.organization), ("name", data.name),
-                            ("profession", data.profession), ("is_admin", data.admin)):
+        for attr, value in (
+            ("organization_id", data.organization),
+            ("name", data.name),
+            ("profession", data.profession),
+            ("is_admin", data.admin),
+        ):
             if getattr(user, attr) != value:
                 setattr(user, attr, value)
                 changed = True
@@ -164,7 +185,7 @@ class Directory:
     def patch_user(self, db: Session, network_id: str, user_id: str, patch: UserPatch) -> User:
         user = self.user(db, network_id, user_id)
         if patch.organization is not None:
-            self.organization(db, network_id, patch.organization)
+            self.organization_reference(db, network_id, patch.organization)
             user.organization_id = patch.organization
         if patch.profession is not None:
             self._check_profession(patch.profession)
@@ -197,24 +218,38 @@ class Directory:
     # System clients -----------------------------------------------------------------------------------
 
     def upsert_client(self, db: Session, network_id: str, data: ClientIn) -> str | None:
-        self.organization(db, network_id, data.organization)
+        self.organization_reference(db, network_id, data.organization)
         try:
             check_jwks(data.jwks)
         except ValueError as error:
             raise BadRequest(f"client {data.client_id}: {error}") from None
         client = db.get(SystemClient, data.client_id)
         if client is None:
-            db.add(SystemClient(client_id=data.client_id, network_id=network_id,
-                                organization_id=data.organization, jwks=data.jwks, scope=data.scope))
+            db.add(
+                SystemClient(
+                    client_id=data.client_id,
+                    network_id=network_id,
+                    organization_id=data.organization,
+                    jwks=data.jwks,
+                    scope=data.scope,
+                )
+            )
             return "created"
         if client.network_id != network_id:
             raise Conflict(f"client id {data.client_id} is taken by another network")
         if (client.organization_id, client.jwks, client.scope, client.disabled) == (
-            data.organization, data.jwks, data.scope, False
+            data.organization,
+            data.jwks,
+            data.scope,
+            False,
         ):
             return None
         client.organization_id, client.jwks, client.scope, client.disabled = (
-            data.organization, data.jwks, data.scope, False)
+            data.organization,
+            data.jwks,
+            data.scope,
+            False,
+        )
         return "updated"
 
     def client(self, db: Session, network_id: str, client_id: str) -> SystemClient:
@@ -248,9 +283,11 @@ class Directory:
 
     @staticmethod
     def _check_unique(data: BootstrapFile) -> None:
-        for kind, values in (("organization id", [o.id for o in data.organizations if o.id]),
-                             ("username", [u.username for u in data.users]),
-                             ("client_id", [c.client_id for c in data.clients])):
+        for kind, values in (
+            ("organization id", [o.id for o in data.organizations if o.id]),
+            ("username", [u.username for u in data.users]),
+            ("client_id", [c.client_id for c in data.clients]),
+        ):
             seen = set()
             for value in values:
                 if value in seen:

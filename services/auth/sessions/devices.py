@@ -39,6 +39,14 @@ def revoke(db: Session, user: User, device_id: str, by: str) -> Device:
     if device.revoked_at is None:
         device.revoked_at = utcnow()
     ended = revoke_device_sessions(db, device.id, "device_revoked")
-    record(db, "device_revoked", SUCCESS, network_id=user.network_id, user_id=user.id, device_id=device.id,
-           by=by, sessions_ended=ended)
+    record(
+        db,
+        "device_revoked",
+        SUCCESS,
+        network_id=user.network_id,
+        user_id=user.id,
+        device_id=device.id,
+        by=by,
+        sessions_ended=ended,
+    )
     return device

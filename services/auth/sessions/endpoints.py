@@ -59,8 +59,13 @@ def token(
 
 
 @router.post("/logout", status_code=204)
-def logout(ctx: Context, db: DbSession, address: Address, body: LogoutIn | None = None,
-           authorization: Annotated[str | None, Header()] = None) -> Response:
+def logout(
+    ctx: Context,
+    db: DbSession,
+    address: Address,
+    body: LogoutIn | None = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> Response:
     """End the session named by the bearer token or by a refresh token (either is enough)."""
     session: LoginSession | None = None
     if body is not None and body.refresh_token:
@@ -73,25 +78,46 @@ def logout(ctx: Context, db: DbSession, address: Address, body: LogoutIn | None 
         raise Unauthorized("give a bearer token or a refresh_token to log out", code="invalid_request")
     revoke_session(db, session, "logout")
     user = db.get(User, session.user_id)
-    record(db, "logout", SUCCESS, network_id=user.network_id if user else None, user_id=session.user_id,
-           session_id=session.id, device_id=session.device_id, address=address)
+    record(
+        db,
+        "logout",
+        SUCCESS,
+        network_id=user.network_id if user else None,
+        user_id=session.user_id,
+        session_id=session.id,
+        device_id=session.device_id,
+        address=address,
+    )
     return Response(status_code=204)
 
 
 @router.get("/me")
 def me(caller: CurrentUser, db: DbSession) -> dict[str, Any]:
     principal, user = caller
-    return {"id": user.id, "username": user.username, "name": user.name, "network": user.network_id,
-            "organization": user.organization_id, "profession": user.profession, "admin": user.is_admin,
-            "mfa_enabled": user.totp_enabled, "session": principal.session, "device": principal.device}
+    return {
+        "id": user.id,
+        "username": user.username,
+        "name": user.name,
+        "network": user.network_id,
+        "organization": user.organization_id,
+        "profession": user.profession,
+        "admin": user.is_admin,
+        "mfa_enabled": user.totp_enabled,
+        "session": principal.session,
+        "device": principal.device,
+    }
 
 
 # Second factor -------------------------------------------------------------------------------------------
 
 
 @router.post("/mfa/totp/enroll")
-def enrol_totp(ctx: Context, db: DbSession, body: EnrolIn | None = None,
-               authorization: Annotated[str | None, Header()] = None) -> dict[str, str]:
+def enrol_totp(
+    ctx: Context,
+    db: DbSession,
+    body: EnrolIn | None = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> dict[str, str]:
     """Start TOTP enrolment, with the enrolment ``mfa_token`` from login or as a logged-in user."""
     service = LoginService(ctx)
     if body is not None and body.mfa_token:
@@ -129,8 +155,12 @@ def regenerate_recovery_codes(body: CodeIn, ctx: Context, db: DbSession, caller:
 
 
 def device_out(device: Any) -> DeviceOut:
-    return DeviceOut(id=device.id, name=device.name, created_at=device.created_at.isoformat(),
-                     revoked=device.revoked_at is not None)
+    return DeviceOut(
+        id=device.id,
+        name=device.name,
+        created_at=device.created_at.isoformat(),
+        revoked=device.revoked_at is not None,
+    )
 
 
 @router.post("/devices", status_code=201)
@@ -153,5 +183,7 @@ def revoke_my_device(device_id: str, db: DbSession, caller: CurrentUser) -> Devi
 @router.get("/sessions")
 def my_sessions(db: DbSession, caller: CurrentUser) -> list[dict[str, Any]]:
     query = select(LoginSession).where(LoginSession.user_id == caller[1].id, LoginSession.revoked_at.is_(None))
-    return [{"id": s.id, "device": s.device_id, "created_at": s.created_at.isoformat()}
-            for s in db.scalars(query.order_by(LoginSession.created_at))]
+    return [
+        {"id": s.id, "device": s.device_id, "created_at": s.created_at.isoformat()}
+        for s in db.scalars(query.order_by(LoginSession.created_at))
+    ]

@@ -34,17 +34,24 @@ class LoginService:
         self.second_factor = SecondFactor(ctx)
         self.directory = Directory(ctx)
 
-    def login(self, db: Session, username: str, password: str, address: str,
-              device_id: str | None = None) -> dict[str, Any]:
+    def login(
+        self, db: Session, username: str, password: str, address: str, device_id: str | None = None
+    ) -> dict[str, Any]:
         now = utcnow()
         self.ctx.throttle.check(db, username, address, now)
         user = db.scalars(select(User).where(User.username == username)).first()
         valid = self.ctx.passwords.verify(user.password_hash if user else None, password)
         if user is None or not valid or user.disabled:
             self.ctx.throttle.record_failure(db, username, address, now)
-            record(db, "login", FAILURE, network_id=user.network_id if user else None,
-                   user_id=user.id if user else None, address=address,
-                   reason="disabled" if user and valid else "bad_credentials")
+            record(
+                db,
+                "login",
+                FAILURE,
+                network_id=user.network_id if user else None,
+                user_id=user.id if user else None,
+                address=address,
+                reason="disabled" if user and valid else "bad_credentials",
+            )
             # One answer for an unknown user, a wrong password and a disabled account.
             raise InvalidCredentials("invalid username or password", keep_writes=True)
         if self.ctx.passwords.needs_rehash(user.password_hash):
@@ -57,8 +64,16 @@ class LoginService:
         settings = self.directory.settings_of(db, user.network_id)
         if settings.mfa_required and self.directory.is_clinical(user.profession):
             return self._challenge(db, user, "enroll", device_id, address)
-        record(db, "login", SUCCESS, network_id=user.network_id, user_id=user.id, device_id=device_id,
-               address=address, factors=1)
+        record(
+            db,
+            "login",
+            SUCCESS,
+            network_id=user.network_id,
+            user_id=user.id,
+            device_id=device_id,
+            address=address,
+            factors=1,
+        )
         return self.tokens.open(db, user, device_id)
 
     def complete(self, db: Session, mfa_token: str, code: str, address: str) -> dict[str, Any]:
@@ -68,8 +83,12 @@ class LoginService:
         user = db.get(User, challenge.user_id)
         assert user is not None
         self.ctx.throttle.check(db, user.username, address, now)
-        audit = {"network_id": user.network_id, "user_id": user.id, "device_id": challenge.device_id,
-                 "address": address}
+        audit = {
+            "network_id": user.network_id,
+            "user_id": user.id,
+            "device_id": challenge.device_id,
+            "address": address,
+        }
         if challenge.purpose == "enroll":
             recovery = self.second_factor.confirm_enrolment(db, user, code)
             method = "enrolment" if recovery is not None else None
@@ -82,8 +101,9 @@ class LoginService:
                 challenge.used_at = now  # burn it: the password must be given again
             self.ctx.throttle.record_failure(db, user.username, address, now)
             record(db, "mfa", FAILURE, purpose=challenge.purpose, attempts=challenge.attempts, **audit)
-            raise InvalidCredentials("the code is wrong, expired or already used", code="invalid_code",
-                                     keep_writes=True)
+            raise InvalidCredentials(
+                "the code is wrong, expired or already used", code="invalid_code", keep_writes=True
+            )
         challenge.used_at = now
         self.ctx.throttle.record_success(db, user.username, address)
         record(db, "mfa", SUCCESS, method=method, **audit)
@@ -101,14 +121,29 @@ class LoginService:
             raise BadRequest(f"this mfa_token is not for {purpose}")
         return challenge
 
-    def _challenge(self, db: Session, user: User, purpose: str, device_id: str | None,
-                   address: str) -> dict[str, Any]:
+    def _challenge(self, db: Session, user: User, purpose: str, device_id: str | None, address: str) -> dict[str, Any]:
         token = secrets.token_urlsafe(32)
         ttl = self.ctx.settings.mfa_challenge_ttl_seconds
-        db.add(MfaChallenge(token_hash=sha256_hex(token), user_id=user.id, purpose=purpose, device_id=device_id,
-                            expires_at=utcnow() + timedelta(seconds=ttl), attempts=0))
-        record(db, "login_password", SUCCESS, network_id=user.network_id, user_id=user.id, device_id=device_id,
-               address=address, next_step=purpose)
+        db.add(
+            MfaChallenge(
+                token_hash=sha256_hex(token),
+                user_id=user.id,
+                purpose=purpose,
+                device_id=device_id,
+                expires_at=utcnow() + timedelta(seconds=ttl),
+                attempts=0,
+            )
+        )
+        record(
+            db,
+            "login_password",
+            SUCCESS,
+            network_id=user.network_id,
+            user_id=user.id,
+            device_id=device_id,
+            address=address,
+            next_step=purpose,
+        )
         answer: dict[str, Any] = {"mfa_required": True, "mfa_token": token, "expires_in": ttl}
         if purpose == "enroll":
             answer["mfa_enrollment_required"] = True
@@ -120,5 +155,4 @@ class LoginService:
             return
         device = db.get(Device, device_id)
         if device is None or device.user_id != user.id or device.revoked_at is not None:
-            raise Unauthorized("this device is not registered for the user, or has been revoked",
-                               code="invalid_device")
+            raise Unauthorized("this device is not registered for the user, or has been revoked", code="invalid_device")

@@ -51,7 +51,10 @@ class SessionTokens:
     def open(self, db: Session, user: User, device_id: str | None) -> dict[str, Any]:
         now = utcnow()
         session = LoginSession(
-            id=uuid.uuid4().hex, user_id=user.id, device_id=device_id, created_at=now,
+            id=uuid.uuid4().hex,
+            user_id=user.id,
+            device_id=device_id,
+            created_at=now,
             expires_at=now + timedelta(seconds=self.ctx.settings.session_max_age_seconds),
         )
         db.add(session)
@@ -70,8 +73,13 @@ class SessionTokens:
         assert session is not None
         user = db.get(User, session.user_id)
         assert user is not None
-        audit = {"network_id": user.network_id, "user_id": user.id, "session_id": session.id,
-                 "device_id": session.device_id, "address": address}
+        audit = {
+            "network_id": user.network_id,
+            "user_id": user.id,
+            "session_id": session.id,
+            "device_id": session.device_id,
+            "address": address,
+        }
         if row.used_at is not None:
             # A rotated token came back: either the client or a thief holds a copy. End the whole session.
             revoke_session(db, session, "refresh_token_reuse")
@@ -104,8 +112,7 @@ class SessionTokens:
         now = utcnow()
         refresh = secrets.token_urlsafe(32)
         expires = min(now + timedelta(seconds=self.ctx.settings.refresh_token_ttl_seconds), session.expires_at)
-        db.add(RefreshToken(token_hash=sha256_hex(refresh), session_id=session.id, created_at=now,
-                            expires_at=expires))
+        db.add(RefreshToken(token_hash=sha256_hex(refresh), session_id=session.id, created_at=now, expires_at=expires))
         access, lifetime = self.ctx.signer.issue(db, user_claims(user, session))
         return {
             "access_token": access,

@@ -44,8 +44,13 @@ class Signer:
         )
         jwk: dict[str, Any] = dict(ECAlgorithm.to_jwk(private.public_key(), as_dict=True))
         jwk.update({"kid": kid, "alg": ALGORITHM, "use": "sig"})
-        row = SigningKey(kid=kid, alg=ALGORITHM, private_key_sealed=self.box.seal(pem, f"signing-key:{kid}"),
-                         public_jwk=jwk, created_at=utcnow())
+        row = SigningKey(
+            kid=kid,
+            alg=ALGORITHM,
+            private_key_sealed=self.box.seal(pem, f"signing-key:{kid}"),
+            public_jwk=jwk,
+            created_at=utcnow(),
+        )
         db.add(row)
         db.flush()
         return row
@@ -95,8 +100,9 @@ class Signer:
             "jti": uuid.uuid4().hex,
             **claims,
         }
-        token = jwt.encode(payload, self._private_key(key), algorithm=ALGORITHM,
-                           headers={"kid": key.kid, "typ": "at+jwt"})
+        token = jwt.encode(
+            payload, self._private_key(key), algorithm=ALGORITHM, headers={"kid": key.kid, "typ": "at+jwt"}
+        )
         return token, lifetime
 
     def _private_key(self, key: SigningKey) -> ec.EllipticCurvePrivateKey:

@@ -31,5 +31,8 @@ def smart(ctx: Context) -> Response:
 def unsupported(path: str, principal: CurrentPrincipal, request: Request) -> Response:
     """Anything the CapabilityStatement does not list. Authentication comes first, so nothing leaks."""
     resource_type = path.split("/", 1)[0] or "(base)"
-    return outcome_response(404, f"{resource_type} is not supported by this server; see /fhir/metadata",
-                            code="unsupported_resource")
+    return outcome_response(
+        404,
+        f"{resource_type} is not supported by this server; see /fhir/metadata",
+        code="unsupported_resource",
+    )

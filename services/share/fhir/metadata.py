@@ -23,26 +23,39 @@ def capability_statement(settings: Settings, published: str) -> dict[str, Any]:
         "publisher": "Renkei",
         "kind": "instance",
         "software": {"name": "Renkei", "version": SOFTWARE_VERSION},
-        "implementation": {"description": "Renkei care-information-sharing server (在宅医療・介護連携)",
-                           "url": settings.fhir_base},
+        "implementation": {
+            "description": "Renkei care-information-sharing server (在宅医療・介護連携)",
+            "url": settings.fhir_base,
+        },
         "fhirVersion": FHIR_VERSION,
         "format": ["application/fhir+json", "json"],
-        "rest": [{
-            "mode": "server",
-            "documentation": "Access tokens from the Renkei identity service (ES256 JWTs; see the SMART "
-                             "configuration). Every interaction except this statement requires a token.",
-            "security": {
-                "cors": False,
-                "service": [{"coding": [{
-                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-                    "code": "SMART-on-FHIR"}]}],
-                "extension": [{
-                    "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
-                    "extension": [{"url": "token", "valueUri": settings.token_endpoint}],
-                }],
-            },
-            "resource": [],
-        }],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": "Access tokens from the Renkei identity service (ES256 JWTs; see the SMART "
+                "configuration). Every interaction except this statement requires a token.",
+                "security": {
+                    "cors": False,
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                    "code": "SMART-on-FHIR",
+                                }
+                            ]
+                        }
+                    ],
+                    "extension": [
+                        {
+                            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                            "extension": [{"url": "token", "valueUri": settings.token_endpoint}],
+                        }
+                    ],
+                },
+                "resource": [],
+            }
+        ],
     }
     # Built from the model once, so a malformed statement fails at start-up, not in a client.
     CapabilityStatement.model_validate(statement)

@@ -10,9 +10,21 @@ from fastapi.responses import Response
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 
 # HTTP status -> OperationOutcome issue type (http://hl7.org/fhir/issue-type).
-ISSUE_TYPES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
-               406: "not-supported", 409: "conflict", 410: "deleted", 412: "conflict", 413: "too-costly",
-               415: "not-supported", 422: "processing", 429: "throttled"}
+ISSUE_TYPES = {
+    400: "invalid",
+    401: "login",
+    403: "forbidden",
+    404: "not-found",
+    405: "not-supported",
+    406: "not-supported",
+    409: "conflict",
+    410: "deleted",
+    412: "conflict",
+    413: "too-costly",
+    415: "not-supported",
+    422: "processing",
+    429: "throttled",
+}
 
 
 class FhirResponse(Response):
@@ -24,10 +36,19 @@ class FhirResponse(Response):
         return orjson.dumps(content)
 
 
-def operation_outcome(status: int, message: str, *, code: str | None = None,
-                      expression: list[str] | None = None, severity: str = "error") -> dict[str, Any]:
-    issue: dict[str, Any] = {"severity": severity, "code": ISSUE_TYPES.get(status, "exception"),
-                             "diagnostics": message}
+def operation_outcome(
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    expression: list[str] | None = None,
+    severity: str = "error",
+) -> dict[str, Any]:
+    issue: dict[str, Any] = {
+        "severity": severity,
+        "code": ISSUE_TYPES.get(status, "exception"),
+        "diagnostics": message,
+    }
     if code:
         issue["details"] = {"coding": [{"system": "urn:renkei:error", "code": code}], "text": message}
     if expression:
@@ -35,7 +56,16 @@ def operation_outcome(status: int, message: str, *, code: str | None = None,
     return {"resourceType": "OperationOutcome", "issue": [issue]}
 
 
-def outcome_response(status: int, message: str, *, code: str | None = None, expression: list[str] | None = None,
-                     headers: dict[str, str] | None = None) -> FhirResponse:
-    return FhirResponse(operation_outcome(status, message, code=code, expression=expression), status_code=status,
-                        headers=headers)
+def outcome_response(
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    expression: list[str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> FhirResponse:
+    return FhirResponse(
+        operation_outcome(status, message, code=code, expression=expression),
+        status_code=status,
+        headers=headers,
+    )
