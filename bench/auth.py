@@ -29,11 +29,11 @@ import pyotp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import server_process, summary  # noqa: E402
-from services.auth.credentials.passwords import Passwords  # noqa: E402
-from services.kit.settings import Settings  # noqa: E402
-from services.kit.tokens import keys_from_jwks  # noqa: E402
-from services.share.security.verifier import TokenVerifier  # noqa: E402
+from bench.common import server_process, summary
+from services.auth.credentials.passwords import Passwords
+from services.kit.settings import Settings
+from services.kit.tokens import keys_from_jwks
+from services.share.security.verifier import TokenVerifier
 
 PASSWORD = "bench password 2026"
 SECRET = pyotp.random_base32()
