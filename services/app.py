@@ -18,10 +18,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.auth.app import auth_router
 from services.auth.context import AuthContext
 from services.health import router as health_router
-from services.kit.errors import RenkeiError, Unauthorized
+from services.kit.errors import RenkeiError
 from services.kit.logging import configure_logging
 from services.kit.settings import Settings
-from services.kit.tokens import challenge_header
+from services.kit.tokens import InvalidToken, challenge_header
 from services.share.context import ShareContext
 from services.share.fhir.endpoints import authenticated as fhir_authenticated
 from services.share.fhir.endpoints import public as fhir_public
@@ -75,7 +75,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RenkeiError)
     async def renkei_error(request: Request, error: RenkeiError) -> Response:
         headers = dict(error.headers)
-        if isinstance(error, Unauthorized) and error.status_code == 401:
+        if isinstance(error, InvalidToken):
             headers.update(challenge_header(error))
         if _is_fhir(request):
             return outcome_response(error.status_code, error.message, code=error.code, headers=headers)

@@ -46,7 +46,7 @@ def postgres_available() -> str | None:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
         engine.dispose()
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         return f"PostgreSQL not reachable at {PG_ADMIN_URL}: {type(error).__name__}"
     return None
 
@@ -56,7 +56,7 @@ def redis_available() -> str | None:
 
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         return f"Redis not reachable at {REDIS_URL}: {type(error).__name__}"
     return None
 

@@ -64,7 +64,7 @@ def demo_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     data_dir = tmp_path / "demo-data"
     environment = {**os.environ, "RENKEI_DATA_DIR": str(data_dir), "COLUMNS": "200"}
     environment.pop("RENKEI_PUBLIC_URL", None)
-    process = subprocess.Popen(RENKEI + ["serve", "--port", str(port), "--demo"], env=environment,
+    process = subprocess.Popen([*RENKEI, "serve", "--port", str(port), "--demo"], env=environment,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:

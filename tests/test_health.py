@@ -38,7 +38,16 @@ def test_readyz_reports_an_unreachable_jwks(tmp_path: object) -> None:
     assert ready.json()["checks"]["share_jwks"].startswith("error")
 
 
-def _readyz_with(data_dir: str, **overrides: str) -> tuple[httpx.Response, LiveServer]:
+def test_unreachable_jwks_is_a_503_outcome_not_a_500(tmp_path: object) -> None:
+    """When the identity service's keys cannot be fetched, callers are told to retry, not that they failed."""
+    dead = f"http://127.0.0.1:{free_port()}/auth/jwks.json"
+    answer, _ = _readyz_with(str(tmp_path), path="/fhir/Patient", share_jwks_url=dead)
+    assert answer.status_code == 503
+    assert answer.headers["content-type"].startswith("application/fhir+json")
+    assert answer.json()["issue"][0]["code"] == "transient"
+
+
+def _readyz_with(data_dir: str, path: str = "/readyz", **overrides: str) -> tuple[httpx.Response, LiveServer]:
     from services.kit.db import make_engine
     from services.kit.migrate import upgrade
 
@@ -50,7 +59,13 @@ def _readyz_with(data_dir: str, **overrides: str) -> tuple[httpx.Response, LiveS
         engine.dispose()
     live = LiveServer(settings, port).start()
     try:
-        return live.client().get("/readyz"), live
+        http = live.client()
+        if path == "/readyz":
+            return http.get(path), live
+        # Any well-formed ES256 token will do: the keys to check it against are what is missing.
+        with live.auth.db.transaction() as db:
+            token, _ = live.auth.signer.issue(db, {"sub": "x", "kind": "user", "net": "n", "org": "o"})
+        return http.get(path, headers={"Authorization": f"Bearer {token}"}), live
     finally:
         live.stop()
 

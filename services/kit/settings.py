@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     argon2_parallelism: int = 4
 
     # Login throttling: free failures, then exponential back-off capped so no one is locked out for good.
-    throttle_window_seconds: int = 900
+    throttle_window_seconds: int = 24 * 3600
     throttle_account_ip_free: int = 5
     throttle_account_free: int = 20
     throttle_ip_free: int = 50

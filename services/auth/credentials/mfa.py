@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, update
 from sqlalchemy.orm import Session
 
 from services.auth.context import AuthContext
@@ -38,7 +38,7 @@ class SecondFactor:
         """Activate the pending secret if ``code`` proves the user holds it; return fresh recovery codes."""
         if user.totp_enabled or user.totp_secret_sealed is None:
             return None
-        if not self._accept_totp(user, code):
+        if not self._accept_totp(db, user, code):
             return None
         user.totp_enabled = True
         return self.new_recovery_codes(db, user)
@@ -47,7 +47,7 @@ class SecondFactor:
         """Check a code for an enrolled user: 'totp', 'recovery', or None (wrong, expired or replayed)."""
         if not user.totp_enabled:
             return None
-        if self._accept_totp(user, code):
+        if self._accept_totp(db, user, code):
             return "totp"
         if self._use_recovery_code(db, user, code):
             return "recovery"
@@ -60,30 +60,39 @@ class SecondFactor:
             db.add(RecoveryCode(user_id=user.id, code_hash=self._hash_code(user, code)))
         return codes
 
-    def _accept_totp(self, user: User, code: str) -> bool:
+    def _accept_totp(self, db: Session, user: User, code: str) -> bool:
         if user.totp_secret_sealed is None:
             return False
         secret = self.ctx.box.open(user.totp_secret_sealed, f"totp:{user.id}").decode()
         step = totp.matching_step(secret, code)
         if step is None or step <= user.totp_last_step:
             return False  # wrong, or a code already used (replay within its window)
+        # Advance the last step only if no concurrent request got there first: a compare-and-set, so two logins
+        # racing with the same code cannot both pass (the row lock, or SQLite's write lock, orders them).
+        advanced = db.execute(
+            update(User)
+            .where(User.id == user.id, User.totp_last_step < step)
+            .values(totp_last_step=step)
+            .execution_options(synchronize_session=False)
+        )
+        if advanced.rowcount != 1:  # type: ignore[attr-defined]
+            return False
         user.totp_last_step = step
         return True
 
     def _use_recovery_code(self, db: Session, user: User, code: str) -> bool:
-        row = db.scalars(
-            select(RecoveryCode)
+        # Mark it used only if it still is unused, in one statement: a code cannot be spent twice concurrently.
+        spent = db.execute(
+            update(RecoveryCode)
             .where(
                 RecoveryCode.user_id == user.id,
                 RecoveryCode.code_hash == self._hash_code(user, code),
                 RecoveryCode.used_at.is_(None),
             )
-            .with_for_update()
-        ).first()
-        if row is None:
-            return False
-        row.used_at = utcnow()
-        return True
+            .values(used_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        return bool(spent.rowcount == 1)  # type: ignore[attr-defined]
 
     def _hash_code(self, user: User, code: str) -> str:
         return self.ctx.box.mac(f"{user.id}:{totp.normalise_recovery_code(code)}")

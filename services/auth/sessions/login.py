@@ -6,7 +6,7 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from services.auth.audit.recorder import FAILURE, SUCCESS, record
@@ -56,9 +56,10 @@ class LoginService:
             raise InvalidCredentials("invalid username or password", keep_writes=True)
         if self.ctx.passwords.needs_rehash(user.password_hash):
             user.password_hash = self.ctx.passwords.hash(password)
-        self.ctx.throttle.record_success(db, username, address)
         self._check_device(db, user, device_id)
 
+        # The counters are cleared only once tokens are issued: a right password with a second factor pending
+        # must not wipe the failed codes, or whoever holds the password could guess codes without limit.
         if user.totp_enabled:
             return self._challenge(db, user, "verify", device_id, address)
         settings = self.directory.settings_of(db, user.network_id)
@@ -74,6 +75,7 @@ class LoginService:
             address=address,
             factors=1,
         )
+        self.ctx.throttle.record_success(db, username, address)
         return self.tokens.open(db, user, device_id)
 
     def complete(self, db: Session, mfa_token: str, code: str, address: str) -> dict[str, Any]:
@@ -83,6 +85,7 @@ class LoginService:
         user = db.get(User, challenge.user_id)
         assert user is not None
         self.ctx.throttle.check(db, user.username, address, now)
+        self._spend_attempt(db, challenge)
         audit = {
             "network_id": user.network_id,
             "user_id": user.id,
@@ -96,7 +99,6 @@ class LoginService:
             recovery = None
             method = self.second_factor.verify(db, user, code)
         if method is None:
-            challenge.attempts += 1
             if challenge.attempts >= MAX_CODE_ATTEMPTS:
                 challenge.used_at = now  # burn it: the password must be given again
             self.ctx.throttle.record_failure(db, user.username, address, now)
@@ -112,6 +114,24 @@ class LoginService:
         if recovery is not None:
             tokens["recovery_codes"] = recovery
         return tokens
+
+    @staticmethod
+    def _spend_attempt(db: Session, challenge: MfaChallenge) -> None:
+        """Count this attempt before the code is checked, in one conditional statement, so concurrent guesses
+        against one challenge each use up an attempt on every backend (SQLite ignores FOR UPDATE)."""
+        spent = db.execute(
+            update(MfaChallenge)
+            .where(
+                MfaChallenge.token_hash == challenge.token_hash,
+                MfaChallenge.used_at.is_(None),
+                MfaChallenge.attempts < MAX_CODE_ATTEMPTS,
+            )
+            .values(attempts=MfaChallenge.attempts + 1)
+            .execution_options(synchronize_session=False)
+        )
+        if spent.rowcount != 1:  # type: ignore[attr-defined]
+            raise InvalidCredentials("mfa_token is invalid or expired; log in again", code="invalid_mfa_token")
+        db.refresh(challenge)
 
     def challenge(self, db: Session, mfa_token: str, purpose: str | None = None) -> MfaChallenge:
         challenge = db.get(MfaChallenge, sha256_hex(mfa_token), with_for_update=True)

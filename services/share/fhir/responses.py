@@ -24,6 +24,7 @@ ISSUE_TYPES = {
     415: "not-supported",
     422: "processing",
     429: "throttled",
+    503: "transient",
 }
 
 

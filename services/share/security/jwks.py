@@ -15,13 +15,17 @@ import httpx
 import jwt
 import structlog
 
+from services.kit.errors import RenkeiError
 from services.kit.tokens import keys_from_jwks
 
 log = structlog.get_logger(__name__)
 
 
-class JwksUnavailable(Exception):
-    pass
+class JwksUnavailable(RenkeiError):
+    """The identity service's keys cannot be had: the caller cannot be verified now, so 503, not 401."""
+
+    status_code = 503
+    code = "jwks_unavailable"
 
 
 class JwksCache:
@@ -31,6 +35,7 @@ class JwksCache:
         self.max_age_seconds = max_age_seconds
         self._keys: dict[str, Any] = {}
         self._fetched_at = 0.0
+        self._attempted_at = 0.0  # the last fetch attempt, whether or not it succeeded
         self._lock = asyncio.Lock()
         self._client: httpx.AsyncClient | None = None
 
@@ -39,15 +44,22 @@ class JwksCache:
         if key is not None and time.monotonic() - self._fetched_at < self.max_age_seconds:
             return key
         async with self._lock:
-            age = time.monotonic() - self._fetched_at
-            stale = age >= self.max_age_seconds
-            if (kid not in self._keys and age >= self.min_refresh_seconds) or stale or not self._fetched_at:
+            now = time.monotonic()
+            stale = now - self._fetched_at >= self.max_age_seconds
+            # The rate limit counts failed attempts too: while the identity service is down, forged kids (or a
+            # stale cache) must not turn every request into a fetch attempt.
+            due = not self._attempted_at or now - self._attempted_at >= self.min_refresh_seconds
+            if due and (kid not in self._keys or stale):
                 try:
                     await self.refresh()
                 except JwksUnavailable:
                     if not self._keys:
                         raise
                     log.warning("jwks_refresh_failed_using_cached_keys", url=self.url)
+                finally:
+                    self._attempted_at = time.monotonic()
+            elif not self._keys:
+                raise JwksUnavailable(f"no keys from {self.url} yet; the last fetch failed")
             return self._keys.get(kid)
 
     async def refresh(self) -> None:
