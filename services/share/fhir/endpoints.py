@@ -27,7 +27,7 @@ def smart(ctx: Context) -> Response:
     return FhirResponse(smart_configuration(ctx.settings), media_type="application/json")
 
 
-@authenticated.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+@authenticated.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
 def unsupported(path: str, principal: CurrentPrincipal, request: Request) -> Response:
     """Anything the CapabilityStatement does not list. Authentication comes first, so nothing leaks."""
     resource_type = path.split("/", 1)[0] or "(base)"
