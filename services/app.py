@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.auth.app import auth_router
@@ -25,6 +26,7 @@ from services.kit.tokens import InvalidToken, challenge_header
 from services.share.context import ShareContext
 from services.share.fhir.endpoints import authenticated as fhir_authenticated
 from services.share.fhir.endpoints import public as fhir_public
+from services.share.fhir.resources import router as fhir_resources
 from services.share.fhir.responses import outcome_response
 
 
@@ -60,6 +62,7 @@ def create_app(settings: Settings | None = None, *, auth: bool = True, share: bo
         app.include_router(auth_router())
     if share:
         app.include_router(fhir_public)
+        app.include_router(fhir_resources)
         app.include_router(fhir_authenticated)
     install_error_handlers(app)
     return app
@@ -78,7 +81,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(error, InvalidToken):
             headers.update(challenge_header(error))
         if _is_fhir(request):
-            return outcome_response(error.status_code, error.message, code=error.code, headers=headers)
+            return outcome_response(
+                error.status_code, error.message, code=error.code, headers=headers, expression=error.expression
+            )
         return JSONResponse(
             {"error": error.code, "error_description": error.message},
             status_code=error.status_code,
@@ -92,6 +97,14 @@ def install_error_handlers(app: FastAPI) -> None:
         if _is_fhir(request):
             return outcome_response(400, message, code="invalid_request")
         return JSONResponse({"error": "invalid_request", "error_description": message}, status_code=400)
+
+    @app.exception_handler(IntegrityError)
+    async def write_conflict(request: Request, error: IntegrityError) -> Response:
+        # Two writers raced for the same version or key; the loser's transaction was rolled back whole.
+        message = "a concurrent change conflicted with this request; nothing was written — retry it"
+        if _is_fhir(request):
+            return outcome_response(409, message, code="write_conflict")
+        return JSONResponse({"error": "conflict", "error_description": message}, status_code=409)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:

@@ -19,6 +19,7 @@ class RenkeiError(Exception):
         status_code: int | None = None,
         headers: dict[str, str] | None = None,
         keep_writes: bool = False,
+        expression: list[str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -30,6 +31,8 @@ class RenkeiError(Exception):
         # A failure that must still be recorded (a failed login counts towards throttling and is audited):
         # the request transaction commits before the error is answered.
         self.keep_writes = keep_writes
+        # FHIR element paths the error is about (OperationOutcome.issue.expression).
+        self.expression = expression
 
 
 class BadRequest(RenkeiError):

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     # when unset it is read from (or generated into) ``<data_dir>/keys/auth-master.key`` with mode 0600.
     auth_master_key: str | None = Field(default=None, repr=False)
     key_dir: Path | None = None
+    # The share service's key-encryption keys, JSON {"1": "<base64 32 bytes>", "2": ...}; the highest version
+    # wraps new data keys. When unset they live in ``<key_dir>/share-kek-<n>.key`` (version 1 made on first use).
+    share_keks: str | None = Field(default=None, repr=False)
+    # The blind-index key (base64, 32 bytes), separate from the KEKs so rotation never changes search tokens.
+    # Required when share_keks is set; otherwise read from (or generated into) ``<key_dir>/share-index.key``.
+    share_index_key: str | None = Field(default=None, repr=False)
 
     # Tokens.
     access_token_ttl_seconds: int = 600

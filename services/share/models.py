@@ -1,8 +1,7 @@
-"""Imports every share-service model so ``ShareBase.metadata`` is complete (Alembic, the schema test).
-
-The resource store, access and event tables arrive with their issues; until then the schema is empty.
-"""
+"""Imports every share-service model so ``ShareBase.metadata`` is complete (Alembic, the schema test)."""
 
 from services.share.base import ShareBase
+from services.share.crypto.models import DataKey
+from services.share.store.models import IdempotencyRecord, ResourceHead, ResourceVersion, SearchEntry
 
-__all__ = ["ShareBase"]
+__all__ = ["DataKey", "IdempotencyRecord", "ResourceHead", "ResourceVersion", "SearchEntry", "ShareBase"]

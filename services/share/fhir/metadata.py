@@ -10,6 +10,8 @@ from typing import Any
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
 from services.kit.settings import Settings
+from services.share.store.params import PARAMS
+from services.share.store.types import READ_ONLY, SUPPORTED
 
 FHIR_VERSION = "4.3.0"
 SOFTWARE_VERSION = "0.1.0"
@@ -53,13 +55,43 @@ def capability_statement(settings: Settings, published: str) -> dict[str, Any]:
                         }
                     ],
                 },
-                "resource": [],
+                "resource": [_resource_capability(t) for t in SUPPORTED],
             }
         ],
     }
     # Built from the model once, so a malformed statement fails at start-up, not in a client.
     CapabilityStatement.model_validate(statement)
     return statement
+
+
+_WRITE = ("create", "update", "delete")
+_READ = ("read", "vread", "history-instance", "history-type", "search-type")
+
+
+def _resource_capability(resource_type: str) -> dict[str, Any]:
+    """Exactly what the store does for this type, interaction by interaction, parameter by parameter."""
+    writable = resource_type not in READ_ONLY
+    interactions = [*(_WRITE if writable else ()), *_READ]
+    params = PARAMS.get(resource_type, {})
+    search = [{"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"}]
+    search += [{"name": p.name, "type": p.kind} for p in params.values()]
+    references = [p.name for p in params.values() if p.kind == "reference"]
+    reverse = [f"{source}:{p.name}" for source, source_params in PARAMS.items() for p in source_params.values()
+               if p.kind == "reference" and resource_type in p.targets]
+    return {
+        "type": resource_type,
+        "versioning": "versioned",
+        "readHistory": True,
+        "updateCreate": False,
+        "conditionalCreate": writable,
+        "conditionalRead": "not-supported",
+        "conditionalUpdate": False,
+        "conditionalDelete": "not-supported",
+        "interaction": [{"code": code} for code in interactions],
+        "searchInclude": [f"{resource_type}:{name}" for name in references],
+        "searchRevInclude": reverse,
+        "searchParam": search,
+    }
 
 
 def smart_configuration(settings: Settings) -> dict[str, Any]:

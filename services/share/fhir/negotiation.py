@@ -1,0 +1,40 @@
+"""Content negotiation: JSON only (``application/fhir+json``), asked for by ``Accept`` or ``_format``."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from services.kit.errors import RenkeiError
+
+JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
+
+
+class NotAcceptable(RenkeiError):
+    status_code = 406
+    code = "not_acceptable"
+
+
+class UnsupportedMediaType(RenkeiError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+def check_accept(request: Request) -> None:
+    wanted = request.query_params.get("_format")
+    if wanted is not None:
+        if wanted.split(";")[0].strip().lower() not in JSON_FORMATS:
+            raise NotAcceptable(f"_format={wanted} is not supported; this server speaks application/fhir+json")
+        return
+    accept = request.headers.get("accept", "")
+    if not accept:
+        return
+    types = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    if not any(t in JSON_FORMATS or t in ("*/*", "application/*") for t in types):
+        raise NotAcceptable(f"Accept: {accept} cannot be served; this server speaks application/fhir+json")
+
+
+def check_content_type(request: Request) -> None:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in JSON_FORMATS:
+        raise UnsupportedMediaType(f"Content-Type {content_type or '(none)'} is not supported; "
+                                   "send application/fhir+json")

@@ -1,0 +1,276 @@
+"""The RESTful interactions on stored resources: create, read, vread, update, delete, history, search."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from typing import Annotated
+from urllib.parse import parse_qsl, urlencode
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from services.kit.errors import BadRequest, NotFound, RenkeiError
+from services.kit.tokens import Principal
+from services.share.fhir import bundles
+from services.share.fhir.negotiation import check_accept, check_content_type
+from services.share.fhir.responses import FhirResponse, operation_outcome
+from services.share.security.deps import Context, CurrentPrincipal
+from services.share.store import search as S
+from services.share.store.models import IdempotencyRecord
+from services.share.store.service import Caller, Stored
+from services.share.store.types import READ_ONLY, SUPPORTED
+from services.share.store.validation import parse_resource
+
+router = APIRouter(prefix="/fhir", tags=["fhir"], dependencies=[Depends(check_accept)])
+_ID = re.compile(r"^[A-Za-z0-9\-\.]{1,64}$")
+_ETAG = re.compile(r'^(?:W/)?"?(\d+)"?$')
+
+
+class MethodNotAllowed(RenkeiError):
+    status_code = 405
+    code = "not_allowed"
+
+
+class Unprocessable(RenkeiError):
+    status_code = 422
+    code = "idempotency_key_reused"
+
+
+def _transaction(ctx: Context) -> Iterator[Session]:
+    with ctx.db.transaction() as session:
+        yield session
+
+
+DbSession = Annotated[Session, Depends(_transaction, scope="function")]
+
+
+def caller_of(principal: Principal) -> Caller:
+    return Caller(network_id=principal.network, subject=f"{principal.kind}:{principal.subject}")
+
+
+def resource_type_of(resource_type: str, write: bool = False) -> str:
+    if resource_type not in SUPPORTED:
+        raise NotFound(f"{resource_type} is not supported by this server; see /fhir/metadata",
+                       code="unsupported_resource")
+    if write and resource_type in READ_ONLY:
+        raise MethodNotAllowed(f"{resource_type} is written by the server only")
+    return resource_type
+
+
+def checked_id(resource_id: str) -> str:
+    if not _ID.match(resource_id):
+        raise NotFound(f"{resource_id!r} is not a valid resource id")
+    return resource_id
+
+
+def resource_response(ctx: Context, item: Stored, status: int = 200, prefer: str | None = None) -> Response:
+    base = ctx.settings.fhir_base
+    headers = {"ETag": bundles.etag(item.version), "Last-Modified": bundles.http_date(item.last_updated)}
+    if status == 201 or prefer is not None:
+        headers["Location"] = f"{base}/{item.resource_type}/{item.resource_id}/_history/{item.version}"
+    wanted = (prefer or "").replace(" ", "")
+    if "return=minimal" in wanted:
+        return Response(status_code=status, headers=headers)
+    if "return=OperationOutcome" in wanted:
+        outcome = operation_outcome(status, f"{item.resource_type}/{item.resource_id} version {item.version}",
+                                    severity="information")
+        outcome["issue"][0]["code"] = "informational"
+        return FhirResponse(outcome, status_code=status, headers=headers)
+    return FhirResponse(item.body, status_code=status, headers=headers)
+
+
+# Search ------------------------------------------------------------------------------------------------
+
+
+def run_search(ctx: Context, db: Session, principal: Principal, resource_type: str,
+               items: list[tuple[str, str]]) -> Response:
+    query = S.parse(resource_type, items)
+    network = principal.network
+    base = ctx.settings.fhir_base
+    if query.summary_count:
+        body = {"resourceType": "Bundle", "type": "searchset", "total": ctx.search.total(db, network, query)}
+        return FhirResponse(body)
+    rows, more = ctx.search.page(db, network, query)
+    matches = ctx.store.heads(db, caller_of(principal), [(h.resource_type, h.resource_id) for h, _ in rows])
+    matches = [m for m in matches if ctx.search.confirm(network, query, m.body)]
+    included_keys = ctx.search.included(db, network, query, [(m.resource_type, m.resource_id) for m in matches])
+    included = ctx.store.heads(db, caller_of(principal), included_keys)
+    links = {"self": f"{base}/{resource_type}?{urlencode(query.echo)}"}
+    if rows:
+        first_head, first_sort = rows[0]
+        last_head, last_sort = rows[-1]
+        forward_more = more if query.before is None else True
+        backward_more = (query.after is not None) or (query.before is not None and more)
+        if forward_more:
+            cursor = S.encode_cursor(last_sort, last_head.resource_id)
+            links["next"] = f"{base}/{resource_type}?{urlencode([*query.echo, ('_cursor', cursor)])}"
+        if backward_more:
+            cursor = S.encode_cursor(first_sort, first_head.resource_id)
+            links["previous"] = f"{base}/{resource_type}?{urlencode([*query.echo, ('_before', cursor)])}"
+    return FhirResponse(bundles.searchset(base, matches, included, links))
+
+
+@router.get("/{resource_type}")
+def search_get(resource_type: str, request: Request, ctx: Context, db: DbSession,
+               principal: CurrentPrincipal) -> Response:
+    return run_search(ctx, db, principal, resource_type_of(resource_type), list(request.query_params.multi_items()))
+
+
+@router.post("/{resource_type}/_search")
+async def search_post(resource_type: str, request: Request, ctx: Context, principal: CurrentPrincipal) -> Response:
+    resource_type_of(resource_type)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    if content_type != "application/x-www-form-urlencoded":
+        raise BadRequest("POST _search takes application/x-www-form-urlencoded parameters", code="invalid_search")
+    items = list(request.query_params.multi_items()) + parse_qsl((await request.body()).decode(errors="replace"),
+                                                                 keep_blank_values=True)
+    def execute() -> Response:
+        with ctx.db.transaction() as db:
+            return run_search(ctx, db, principal, resource_type, items)
+
+    return await run_in_threadpool(execute)
+
+
+# History -----------------------------------------------------------------------------------------------
+
+
+def history_response(ctx: Context, db: Session, principal: Principal, resource_type: str, resource_id: str | None,
+                     request: Request) -> Response:
+    raw_count = request.query_params.get("_count", str(S.DEFAULT_COUNT))
+    if not raw_count.isdigit():
+        raise BadRequest("_count must be a non-negative integer", code="invalid_search")
+    count = min(int(raw_count), S.MAX_COUNT)
+    versions = ctx.store.history(db, caller_of(principal), resource_type, resource_id, count)
+    path = f"{resource_type}/{resource_id}" if resource_id else resource_type
+    return FhirResponse(bundles.history(ctx.settings.fhir_base, versions,
+                                        {"self": f"{ctx.settings.fhir_base}/{path}/_history"}))
+
+
+@router.get("/{resource_type}/_history")
+def type_history(resource_type: str, request: Request, ctx: Context, db: DbSession,
+                 principal: CurrentPrincipal) -> Response:
+    return history_response(ctx, db, principal, resource_type_of(resource_type), None, request)
+
+
+@router.get("/{resource_type}/{resource_id}/_history")
+def instance_history(resource_type: str, resource_id: str, request: Request, ctx: Context, db: DbSession,
+                     principal: CurrentPrincipal) -> Response:
+    return history_response(ctx, db, principal, resource_type_of(resource_type), checked_id(resource_id), request)
+
+
+# Instance interactions ----------------------------------------------------------------------------------
+
+
+@router.get("/{resource_type}/{resource_id}")
+def read(resource_type: str, resource_id: str, ctx: Context, db: DbSession, principal: CurrentPrincipal) -> Response:
+    item = ctx.store.read(db, caller_of(principal), resource_type_of(resource_type), checked_id(resource_id))
+    return resource_response(ctx, item)
+
+
+@router.get("/{resource_type}/{resource_id}/_history/{version}")
+def vread(resource_type: str, resource_id: str, version: str, ctx: Context, db: DbSession,
+          principal: CurrentPrincipal) -> Response:
+    if not version.isdigit():
+        raise NotFound(f"version {version!r} is not known")
+    item = ctx.store.vread(db, caller_of(principal), resource_type_of(resource_type), checked_id(resource_id),
+                           int(version))
+    return resource_response(ctx, item)
+
+
+@router.post("/{resource_type}")
+async def create(resource_type: str, request: Request, ctx: Context, principal: CurrentPrincipal,
+                 prefer: Annotated[str | None, Header()] = None,
+                 if_none_exist: Annotated[str | None, Header()] = None,
+                 idempotency_key: Annotated[str | None, Header()] = None) -> Response:
+    resource_type_of(resource_type, write=True)
+    check_content_type(request)
+    raw = await request.body()
+    def execute() -> Response:
+        with ctx.db.transaction() as db:
+            return create_in(ctx, db, principal, resource_type, raw, prefer, if_none_exist, idempotency_key)
+
+    return await run_in_threadpool(execute)
+
+
+def create_in(ctx: Context, db: Session, principal: Principal, resource_type: str, raw: bytes, prefer: str | None,
+              if_none_exist: str | None, idempotency_key: str | None) -> Response:
+    caller = caller_of(principal)
+    if idempotency_key:
+        replay = _idempotent_replay(ctx, db, caller, idempotency_key, resource_type, raw, prefer)
+        if replay is not None:
+            return replay
+    body = parse_resource(raw, resource_type)
+    if if_none_exist:
+        existing = _conditional_match(ctx, db, principal, resource_type, if_none_exist)
+        if existing is not None:
+            return resource_response(ctx, existing, 200, prefer or "")
+    item = ctx.store.create(db, caller, resource_type, body)
+    if idempotency_key:
+        db.add(IdempotencyRecord(network_id=caller.network_id, principal=caller.subject, key=idempotency_key[:200],
+                                 request_hash=_request_hash(resource_type, raw), status=201,
+                                 resource_type=resource_type, resource_id=item.resource_id, version=item.version))
+    return resource_response(ctx, item, 201, prefer)
+
+
+def _request_hash(resource_type: str, raw: bytes) -> str:
+    return hashlib.sha256(resource_type.encode() + b"\x00" + raw).hexdigest()
+
+
+def _idempotent_replay(ctx: Context, db: Session, caller: Caller, key: str, resource_type: str, raw: bytes,
+                       prefer: str | None) -> Response | None:
+    record = db.get(IdempotencyRecord, (caller.network_id, caller.subject, key[:200]))
+    if record is None:
+        return None
+    if record.request_hash != _request_hash(resource_type, raw):
+        raise Unprocessable("this Idempotency-Key was used for a different request; use a new key")
+    item = ctx.store.vread(db, caller, record.resource_type, record.resource_id, record.version)
+    return resource_response(ctx, item, record.status, prefer)
+
+
+def _conditional_match(ctx: Context, db: Session, principal: Principal, resource_type: str,
+                       criteria: str) -> Stored | None:
+    items = [(k, v) for k, v in parse_qsl(criteria.split("?", 1)[-1], keep_blank_values=True)]
+    query = S.parse(resource_type, items)
+    query.count = 2
+    rows, _ = ctx.search.page(db, principal.network, query)
+    if len(rows) > 1:
+        raise RenkeiError(f"If-None-Exist matches {len(rows)} or more resources", status_code=412,
+                          code="multiple_matches")
+    if not rows:
+        return None
+    return ctx.store.read(db, caller_of(principal), resource_type, rows[0][0].resource_id)
+
+
+@router.put("/{resource_type}/{resource_id}")
+async def update(resource_type: str, resource_id: str, request: Request, ctx: Context,
+                 principal: CurrentPrincipal, prefer: Annotated[str | None, Header()] = None,
+                 if_match: Annotated[str | None, Header()] = None) -> Response:
+    resource_type_of(resource_type, write=True)
+    checked_id(resource_id)
+    check_content_type(request)
+    expected = None
+    if if_match is not None:
+        match = _ETAG.match(if_match.strip())
+        if not match:
+            raise BadRequest(f'If-Match must be an ETag like W/"3", not {if_match!r}', code="invalid_if_match")
+        expected = int(match.group(1))
+    raw = await request.body()
+    def execute() -> Response:
+        body = parse_resource(raw, resource_type)
+        with ctx.db.transaction() as db:
+            item = ctx.store.update(db, caller_of(principal), resource_type, resource_id, body, expected)
+            return resource_response(ctx, item, 200, prefer)
+
+    return await run_in_threadpool(execute)
+
+
+@router.delete("/{resource_type}/{resource_id}")
+def remove(resource_type: str, resource_id: str, ctx: Context, db: DbSession,
+           principal: CurrentPrincipal) -> Response:
+    item = ctx.store.delete(db, caller_of(principal), resource_type_of(resource_type, write=True),
+                            checked_id(resource_id))
+    headers = {"ETag": bundles.etag(item.version)} if item else {}
+    return Response(status_code=204, headers=headers)

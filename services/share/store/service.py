@@ -1,0 +1,219 @@
+"""The resource store: versioned, encrypted writes and reads. Services take typed arguments and never commit.
+
+Writes validate once (at the edge), stamp ``meta``, serialise once with orjson and encrypt; reads decrypt and
+hand back those bytes untouched — a read never re-parses or re-serialises a resource.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+import structlog
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from services.kit.db import utcnow
+from services.kit.errors import BadRequest, NotFound, RenkeiError
+from services.share.crypto.datakeys import DataKeys, KeyDestroyed
+from services.share.crypto.envelope import TamperedCiphertext, open_sealed, resource_aad, seal
+from services.share.store.indexing import Indexer
+from services.share.store.models import ResourceHead, ResourceVersion, SearchEntry
+from services.share.store.types import compartment_patient
+
+log = structlog.get_logger(__name__)
+
+
+class Gone(RenkeiError):
+    status_code = 410
+    code = "gone"
+
+
+class PreconditionFailed(RenkeiError):
+    status_code = 412
+    code = "version_conflict"
+
+
+class IntegrityFailure(RenkeiError):
+    """A ciphertext that does not authenticate (moved, altered): refused, never served."""
+
+    status_code = 500
+    code = "integrity_failure"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who acts on the store. Access decisions (the [access] issue) narrow what a caller may see."""
+
+    network_id: str
+    subject: str
+
+
+@dataclass(frozen=True)
+class Stored:
+    resource_type: str
+    resource_id: str
+    version: int
+    last_updated: datetime
+    deleted: bool
+    method: str
+    body: bytes  # the resource's JSON (empty for a delete)
+
+
+class ResourceStore:
+    def __init__(self, keys: DataKeys, indexer: Indexer) -> None:
+        self.keys = keys
+        self.indexer = indexer
+
+    # Writes -------------------------------------------------------------------------------------------
+
+    def create(self, db: Session, caller: Caller, resource_type: str, body: dict[str, Any]) -> Stored:
+        resource_id = uuid.uuid4().hex
+        patient_id = self._compartment(db, caller, resource_type, resource_id, body)
+        return self._write(db, caller, resource_type, resource_id, 1, patient_id, body, "POST")
+
+    def update(self, db: Session, caller: Caller, resource_type: str, resource_id: str, body: dict[str, Any],
+               if_match: int | None) -> Stored:
+        head = self._head(db, caller, resource_type, resource_id, for_update=True)
+        if if_match is not None and if_match != head.version:
+            raise PreconditionFailed(f"{resource_type}/{resource_id} is at version {head.version}, not {if_match}")
+        if body.get("id") not in (None, resource_id):
+            raise BadRequest(f"the body's id {body.get('id')!r} differs from the URL's {resource_id!r}",
+                             code="id_mismatch")
+        patient_id = self._compartment(db, caller, resource_type, resource_id, body)
+        if not head.deleted and patient_id != (head.patient_id or None):
+            raise BadRequest("a resource cannot move to another patient; create a new one instead",
+                             code="compartment_change")
+        return self._write(db, caller, resource_type, resource_id, head.version + 1, patient_id, body, "PUT")
+
+    def delete(self, db: Session, caller: Caller, resource_type: str, resource_id: str) -> Stored | None:
+        """Delete (a new, empty version); deleting what is already deleted changes nothing."""
+        head = self._head(db, caller, resource_type, resource_id, for_update=True)
+        if head.deleted:
+            return None
+        now = utcnow()
+        head.version += 1
+        head.deleted = True
+        head.last_updated = now
+        db.add(ResourceVersion(resource_type=resource_type, resource_id=resource_id, version=head.version,
+                               network_id=caller.network_id, patient_id=head.patient_id, data_key_id="",
+                               body=b"", deleted=True, method="DELETE", last_updated=now, author=caller.subject))
+        db.execute(delete(SearchEntry).where(SearchEntry.resource_type == resource_type,
+                                             SearchEntry.resource_id == resource_id))
+        return Stored(resource_type, resource_id, head.version, now, True, "DELETE", b"")
+
+    # Reads --------------------------------------------------------------------------------------------
+
+    def read(self, db: Session, caller: Caller, resource_type: str, resource_id: str) -> Stored:
+        head = self._head(db, caller, resource_type, resource_id)
+        if head.deleted:
+            raise Gone(f"{resource_type}/{resource_id} has been deleted")
+        return self.vread(db, caller, resource_type, resource_id, head.version)
+
+    def vread(self, db: Session, caller: Caller, resource_type: str, resource_id: str, version: int) -> Stored:
+        row = db.get(ResourceVersion, (resource_type, resource_id, version))
+        if row is None or row.network_id != caller.network_id:
+            raise NotFound(f"{resource_type}/{resource_id}/_history/{version} is not known")
+        stored = self.open(db, row)
+        if stored.deleted:
+            raise Gone(f"{resource_type}/{resource_id} version {version} is a deletion")
+        return stored
+
+    def history(self, db: Session, caller: Caller, resource_type: str, resource_id: str | None,
+                count: int, before: tuple[datetime, str, int] | None = None) -> list[Stored]:
+        """Versions newest first; for a type, of every resource of that type in the caller's network."""
+        if resource_id is not None:
+            self._head(db, caller, resource_type, resource_id)
+        query = select(ResourceVersion).where(ResourceVersion.network_id == caller.network_id,
+                                              ResourceVersion.resource_type == resource_type)
+        if resource_id is not None:
+            query = query.where(ResourceVersion.resource_id == resource_id)
+        if before is not None:
+            query = query.where(ResourceVersion.last_updated <= before[0])
+        query = query.order_by(ResourceVersion.last_updated.desc(), ResourceVersion.resource_id.desc(),
+                               ResourceVersion.version.desc()).limit(count + 50 if before else count)
+        rows = list(db.scalars(query))
+        if before is not None:
+            rows = [r for r in rows if (r.last_updated, r.resource_id, r.version) < before][:count]
+        return [self.open(db, row, tolerate_erased=True) for row in rows]
+
+    def heads(self, db: Session, caller: Caller, keys: list[tuple[str, str]]) -> list[Stored]:
+        """Current versions of the given (type, id) pairs that exist and are not deleted, in the given order."""
+        found: list[Stored] = []
+        for resource_type, resource_id in keys:
+            head = db.get(ResourceHead, (resource_type, resource_id))
+            if head is None or head.network_id != caller.network_id or head.deleted:
+                continue
+            row = db.get(ResourceVersion, (resource_type, resource_id, head.version))
+            if row is not None:
+                try:
+                    found.append(self.open(db, row))
+                except Gone:
+                    continue
+        return found
+
+    def open(self, db: Session, row: ResourceVersion, tolerate_erased: bool = False) -> Stored:
+        """Decrypt one version. A ciphertext that fails to authenticate is refused and logged, never served."""
+        if row.deleted:
+            return Stored(row.resource_type, row.resource_id, row.version, row.last_updated, True, row.method, b"")
+        try:
+            key = self.keys.unwrap(db, row.data_key_id)
+            body = open_sealed(key, row.body, resource_aad(row.resource_type, row.resource_id, row.version))
+        except KeyDestroyed:
+            if tolerate_erased:
+                return Stored(row.resource_type, row.resource_id, row.version, row.last_updated, True, "DELETE",
+                              b"")
+            raise Gone(f"{row.resource_type}/{row.resource_id} has been erased") from None
+        except TamperedCiphertext:
+            log.error("ciphertext_integrity_failure", resource_type=row.resource_type,
+                      resource_id=row.resource_id, version=row.version)
+            raise IntegrityFailure("this resource failed its integrity check and is not served") from None
+        return Stored(row.resource_type, row.resource_id, row.version, row.last_updated, False, row.method, body)
+
+    # Internals ----------------------------------------------------------------------------------------
+
+    def _head(self, db: Session, caller: Caller, resource_type: str, resource_id: str,
+              for_update: bool = False) -> ResourceHead:
+        head = db.get(ResourceHead, (resource_type, resource_id), with_for_update=for_update)
+        # Another network's resource answers exactly like a missing one: existence is not leaked.
+        if head is None or head.network_id != caller.network_id:
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        return head
+
+    def _compartment(self, db: Session, caller: Caller, resource_type: str, resource_id: str,
+                     body: dict[str, Any]) -> str | None:
+        patient_id = compartment_patient(resource_type, resource_id, body)
+        if patient_id is None or resource_type == "Patient":
+            return patient_id
+        head = db.get(ResourceHead, ("Patient", patient_id))
+        if head is None or head.network_id != caller.network_id or head.deleted:
+            raise BadRequest(f"Patient/{patient_id} is not known; the patient must exist first",
+                             code="unknown_patient")
+        return patient_id
+
+    def _write(self, db: Session, caller: Caller, resource_type: str, resource_id: str, version: int,
+               patient_id: str | None, body: dict[str, Any], method: str) -> Stored:
+        now = utcnow()
+        body["id"] = resource_id
+        meta: dict[str, Any] = body["meta"] if isinstance(body.get("meta"), dict) else {}
+        body["meta"] = {**meta, "versionId": str(version), "lastUpdated": now.isoformat(timespec="milliseconds")}
+        plaintext = orjson.dumps(body)
+        key_id, key = self.keys.key_for(db, caller.network_id, patient_id)
+        sealed = seal(key, plaintext, resource_aad(resource_type, resource_id, version))
+        db.add(ResourceVersion(resource_type=resource_type, resource_id=resource_id, version=version,
+                               network_id=caller.network_id, patient_id=patient_id or "", data_key_id=key_id,
+                               body=sealed, deleted=False, method=method, last_updated=now, author=caller.subject))
+        head = db.get(ResourceHead, (resource_type, resource_id))
+        if head is None:
+            db.add(ResourceHead(resource_type=resource_type, resource_id=resource_id, network_id=caller.network_id,
+                                patient_id=patient_id or "", version=version, deleted=False, last_updated=now))
+        else:
+            head.version, head.deleted, head.last_updated = version, False, now
+            head.patient_id = patient_id or ""
+            db.execute(delete(SearchEntry).where(SearchEntry.resource_type == resource_type,
+                                                 SearchEntry.resource_id == resource_id))
+        db.add_all(self.indexer.entries(caller.network_id, resource_type, resource_id, body))
+        return Stored(resource_type, resource_id, version, now, False, method, plaintext)

@@ -1,0 +1,64 @@
+"""Turning a request body into a resource dict: JSON, then the fhir.resources model, then our bindings.
+
+Validation runs once per write. Every refusal names what is wrong and, where there is one, the element path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from services.kit.errors import BadRequest
+from services.share.store.types import binding_errors
+
+MAX_BODY_BYTES = 20 * 1024 * 1024
+
+
+def _path(resource_type: str, location: tuple[Any, ...]) -> str:
+    path = resource_type
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part != "__root__":
+            path += f".{part}"
+    return path
+
+
+def parse_resource(raw: bytes, resource_type: str) -> dict[str, Any]:
+    if not raw.strip():
+        raise BadRequest("the request body is empty; send a FHIR resource as JSON", code="empty_body")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise BadRequest(f"the body is not valid JSON: {error}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object (a FHIR resource)", code="invalid_json")
+    found = data.get("resourceType")
+    if found != resource_type:
+        raise BadRequest(f"resourceType {found!r} does not match the URL's {resource_type}", code="wrong_type",
+                         expression=["resourceType"])
+    return validate(data)
+
+
+def validate(data: dict[str, Any]) -> dict[str, Any]:
+    resource_type = str(data["resourceType"])
+    try:
+        get_fhir_model_class(resource_type).model_validate(data)
+    except ValidationError as error:
+        problems = [(_path(resource_type, tuple(e.get("loc", ()))), str(e.get("msg"))) for e in error.errors()]
+        raise _invalid(problems) from None
+    except (ValueError, TypeError, KeyError) as error:
+        raise BadRequest(f"{resource_type} is not valid: {error}", code="invalid_resource") from None
+    problems = binding_errors(resource_type, data)
+    if problems:
+        raise _invalid(problems)
+    return data
+
+
+def _invalid(problems: list[tuple[str, str]]) -> BadRequest:
+    shown = problems[:20]
+    message = "; ".join(f"{path}: {msg}" for path, msg in shown)
+    return BadRequest(message, code="invalid_resource", expression=[path for path, _ in shown])

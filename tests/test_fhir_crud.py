@@ -1,0 +1,169 @@
+"""Create, read, vread, update, delete and history through the FHIR API, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.fhir_helpers import FHIR_JSON, create, created_id, patient, response
+from tests.infra import LiveServer, Network, make_network
+
+
+@pytest.fixture
+def http(server: LiveServer) -> httpx.Client:
+    return server.client()
+
+
+@pytest.fixture
+def auth(network: Network) -> dict[str, str]:
+    return network.bearer("physician")
+
+
+def test_create_then_read(server: LiveServer, http: httpx.Client, auth: dict[str, str]) -> None:
+    answer = create(http, auth, patient())
+    assert answer.status_code == 201
+    body = answer.json()
+    assert body["meta"]["versionId"] == "1" and body["meta"]["lastUpdated"]
+    assert answer.headers["etag"] == 'W/"1"'
+    assert answer.headers["location"] == f"{server.base_url}/fhir/Patient/{body['id']}/_history/1"
+    assert answer.headers["content-type"].startswith("application/fhir+json")
+    read = http.get(f"/fhir/Patient/{body['id']}", headers=auth)
+    assert read.status_code == 200
+    assert read.json() == body
+    assert read.headers["etag"] == 'W/"1"' and read.headers["last-modified"].endswith("GMT")
+
+
+def test_update_with_if_match_and_stale_version(http: httpx.Client, auth: dict[str, str]) -> None:
+    created = create(http, auth, patient()).json()
+    changed = {**created, "gender": "female"}
+    url = f"/fhir/Patient/{created['id']}"
+    ok = http.put(url, json=changed, headers={**auth, **FHIR_JSON, "If-Match": 'W/"1"'})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["meta"]["versionId"] == "2" and ok.json()["gender"] == "female"
+    stale = http.put(url, json=changed, headers={**auth, **FHIR_JSON, "If-Match": 'W/"1"'})
+    assert stale.status_code == 412
+    assert stale.json()["resourceType"] == "OperationOutcome"
+    assert http.get(f"{url}/_history/1", headers=auth).json()["gender"] == "male"
+    assert http.get(f"{url}/_history/2", headers=auth).json()["gender"] == "female"
+    assert http.get(f"{url}/_history/3", headers=auth).status_code == 404
+
+
+def test_delete_then_read_is_gone_and_history_keeps_versions(http: httpx.Client, auth: dict[str, str]) -> None:
+    pid = created_id(create(http, auth, patient()))
+    url = f"/fhir/Patient/{pid}"
+    assert http.delete(url, headers=auth).status_code == 204
+    gone = http.get(url, headers=auth)
+    assert gone.status_code == 410 and gone.json()["issue"][0]["code"] == "deleted"
+    assert http.delete(url, headers=auth).status_code == 204  # idempotent
+    assert http.get(f"{url}/_history/1", headers=auth).status_code == 200
+    history = http.get(f"{url}/_history", headers=auth).json()
+    assert history["type"] == "history"
+    assert [e["request"]["method"] for e in history["entry"]] == ["DELETE", "POST"]
+
+
+def test_type_history_lists_every_version_of_the_network(http: httpx.Client, auth: dict[str, str]) -> None:
+    pid = created_id(create(http, auth, patient()))
+    created_id(create(http, auth, response(pid)))
+    history = http.get("/fhir/QuestionnaireResponse/_history", headers=auth).json()
+    assert len(history["entry"]) == 1
+    assert history["entry"][0]["resource"]["subject"]["reference"] == f"Patient/{pid}"
+
+
+def test_prefer_return_minimal_and_outcome(http: httpx.Client, auth: dict[str, str]) -> None:
+    minimal = create(http, auth, patient(), Prefer="return=minimal")
+    assert minimal.status_code == 201 and minimal.content == b"" and minimal.headers["location"]
+    outcome = create(http, auth, patient(), Prefer="return=OperationOutcome")
+    assert outcome.json()["resourceType"] == "OperationOutcome"
+
+
+def test_idempotency_key_returns_the_first_result(http: httpx.Client, auth: dict[str, str]) -> None:
+    body = patient()
+    first = create(http, auth, body, **{"Idempotency-Key": "tablet-retry-1"})
+    again = create(http, auth, body, **{"Idempotency-Key": "tablet-retry-1"})
+    assert first.status_code == again.status_code == 201
+    assert first.json()["id"] == again.json()["id"]
+    other = create(http, auth, patient(family="別人"), **{"Idempotency-Key": "tablet-retry-1"})
+    assert other.status_code == 422
+
+
+def test_conditional_create(http: httpx.Client, auth: dict[str, str]) -> None:
+    body = patient(identifier="H-0001-ABC")
+    first = create(http, auth, body, **{"If-None-Exist": "identifier=urn:oid:1.2.392.100495.20.3.51.1|H-0001-ABC"})
+    assert first.status_code == 201
+    second = create(http, auth, body, **{"If-None-Exist": "identifier=urn:oid:1.2.392.100495.20.3.51.1|H-0001-ABC"})
+    assert second.status_code == 200 and second.json()["id"] == first.json()["id"]
+
+
+def test_other_networks_see_nothing(server: LiveServer, http: httpx.Client, auth: dict[str, str]) -> None:
+    pid = created_id(create(http, auth, patient()))
+    other = make_network(server).bearer("physician")
+    assert http.get(f"/fhir/Patient/{pid}", headers=other).status_code == 404
+    assert http.get(f"/fhir/Patient/{pid}/_history/1", headers=other).status_code == 404
+    assert http.delete(f"/fhir/Patient/{pid}", headers=other).status_code == 404
+    assert create(http, other, response(pid)).status_code == 400  # the patient is unknown there
+
+
+def test_sheet_for_unknown_patient_is_refused(http: httpx.Client, auth: dict[str, str]) -> None:
+    answer = create(http, auth, response("no-such-patient"))
+    assert answer.status_code == 400
+    assert "Patient/no-such-patient" in answer.json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expression"),
+    [
+        (b"{not json", None),
+        (b"[]", None),
+        (b'{"resourceType": "Observation"}', "resourceType"),
+        (b'{"resourceType": "Patient", "gender": "bogus"}', "Patient.gender"),
+        (b'{"resourceType": "Patient", "birthDate": "1940-13-45"}', "Patient.birthDate"),
+        (b'{"resourceType": "Patient", "name": [{"family": 5}]}', "Patient.name[0].family"),
+        (b'{"resourceType": "Patient", "unknownElement": true}', None),
+        (b"", None),
+    ],
+)
+def test_malformed_bodies_get_a_400_outcome(http: httpx.Client, auth: dict[str, str], raw: bytes,
+                                             expression: str | None) -> None:
+    answer = http.post("/fhir/Patient", content=raw, headers={**auth, **FHIR_JSON})
+    assert answer.status_code == 400, answer.text
+    outcome = answer.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    if expression:
+        assert expression in outcome["issue"][0].get("expression", []), outcome
+
+
+def test_bad_status_binding_on_a_sheet(http: httpx.Client, auth: dict[str, str]) -> None:
+    pid = created_id(create(http, auth, patient()))
+    answer = create(http, auth, response(pid, status="bogus"))
+    assert answer.status_code == 400
+    assert answer.json()["issue"][0]["expression"] == ["QuestionnaireResponse.status"]
+
+
+def test_unsupported_types_media_and_methods(http: httpx.Client, auth: dict[str, str]) -> None:
+    assert http.get("/fhir/MedicationRequest", headers=auth).status_code == 404
+    assert http.post("/fhir/Patient", content=b"<Patient/>",
+                     headers={**auth, "Content-Type": "application/fhir+xml"}).status_code == 415
+    assert http.get("/fhir/Patient", headers={**auth, "Accept": "application/fhir+xml"}).status_code == 406
+    assert http.get("/fhir/Patient?_format=xml", headers=auth).status_code == 406
+    assert http.get("/fhir/Patient?_format=json", headers=auth).status_code == 200
+    audit = http.post("/fhir/AuditEvent", json={"resourceType": "AuditEvent"}, headers={**auth, **FHIR_JSON})
+    assert audit.status_code == 405
+
+
+def test_update_cannot_move_a_sheet_to_another_patient(http: httpx.Client, auth: dict[str, str]) -> None:
+    first = created_id(create(http, auth, patient()))
+    second = created_id(create(http, auth, patient(family="佐藤")))
+    sheet = create(http, auth, response(first)).json()
+    moved = {**sheet, "subject": {"reference": f"Patient/{second}"}}
+    answer = http.put(f"/fhir/QuestionnaireResponse/{sheet['id']}", json=moved, headers={**auth, **FHIR_JSON})
+    assert answer.status_code == 400
+
+
+def test_metadata_lists_exactly_the_supported_interactions(http: httpx.Client) -> None:
+    statement = http.get("/fhir/metadata").json()
+    resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
+    assert "Patient" in resources and "MedicationRequest" not in resources
+    assert {i["code"] for i in resources["AuditEvent"]["interaction"]} == {
+        "read", "vread", "history-instance", "history-type", "search-type"}
+    names = {p["name"] for p in resources["Patient"]["searchParam"]}
+    assert {"identifier", "name", "birthdate", "gender", "_id", "_lastUpdated"} <= names
