@@ -19,8 +19,12 @@ from services.kit.settings import Settings
 app = typer.Typer(help="Renkei — care-information sharing for home-care teams.", no_args_is_help=True)
 admin = typer.Typer(help="Network administration.", no_args_is_help=True)
 demo = typer.Typer(help="The demo network (fictitious data only).", no_args_is_help=True)
+keys = typer.Typer(help="Encryption keys of the share service.", no_args_is_help=True)
+patient = typer.Typer(help="Patient-level operations.", no_args_is_help=True)
 app.add_typer(admin, name="admin")
 app.add_typer(demo, name="demo")
+app.add_typer(keys, name="keys")
+app.add_typer(patient, name="patient")
 console = Console()
 
 DataDir = Annotated[
@@ -316,6 +320,70 @@ def security_events(
                 orjson.dumps(e.detail).decode(),
             )
     console.print(table)
+
+
+# Share-service keys and erasure ------------------------------------------------------------------------
+
+
+def _share_context(settings: Settings) -> Any:
+    from services.share.context import ShareContext
+
+    migrate_all(settings)
+    return ShareContext.build(settings)
+
+
+@keys.command("rotate")
+def rotate_keys(data_dir: DataDir = None) -> None:
+    """New key-encryption key; every data key is rewrapped under it (bodies stay as they are, reads go on)."""
+    from rich.progress import Progress
+
+    from services.share.crypto.keyring import KekRotationRefused
+
+    ctx = _share_context(load_settings(data_dir))
+    try:
+        version = ctx.keyring.rotate()
+    except KekRotationRefused as error:
+        raise fail(str(error)) from None
+    session = ctx.db.sessions()
+    try:
+        with Progress(console=console) as bar:
+            task = bar.add_task(f"rewrapping data keys under KEK v{version}", total=None)
+
+            def progress(done: int, total: int) -> None:
+                session.commit()  # short transactions: a live server keeps reading and writing meanwhile
+                bar.update(task, completed=done, total=max(total, 1))
+
+            count = ctx.store.keys.rewrap_all(session, progress)
+            session.commit()
+    finally:
+        session.close()
+        ctx.db.dispose()
+    console.print(f"KEK v{version} is current; {count} data key(s) rewrapped")
+
+
+@patient.command("erase")
+def erase(
+    patient_id: str,
+    data_dir: DataDir = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Crypto-shred a patient: destroy their data key; their resources then read as 410 Gone. Irreversible."""
+    from services.share.store.erasure import erase_patient
+
+    if not yes and not typer.confirm(f"Erase Patient/{patient_id} irreversibly?"):
+        raise typer.Exit(1)
+    ctx = _share_context(load_settings(data_dir))
+    try:
+        with ctx.db.transaction() as db:
+            result = erase_patient(ctx.store, db, patient_id, actor="renkei patient erase (CLI)")
+    except RenkeiError as error:
+        raise fail(error.message) from None
+    finally:
+        ctx.db.dispose()
+    console.print(
+        f"Patient/{patient_id} erased: {result.resources} resource(s) unreadable; "
+        f"audit record AuditEvent/{result.audit_event_id}"
+    )
 
 
 def main() -> None:

@@ -232,3 +232,17 @@ def bootstrap(server: LiveServer, data: dict[str, Any]) -> Any:
     ctx = server.auth
     with ctx.db.transaction() as db:
         return Directory(ctx).bootstrap(db, BootstrapFile.model_validate(data))
+
+
+def raw_database_bytes(path: str) -> bytes:
+    """The bytes of an SQLite database and its WAL, read by a child process.
+
+    Opening and closing a database file in the server's own process would drop SQLite's POSIX locks on it (they
+    belong to the process, and any close releases them), breaking the live server's locking; `cat` reads it
+    from outside.
+    """
+    import subprocess
+    from pathlib import Path
+
+    files = [p for p in (Path(path), Path(path + "-wal")) if p.exists()]
+    return subprocess.run(["cat", *map(str, files)], capture_output=True, check=True).stdout

@@ -8,7 +8,6 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -23,7 +22,7 @@ from services.auth.directory.models import RecoveryCode, User
 from services.auth.sessions.models import MfaChallenge
 from services.kit.db import utcnow
 from services.kit.secrets import sha256_hex
-from tests.infra import PASSWORD, LiveServer, Network, make_network
+from tests.infra import PASSWORD, LiveServer, Network, make_network, raw_database_bytes
 
 TOKEN_KEYS = {"access_token", "refresh_token"}
 
@@ -426,13 +425,7 @@ def _sqlite_bytes(server: LiveServer) -> bytes | None:
     url = server.settings.resolved_auth_database_url
     if not url.startswith("sqlite:///"):
         return None
-    path = Path(url.removeprefix("sqlite:///"))
-    data = path.read_bytes()
-    for suffix in ("-wal", "-journal"):
-        extra = path.with_name(path.name + suffix)
-        if extra.exists():
-            data += extra.read_bytes()
-    return data
+    return raw_database_bytes(url.removeprefix("sqlite:///"))
 
 
 def test_totp_secrets_are_encrypted_at_rest(server: LiveServer) -> None:

@@ -38,12 +38,22 @@ class Indexer:
         for param in P.PARAMS.get(resource_type, {}).values():
             values = [v for path in param.paths for v in P.values_at(body, path)]
             for value_text, low, high in self._index_values(network_id, param, values):
-                rows.append(SearchEntry(network_id=network_id, resource_type=resource_type, resource_id=resource_id,
-                                        param=param.name, value=value_text, date_low=low, date_high=high))
+                rows.append(
+                    SearchEntry(
+                        network_id=network_id,
+                        resource_type=resource_type,
+                        resource_id=resource_id,
+                        param=param.name,
+                        value=value_text,
+                        date_low=low,
+                        date_high=high,
+                    )
+                )
         return rows
 
-    def _index_values(self, network_id: str, param: P.Param,
-                      values: list[Any]) -> set[tuple[str | None, datetime | None, datetime | None]]:
+    def _index_values(
+        self, network_id: str, param: P.Param, values: list[Any]
+    ) -> set[tuple[str | None, datetime | None, datetime | None]]:
         found: set[tuple[str | None, datetime | None, datetime | None]] = set()
         for value in values:
             if param.kind == "token":

@@ -26,20 +26,28 @@ def _p(name: str, kind: str, *paths: str, targets: tuple[str, ...] = ()) -> Para
 
 
 PATIENT = ("Patient",)
-_CLINICAL_SUBJECT = (_p("patient", "reference", "subject", targets=PATIENT),
-                     _p("subject", "reference", "subject", targets=PATIENT))
+_CLINICAL_SUBJECT = (
+    _p("patient", "reference", "subject", targets=PATIENT),
+    _p("subject", "reference", "subject", targets=PATIENT),
+)
 
 PARAMS: dict[str, dict[str, Param]] = {
     resource_type: {p.name: p for p in params}
     for resource_type, params in {
         "Patient": (
-            _p("identifier", "token", "identifier"), _p("name", "string", "name"),
-            _p("family", "string", "name.family"), _p("given", "string", "name.given"),
-            _p("birthdate", "date", "birthDate"), _p("gender", "token", "gender"),
+            _p("identifier", "token", "identifier"),
+            _p("name", "string", "name"),
+            _p("family", "string", "name.family"),
+            _p("given", "string", "name.given"),
+            _p("birthdate", "date", "birthDate"),
+            _p("gender", "token", "gender"),
         ),
         "RelatedPerson": (_p("patient", "reference", "patient", targets=PATIENT), _p("name", "string", "name")),
-        "Organization": (_p("name", "string", "name"), _p("type", "token", "type"),
-                         _p("identifier", "token", "identifier")),
+        "Organization": (
+            _p("name", "string", "name"),
+            _p("type", "token", "type"),
+            _p("identifier", "token", "identifier"),
+        ),
         "Practitioner": (_p("name", "string", "name"), _p("identifier", "token", "identifier")),
         "PractitionerRole": (
             _p("practitioner", "reference", "practitioner", targets=("Practitioner",)),
@@ -47,38 +55,69 @@ PARAMS: dict[str, dict[str, Param]] = {
             _p("role", "token", "code"),
         ),
         "CareTeam": (
-            *_CLINICAL_SUBJECT, _p("status", "token", "status"), _p("category", "token", "category"),
-            _p("participant", "reference", "participant.member",
-               targets=("Practitioner", "PractitionerRole", "Organization", "RelatedPerson", "Patient")),
+            *_CLINICAL_SUBJECT,
+            _p("status", "token", "status"),
+            _p("category", "token", "category"),
+            _p(
+                "participant",
+                "reference",
+                "participant.member",
+                targets=("Practitioner", "PractitionerRole", "Organization", "RelatedPerson", "Patient"),
+            ),
         ),
         "Consent": (_p("patient", "reference", "patient", targets=PATIENT), _p("status", "token", "status")),
-        "Questionnaire": (_p("name", "string", "name"), _p("title", "string", "title"), _p("url", "uri", "url"),
-                          _p("version", "token", "version"), _p("status", "token", "status")),
+        "Questionnaire": (
+            _p("name", "string", "name"),
+            _p("title", "string", "title"),
+            _p("url", "uri", "url"),
+            _p("version", "token", "version"),
+            _p("status", "token", "status"),
+        ),
         "QuestionnaireResponse": (
-            *_CLINICAL_SUBJECT, _p("questionnaire", "uri", "questionnaire"), _p("status", "token", "status"),
+            *_CLINICAL_SUBJECT,
+            _p("questionnaire", "uri", "questionnaire"),
+            _p("status", "token", "status"),
             _p("authored", "date", "authored"),
             _p("author", "reference", "author", targets=("Practitioner", "PractitionerRole", "Organization")),
         ),
-        "Composition": (*_CLINICAL_SUBJECT, _p("type", "token", "type"), _p("date", "date", "date"),
-                        _p("status", "token", "status")),
+        "Composition": (
+            *_CLINICAL_SUBJECT,
+            _p("type", "token", "type"),
+            _p("date", "date", "date"),
+            _p("status", "token", "status"),
+        ),
         "Bundle": (_p("type", "token", "type"), _p("identifier", "token", "identifier")),
         "Communication": (
-            *_CLINICAL_SUBJECT, _p("sent", "date", "sent"), _p("category", "token", "category"),
-            _p("recipient", "reference", "recipient",
-               targets=("Practitioner", "PractitionerRole", "Organization", "CareTeam", "Patient")),
-            _p("priority", "token", "priority"), _p("status", "token", "status"),
+            *_CLINICAL_SUBJECT,
+            _p("sent", "date", "sent"),
+            _p("category", "token", "category"),
+            _p(
+                "recipient",
+                "reference",
+                "recipient",
+                targets=("Practitioner", "PractitionerRole", "Organization", "CareTeam", "Patient"),
+            ),
+            _p("priority", "token", "priority"),
+            _p("status", "token", "status"),
         ),
         "Task": (
             _p("patient", "reference", "for", targets=PATIENT),
             _p("owner", "reference", "owner", targets=("Practitioner", "PractitionerRole", "Organization")),
-            _p("status", "token", "status"), _p("focus", "reference", "focus", targets=("QuestionnaireResponse",)),
+            _p("status", "token", "status"),
+            _p("focus", "reference", "focus", targets=("QuestionnaireResponse",)),
             _p("code", "token", "code"),
         ),
         "Binary": (),
-        "DocumentReference": (*_CLINICAL_SUBJECT, _p("type", "token", "type"), _p("status", "token", "status"),
-                              _p("date", "date", "date")),
+        "DocumentReference": (
+            *_CLINICAL_SUBJECT,
+            _p("type", "token", "type"),
+            _p("status", "token", "status"),
+            _p("date", "date", "date"),
+        ),
         "Observation": (
-            *_CLINICAL_SUBJECT, _p("code", "token", "code"), _p("category", "token", "category"),
+            *_CLINICAL_SUBJECT,
+            _p("code", "token", "code"),
+            _p("category", "token", "category"),
             _p("date", "date", "effectiveDateTime", "effectivePeriod", "effectiveInstant"),
         ),
         "AuditEvent": (_p("date", "date", "recorded"), _p("type", "token", "type")),
@@ -118,8 +157,19 @@ def token_values(value: Any) -> Iterator[tuple[str | None, str]]:
             yield value.get("system"), str(value["value"])
 
 
-_STRING_PARTS = ("text", "family", "given", "prefix", "suffix", "line", "city", "district", "state", "postalCode",
-                 "country")
+_STRING_PARTS = (
+    "text",
+    "family",
+    "given",
+    "prefix",
+    "suffix",
+    "line",
+    "city",
+    "district",
+    "state",
+    "postalCode",
+    "country",
+)
 
 
 def string_values(value: Any) -> Iterator[str]:

@@ -161,7 +161,12 @@ def token_query_key(value: str) -> str:
 def _date_condition(low: Any, high: Any, prefix: str, qlow: datetime, qhigh: datetime) -> ColumnElement[bool]:
     within = and_(low >= qlow, high <= qhigh)
     conditions: dict[str, ColumnElement[bool]] = {
-        "eq": within, "ne": not_(within), "lt": low < qlow, "le": low < qhigh, "gt": high > qhigh, "ge": high > qlow,
+        "eq": within,
+        "ne": not_(within),
+        "lt": low < qlow,
+        "le": low < qhigh,
+        "gt": high > qhigh,
+        "ge": high > qlow,
     }
     return conditions[prefix]
 
@@ -172,7 +177,8 @@ class SearchRunner:
 
     def where(self, network_id: str, query: SearchQuery) -> list[ColumnElement[bool]]:
         conditions: list[ColumnElement[bool]] = [
-            ResourceHead.network_id == network_id, ResourceHead.resource_type == query.resource_type,
+            ResourceHead.network_id == network_id,
+            ResourceHead.resource_type == query.resource_type,
             ResourceHead.deleted.is_(False),
         ]
         for item in query.filters:
@@ -180,9 +186,14 @@ class SearchRunner:
         return conditions
 
     def _entry(self, resource_type: str, name: str, *conditions: ColumnElement[bool]) -> ColumnElement[bool]:
-        return exists(select(SearchEntry.id).where(
-            SearchEntry.resource_type == resource_type, SearchEntry.resource_id == ResourceHead.resource_id,
-            SearchEntry.param == name, *conditions))
+        return exists(
+            select(SearchEntry.id).where(
+                SearchEntry.resource_type == resource_type,
+                SearchEntry.resource_id == ResourceHead.resource_id,
+                SearchEntry.param == name,
+                *conditions,
+            )
+        )
 
     def _one(self, network_id: str, resource_type: str, item: Filter, value: str) -> ColumnElement[bool]:
         if item.kind == "id":
@@ -191,20 +202,29 @@ class SearchRunner:
             prefix, qlow, qhigh = _date_value(value, item.name)
             if item.name == "_lastUpdated":
                 stamp = ResourceHead.last_updated
-                return _date_condition(stamp, stamp, prefix, qlow, qhigh) if prefix not in ("eq", "ne") else (
-                    and_(stamp >= qlow, stamp < qhigh) if prefix == "eq" else or_(stamp < qlow, stamp >= qhigh))
-            return self._entry(resource_type, item.name,
-                               _date_condition(SearchEntry.date_low, SearchEntry.date_high, prefix, qlow, qhigh))
+                return (
+                    _date_condition(stamp, stamp, prefix, qlow, qhigh)
+                    if prefix not in ("eq", "ne")
+                    else (and_(stamp >= qlow, stamp < qhigh) if prefix == "eq" else or_(stamp < qlow, stamp >= qhigh))
+                )
+            return self._entry(
+                resource_type,
+                item.name,
+                _date_condition(SearchEntry.date_low, SearchEntry.date_high, prefix, qlow, qhigh),
+            )
         if item.kind == "token":
             key = token_query_key(value)
-            return self._entry(resource_type, item.name,
-                               SearchEntry.value == self.blind.token(network_id, f"tok:{key}"))
+            return self._entry(
+                resource_type, item.name, SearchEntry.value == self.blind.token(network_id, f"tok:{key}")
+            )
         if item.kind == "uri":
-            return self._entry(resource_type, item.name,
-                               SearchEntry.value == self.blind.token(network_id, f"uri:{value}"))
+            return self._entry(
+                resource_type, item.name, SearchEntry.value == self.blind.token(network_id, f"uri:{value}")
+            )
         if item.kind == "reference":
-            return self._entry(resource_type, item.name, SearchEntry.value.in_(self._references(resource_type,
-                                                                                                  item.name, value)))
+            return self._entry(
+                resource_type, item.name, SearchEntry.value.in_(self._references(resource_type, item.name, value))
+            )
         tokens = self.blind.query_tokens(network_id, value, STRING_MODES[item.modifier])  # type: ignore[arg-type]
         if not tokens:
             raise bad(f"{item.name}: the search text is empty after normalisation", item.name)
@@ -227,8 +247,12 @@ class SearchRunner:
         resource = orjson.loads(body)
         params = P.PARAMS[query.resource_type]
         for item in checks:
-            texts = [normalise(text) for path in params[item.name].paths
-                     for value in P.values_at(resource, path) for text in P.string_values(value)]
+            texts = [
+                normalise(text)
+                for path in params[item.name].paths
+                for value in P.values_at(resource, path)
+                for text in P.string_values(value)
+            ]
             wanted = [normalise(v) for v in item.values]
             if not any(w in text for w in wanted for text in texts):
                 return False
@@ -237,13 +261,19 @@ class SearchRunner:
     def sort_expression(self, query: SearchQuery) -> Any:
         if query.sort == "_lastUpdated":
             return ResourceHead.last_updated
-        earliest = select(func.min(SearchEntry.date_low)).where(
-            SearchEntry.resource_type == query.resource_type, SearchEntry.resource_id == ResourceHead.resource_id,
-            SearchEntry.param == query.sort).correlate(ResourceHead).scalar_subquery()
+        earliest = (
+            select(func.min(SearchEntry.date_low))
+            .where(
+                SearchEntry.resource_type == query.resource_type,
+                SearchEntry.resource_id == ResourceHead.resource_id,
+                SearchEntry.param == query.sort,
+            )
+            .correlate(ResourceHead)
+            .scalar_subquery()
+        )
         return func.coalesce(earliest, _EPOCH)
 
-    def page(self, db: Session, network_id: str, query: SearchQuery) -> tuple[list[tuple[ResourceHead, Any]],
-                                                                          bool]:
+    def page(self, db: Session, network_id: str, query: SearchQuery) -> tuple[list[tuple[ResourceHead, Any]], bool]:
         """One page of (head, sort value), and whether more lie beyond it in the paging direction."""
         sort = self.sort_expression(query)
         backwards = query.before is not None
@@ -255,8 +285,11 @@ class SearchRunner:
             later = or_(sort > value, and_(sort == value, ResourceHead.resource_id > resource_id))
             earlier = or_(sort < value, and_(sort == value, ResourceHead.resource_id < resource_id))
             statement = statement.where(later if ascending else earlier)
-        order = (sort.asc(), ResourceHead.resource_id.asc()) if ascending else (sort.desc(),
-                                                                                ResourceHead.resource_id.desc())
+        order = (
+            (sort.asc(), ResourceHead.resource_id.asc())
+            if ascending
+            else (sort.desc(), ResourceHead.resource_id.desc())
+        )
         rows = [(row[0], row[1]) for row in db.execute(statement.order_by(*order).limit(query.count + 1))]
         more = len(rows) > query.count
         rows = rows[: query.count]
@@ -268,26 +301,37 @@ class SearchRunner:
         statement = select(func.count()).select_from(ResourceHead).where(*self.where(network_id, query))
         return int(db.scalar(statement) or 0)
 
-    def included(self, db: Session, network_id: str, query: SearchQuery,
-                 matches: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    def included(
+        self, db: Session, network_id: str, query: SearchQuery, matches: list[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
         """(type, id) of resources pulled in by _include and _revinclude, without duplicates or matches."""
         wanted: list[tuple[str, str]] = []
         seen = set(matches)
         ids = [resource_id for _, resource_id in matches]
         references = [f"{t}/{i}" for t, i in matches]
         for source, name in query.includes:
-            rows = db.execute(select(SearchEntry.value).where(
-                SearchEntry.network_id == network_id, SearchEntry.resource_type == source,
-                SearchEntry.param == name, SearchEntry.resource_id.in_(ids)))
+            rows = db.execute(
+                select(SearchEntry.value).where(
+                    SearchEntry.network_id == network_id,
+                    SearchEntry.resource_type == source,
+                    SearchEntry.param == name,
+                    SearchEntry.resource_id.in_(ids),
+                )
+            )
             for (value,) in rows:
                 target_type, _, target_id = str(value).partition("/")
                 if target_id and (target_type, target_id) not in seen:
                     seen.add((target_type, target_id))
                     wanted.append((target_type, target_id))
         for source, name in query.revincludes:
-            found = db.scalars(select(SearchEntry.resource_id).where(
-                SearchEntry.network_id == network_id, SearchEntry.resource_type == source,
-                SearchEntry.param == name, SearchEntry.value.in_(references)))
+            found = db.scalars(
+                select(SearchEntry.resource_id).where(
+                    SearchEntry.network_id == network_id,
+                    SearchEntry.resource_type == source,
+                    SearchEntry.param == name,
+                    SearchEntry.value.in_(references),
+                )
+            )
             for resource_id in found:
                 if (source, resource_id) not in seen:
                     seen.add((source, resource_id))

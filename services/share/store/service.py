@@ -26,6 +26,9 @@ from services.share.store.types import compartment_patient
 
 log = structlog.get_logger(__name__)
 
+# The data-key id of a version whose patient was erased (its ciphertext is gone too).
+ERASED = "erased"
+
 
 class Gone(RenkeiError):
     status_code = 410
@@ -70,23 +73,35 @@ class ResourceStore:
 
     # Writes -------------------------------------------------------------------------------------------
 
-    def create(self, db: Session, caller: Caller, resource_type: str, body: dict[str, Any]) -> Stored:
-        resource_id = uuid.uuid4().hex
+    def create(
+        self, db: Session, caller: Caller, resource_type: str, body: dict[str, Any], *, resource_id: str | None = None
+    ) -> Stored:
+        """A new resource; ``resource_id`` is one the server assigned up front (a transaction's urn:uuid entries)."""
+        resource_id = resource_id or uuid.uuid4().hex
         patient_id = self._compartment(db, caller, resource_type, resource_id, body)
         return self._write(db, caller, resource_type, resource_id, 1, patient_id, body, "POST")
 
-    def update(self, db: Session, caller: Caller, resource_type: str, resource_id: str, body: dict[str, Any],
-               if_match: int | None) -> Stored:
+    def update(
+        self,
+        db: Session,
+        caller: Caller,
+        resource_type: str,
+        resource_id: str,
+        body: dict[str, Any],
+        if_match: int | None,
+    ) -> Stored:
         head = self._head(db, caller, resource_type, resource_id, for_update=True)
         if if_match is not None and if_match != head.version:
             raise PreconditionFailed(f"{resource_type}/{resource_id} is at version {head.version}, not {if_match}")
         if body.get("id") not in (None, resource_id):
-            raise BadRequest(f"the body's id {body.get('id')!r} differs from the URL's {resource_id!r}",
-                             code="id_mismatch")
+            raise BadRequest(
+                f"the body's id {body.get('id')!r} differs from the URL's {resource_id!r}", code="id_mismatch"
+            )
         patient_id = self._compartment(db, caller, resource_type, resource_id, body)
         if not head.deleted and patient_id != (head.patient_id or None):
-            raise BadRequest("a resource cannot move to another patient; create a new one instead",
-                             code="compartment_change")
+            raise BadRequest(
+                "a resource cannot move to another patient; create a new one instead", code="compartment_change"
+            )
         return self._write(db, caller, resource_type, resource_id, head.version + 1, patient_id, body, "PUT")
 
     def delete(self, db: Session, caller: Caller, resource_type: str, resource_id: str) -> Stored | None:
@@ -98,11 +113,26 @@ class ResourceStore:
         head.version += 1
         head.deleted = True
         head.last_updated = now
-        db.add(ResourceVersion(resource_type=resource_type, resource_id=resource_id, version=head.version,
-                               network_id=caller.network_id, patient_id=head.patient_id, data_key_id="",
-                               body=b"", deleted=True, method="DELETE", last_updated=now, author=caller.subject))
-        db.execute(delete(SearchEntry).where(SearchEntry.resource_type == resource_type,
-                                             SearchEntry.resource_id == resource_id))
+        db.add(
+            ResourceVersion(
+                resource_type=resource_type,
+                resource_id=resource_id,
+                version=head.version,
+                network_id=caller.network_id,
+                patient_id=head.patient_id,
+                data_key_id="",
+                body=b"",
+                deleted=True,
+                method="DELETE",
+                last_updated=now,
+                author=caller.subject,
+            )
+        )
+        db.execute(
+            delete(SearchEntry).where(
+                SearchEntry.resource_type == resource_type, SearchEntry.resource_id == resource_id
+            )
+        )
         return Stored(resource_type, resource_id, head.version, now, True, "DELETE", b"")
 
     # Reads --------------------------------------------------------------------------------------------
@@ -122,19 +152,28 @@ class ResourceStore:
             raise Gone(f"{resource_type}/{resource_id} version {version} is a deletion")
         return stored
 
-    def history(self, db: Session, caller: Caller, resource_type: str, resource_id: str | None,
-                count: int, before: tuple[datetime, str, int] | None = None) -> list[Stored]:
+    def history(
+        self,
+        db: Session,
+        caller: Caller,
+        resource_type: str,
+        resource_id: str | None,
+        count: int,
+        before: tuple[datetime, str, int] | None = None,
+    ) -> list[Stored]:
         """Versions newest first; for a type, of every resource of that type in the caller's network."""
         if resource_id is not None:
             self._head(db, caller, resource_type, resource_id)
-        query = select(ResourceVersion).where(ResourceVersion.network_id == caller.network_id,
-                                              ResourceVersion.resource_type == resource_type)
+        query = select(ResourceVersion).where(
+            ResourceVersion.network_id == caller.network_id, ResourceVersion.resource_type == resource_type
+        )
         if resource_id is not None:
             query = query.where(ResourceVersion.resource_id == resource_id)
         if before is not None:
             query = query.where(ResourceVersion.last_updated <= before[0])
-        query = query.order_by(ResourceVersion.last_updated.desc(), ResourceVersion.resource_id.desc(),
-                               ResourceVersion.version.desc()).limit(count + 50 if before else count)
+        query = query.order_by(
+            ResourceVersion.last_updated.desc(), ResourceVersion.resource_id.desc(), ResourceVersion.version.desc()
+        ).limit(count + 50 if before else count)
         rows = list(db.scalars(query))
         if before is not None:
             rows = [r for r in rows if (r.last_updated, r.resource_id, r.version) < before][:count]
@@ -160,42 +199,57 @@ class ResourceStore:
         if row.deleted:
             return Stored(row.resource_type, row.resource_id, row.version, row.last_updated, True, row.method, b"")
         try:
+            if row.data_key_id == ERASED:
+                raise KeyDestroyed(row.data_key_id)
             key = self.keys.unwrap(db, row.data_key_id)
             body = open_sealed(key, row.body, resource_aad(row.resource_type, row.resource_id, row.version))
         except KeyDestroyed:
             if tolerate_erased:
-                return Stored(row.resource_type, row.resource_id, row.version, row.last_updated, True, "DELETE",
-                              b"")
+                return Stored(row.resource_type, row.resource_id, row.version, row.last_updated, True, "DELETE", b"")
             raise Gone(f"{row.resource_type}/{row.resource_id} has been erased") from None
         except TamperedCiphertext:
-            log.error("ciphertext_integrity_failure", resource_type=row.resource_type,
-                      resource_id=row.resource_id, version=row.version)
+            log.error(
+                "ciphertext_integrity_failure",
+                resource_type=row.resource_type,
+                resource_id=row.resource_id,
+                version=row.version,
+            )
             raise IntegrityFailure("this resource failed its integrity check and is not served") from None
         return Stored(row.resource_type, row.resource_id, row.version, row.last_updated, False, row.method, body)
 
     # Internals ----------------------------------------------------------------------------------------
 
-    def _head(self, db: Session, caller: Caller, resource_type: str, resource_id: str,
-              for_update: bool = False) -> ResourceHead:
+    def _head(
+        self, db: Session, caller: Caller, resource_type: str, resource_id: str, for_update: bool = False
+    ) -> ResourceHead:
         head = db.get(ResourceHead, (resource_type, resource_id), with_for_update=for_update)
         # Another network's resource answers exactly like a missing one: existence is not leaked.
         if head is None or head.network_id != caller.network_id:
             raise NotFound(f"{resource_type}/{resource_id} is not known")
         return head
 
-    def _compartment(self, db: Session, caller: Caller, resource_type: str, resource_id: str,
-                     body: dict[str, Any]) -> str | None:
+    def _compartment(
+        self, db: Session, caller: Caller, resource_type: str, resource_id: str, body: dict[str, Any]
+    ) -> str | None:
         patient_id = compartment_patient(resource_type, resource_id, body)
         if patient_id is None or resource_type == "Patient":
             return patient_id
         head = db.get(ResourceHead, ("Patient", patient_id))
         if head is None or head.network_id != caller.network_id or head.deleted:
-            raise BadRequest(f"Patient/{patient_id} is not known; the patient must exist first",
-                             code="unknown_patient")
+            raise BadRequest(f"Patient/{patient_id} is not known; the patient must exist first", code="unknown_patient")
         return patient_id
 
-    def _write(self, db: Session, caller: Caller, resource_type: str, resource_id: str, version: int,
-               patient_id: str | None, body: dict[str, Any], method: str) -> Stored:
+    def _write(
+        self,
+        db: Session,
+        caller: Caller,
+        resource_type: str,
+        resource_id: str,
+        version: int,
+        patient_id: str | None,
+        body: dict[str, Any],
+        method: str,
+    ) -> Stored:
         now = utcnow()
         body["id"] = resource_id
         meta: dict[str, Any] = body["meta"] if isinstance(body.get("meta"), dict) else {}
@@ -203,17 +257,41 @@ class ResourceStore:
         plaintext = orjson.dumps(body)
         key_id, key = self.keys.key_for(db, caller.network_id, patient_id)
         sealed = seal(key, plaintext, resource_aad(resource_type, resource_id, version))
-        db.add(ResourceVersion(resource_type=resource_type, resource_id=resource_id, version=version,
-                               network_id=caller.network_id, patient_id=patient_id or "", data_key_id=key_id,
-                               body=sealed, deleted=False, method=method, last_updated=now, author=caller.subject))
+        db.add(
+            ResourceVersion(
+                resource_type=resource_type,
+                resource_id=resource_id,
+                version=version,
+                network_id=caller.network_id,
+                patient_id=patient_id or "",
+                data_key_id=key_id,
+                body=sealed,
+                deleted=False,
+                method=method,
+                last_updated=now,
+                author=caller.subject,
+            )
+        )
         head = db.get(ResourceHead, (resource_type, resource_id))
         if head is None:
-            db.add(ResourceHead(resource_type=resource_type, resource_id=resource_id, network_id=caller.network_id,
-                                patient_id=patient_id or "", version=version, deleted=False, last_updated=now))
+            db.add(
+                ResourceHead(
+                    resource_type=resource_type,
+                    resource_id=resource_id,
+                    network_id=caller.network_id,
+                    patient_id=patient_id or "",
+                    version=version,
+                    deleted=False,
+                    last_updated=now,
+                )
+            )
         else:
             head.version, head.deleted, head.last_updated = version, False, now
             head.patient_id = patient_id or ""
-            db.execute(delete(SearchEntry).where(SearchEntry.resource_type == resource_type,
-                                                 SearchEntry.resource_id == resource_id))
+            db.execute(
+                delete(SearchEntry).where(
+                    SearchEntry.resource_type == resource_type, SearchEntry.resource_id == resource_id
+                )
+            )
         db.add_all(self.indexer.entries(caller.network_id, resource_type, resource_id, body))
         return Stored(resource_type, resource_id, version, now, False, method, plaintext)

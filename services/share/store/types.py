@@ -9,18 +9,40 @@ from __future__ import annotations
 from typing import Any
 
 SUPPORTED = (
-    "Patient", "RelatedPerson", "Organization", "Practitioner", "PractitionerRole", "CareTeam", "Consent",
-    "Questionnaire", "QuestionnaireResponse", "Composition", "Bundle", "Communication", "Task", "Binary",
-    "DocumentReference", "Observation", "AuditEvent", "Subscription",
+    "Patient",
+    "RelatedPerson",
+    "Organization",
+    "Practitioner",
+    "PractitionerRole",
+    "CareTeam",
+    "Consent",
+    "Questionnaire",
+    "QuestionnaireResponse",
+    "Composition",
+    "Bundle",
+    "Communication",
+    "Task",
+    "Binary",
+    "DocumentReference",
+    "Observation",
+    "AuditEvent",
+    "Subscription",
 )
 # AuditEvents are written by the server itself (the [access] issue), never through the API.
 READ_ONLY = frozenset({"AuditEvent"})
 
 # The element that puts a resource in a patient's compartment (and so under that patient's data key).
 COMPARTMENT_ELEMENT = {
-    "RelatedPerson": "patient", "CareTeam": "subject", "Consent": "patient", "QuestionnaireResponse": "subject",
-    "Composition": "subject", "Communication": "subject", "Task": "for", "DocumentReference": "subject",
-    "Observation": "subject", "Binary": "securityContext",
+    "RelatedPerson": "patient",
+    "CareTeam": "subject",
+    "Consent": "patient",
+    "QuestionnaireResponse": "subject",
+    "Composition": "subject",
+    "Communication": "subject",
+    "Task": "for",
+    "DocumentReference": "subject",
+    "Observation": "subject",
+    "Binary": "securityContext",
 }
 
 _GENDER = {"male", "female", "other", "unknown"}
@@ -35,23 +57,73 @@ REQUIRED_BINDINGS: dict[str, dict[str, set[str]]] = {
     "QuestionnaireResponse": {"status": {"in-progress", "completed", "amended", "entered-in-error", "stopped"}},
     "Composition": {"status": {"preliminary", "final", "amended", "entered-in-error"}},
     "Communication": {
-        "status": {"preparation", "in-progress", "not-done", "on-hold", "stopped", "completed", "entered-in-error",
-                   "unknown"},
+        "status": {
+            "preparation",
+            "in-progress",
+            "not-done",
+            "on-hold",
+            "stopped",
+            "completed",
+            "entered-in-error",
+            "unknown",
+        },
         "priority": _PRIORITY,
     },
     "Task": {
-        "status": {"draft", "requested", "received", "accepted", "rejected", "ready", "cancelled", "in-progress",
-                   "on-hold", "failed", "completed", "entered-in-error"},
-        "intent": {"unknown", "proposal", "plan", "order", "original-order", "reflex-order", "filler-order",
-                   "instance-order", "option"},
+        "status": {
+            "draft",
+            "requested",
+            "received",
+            "accepted",
+            "rejected",
+            "ready",
+            "cancelled",
+            "in-progress",
+            "on-hold",
+            "failed",
+            "completed",
+            "entered-in-error",
+        },
+        "intent": {
+            "unknown",
+            "proposal",
+            "plan",
+            "order",
+            "original-order",
+            "reflex-order",
+            "filler-order",
+            "instance-order",
+            "option",
+        },
         "priority": _PRIORITY,
     },
-    "Observation": {"status": {"registered", "preliminary", "final", "amended", "corrected", "cancelled",
-                               "entered-in-error", "unknown"}},
+    "Observation": {
+        "status": {
+            "registered",
+            "preliminary",
+            "final",
+            "amended",
+            "corrected",
+            "cancelled",
+            "entered-in-error",
+            "unknown",
+        }
+    },
     "DocumentReference": {"status": {"current", "superseded", "entered-in-error"}},
     "Subscription": {"status": {"requested", "active", "error", "off"}},
-    "Bundle": {"type": {"document", "message", "transaction", "transaction-response", "batch", "batch-response",
-                        "history", "searchset", "collection"}},
+    "Bundle": {
+        "type": {
+            "document",
+            "message",
+            "transaction",
+            "transaction-response",
+            "batch",
+            "batch-response",
+            "history",
+            "searchset",
+            "collection",
+        }
+    },
 }
 
 
@@ -61,8 +133,12 @@ def binding_errors(resource_type: str, body: dict[str, Any]) -> list[tuple[str, 
     for element, allowed in REQUIRED_BINDINGS.get(resource_type, {}).items():
         value = body.get(element)
         if value is not None and value not in allowed:
-            problems.append((f"{resource_type}.{element}",
-                             f"{value!r} is not a valid code; expected one of {', '.join(sorted(allowed))}"))
+            problems.append(
+                (
+                    f"{resource_type}.{element}",
+                    f"{value!r} is not a valid code; expected one of {', '.join(sorted(allowed))}",
+                )
+            )
     return problems
 
 

@@ -38,8 +38,11 @@ def parse_resource(raw: bytes, resource_type: str) -> dict[str, Any]:
         raise BadRequest("the body must be a JSON object (a FHIR resource)", code="invalid_json")
     found = data.get("resourceType")
     if found != resource_type:
-        raise BadRequest(f"resourceType {found!r} does not match the URL's {resource_type}", code="wrong_type",
-                         expression=["resourceType"])
+        raise BadRequest(
+            f"resourceType {found!r} does not match the URL's {resource_type}",
+            code="wrong_type",
+            expression=["resourceType"],
+        )
     return validate(data)
 
 
