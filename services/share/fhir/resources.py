@@ -90,7 +90,7 @@ def run_search(ctx: Context, db: Session, principal: Principal, resource_type: s
     query = S.parse(resource_type, items)
     network = principal.network
     base = ctx.settings.fhir_base
-    if query.summary_count:
+    if query.summary_count or (query.count == 0 and query.want_total):
         body = {"resourceType": "Bundle", "type": "searchset", "total": ctx.search.total(db, network, query)}
         return FhirResponse(body)
     rows, more = ctx.search.page(db, network, query)
@@ -110,7 +110,8 @@ def run_search(ctx: Context, db: Session, principal: Principal, resource_type: s
         if backward_more:
             cursor = S.encode_cursor(first_sort, first_head.resource_id)
             links["previous"] = f"{base}/{resource_type}?{urlencode([*query.echo, ('_before', cursor)])}"
-    return FhirResponse(bundles.searchset(base, matches, included, links))
+    total = ctx.search.total(db, network, query) if query.want_total else None
+    return FhirResponse(bundles.searchset(base, matches, included, links, total))
 
 
 @router.get("/{resource_type}")

@@ -20,7 +20,9 @@ from services.share.crypto.blind import BlindIndex, normalise
 from services.share.store import params as P
 from services.share.store.models import ResourceHead, SearchEntry
 
-CONTROL = {"_count", "_sort", "_include", "_revinclude", "_summary", "_format", "_cursor", "_before", "_elements"}
+# ``_totalMethod=count`` is the Aidbox spelling some clients (fhirpy's ``count()``) send for ``_total=accurate``.
+CONTROL = {"_count", "_sort", "_include", "_revinclude", "_summary", "_format", "_cursor", "_before", "_total",
+           "_totalMethod"}
 DATE_PREFIXES = ("eq", "ne", "lt", "le", "gt", "ge")
 STRING_MODES = {None: "prefix", "exact": "exact", "contains": "contains"}
 MAX_COUNT = 200
@@ -46,13 +48,15 @@ class SearchQuery:
     after: tuple[datetime, str] | None = None
     before: tuple[datetime, str] | None = None
     summary_count: bool = False
+    want_total: bool = False
     includes: list[tuple[str, str]] = field(default_factory=list)
     revincludes: list[tuple[str, str]] = field(default_factory=list)
     echo: list[tuple[str, str]] = field(default_factory=list)  # the query as given, for paging links
 
 
 def bad(message: str, parameter: str) -> BadRequest:
-    return BadRequest(message, code="invalid_search", headers={"X-Renkei-Parameter": parameter})
+    """A refused search; ``parameter`` is named in ``message`` (HTTP headers cannot carry arbitrary text)."""
+    return BadRequest(message, code="invalid_search")
 
 
 def parse(resource_type: str, items: list[tuple[str, str]]) -> SearchQuery:
@@ -100,6 +104,10 @@ def _control(query: SearchQuery, name: str, value: str, known: dict[str, P.Param
         if value != "count":
             raise bad("only _summary=count is supported", name)
         query.summary_count = True
+    elif name in ("_total", "_totalMethod"):
+        if value not in ("none", "estimate", "accurate", "count"):
+            raise bad(f"{name} must be none, estimate or accurate", name)
+        query.want_total = value != "none"
     elif name in ("_cursor", "_before"):
         position = _decode_cursor(value)
         if name == "_cursor":
