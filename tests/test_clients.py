@@ -164,8 +164,8 @@ def test_system_token_is_accepted_by_the_share_service(server: LiveServer, clien
     http = server.client()
     assert http.get("/fhir/Patient").status_code == 401
     answer = http.get("/fhir/Patient", headers={"Authorization": f"Bearer {token}"})
-    assert answer.status_code == 404, answer.text
-    assert answer.json()["resourceType"] == "OperationOutcome"
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["resourceType"] == "Bundle"
 
 
 def test_assertion_expiring_within_five_minutes_is_accepted(client: SystemClient) -> None:

@@ -62,10 +62,9 @@ def fhir(server: LiveServer, token: str | None = None, *, authorization: str | N
 
 
 def assert_accepted(answer: httpx.Response) -> None:
-    # /fhir/Patient is not served yet: a 404 OperationOutcome means authentication passed.
-    assert answer.status_code == 404, answer.text
-    assert answer.json()["resourceType"] == "OperationOutcome"
-    assert answer.json()["issue"][0]["details"]["coding"][0]["code"] == "unsupported_resource"
+    # A searchset Bundle means authentication passed (a refused token gets a 401 OperationOutcome).
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["resourceType"] == "Bundle"
 
 
 def assert_rejected(answer: httpx.Response, *, error: str | None = "invalid_token") -> None:

@@ -84,6 +84,21 @@ class LoginService:
         challenge = self.challenge(db, mfa_token)
         user = db.get(User, challenge.user_id)
         assert user is not None
+        # The account or the tablet may have been shut off since the password step: no tokens then.
+        if user.disabled:
+            challenge.used_at = now
+            record(
+                db,
+                "mfa",
+                FAILURE,
+                network_id=user.network_id,
+                user_id=user.id,
+                device_id=challenge.device_id,
+                address=address,
+                reason="disabled",
+            )
+            raise InvalidCredentials("invalid username or password", keep_writes=True)
+        self._check_device(db, user, challenge.device_id)
         self.ctx.throttle.check(db, user.username, address, now)
         self._spend_attempt(db, challenge)
         audit = {

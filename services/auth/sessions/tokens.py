@@ -7,7 +7,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from services.auth.audit.recorder import FAILURE, SUCCESS, record
@@ -80,19 +80,30 @@ class SessionTokens:
             "device_id": session.device_id,
             "address": address,
         }
-        if row.used_at is not None:
-            # A rotated token came back: either the client or a thief holds a copy. End the whole session.
+        if row.used_at is not None or not self._claim(db, row, now):
+            # A rotated token came back (or is being rotated by a concurrent request): either the client or a
+            # thief holds a copy. End the whole session.
             revoke_session(db, session, "refresh_token_reuse")
             record(db, "refresh_reuse_detected", FAILURE, **audit)
             raise InvalidGrant("refresh token was already used; the session has been revoked", keep_writes=True)
         reason = self._refusal(db, session, row, user, now)
         if reason:
-            row.used_at = now
             record(db, "refresh", FAILURE, reason=reason, **audit)
             raise InvalidGrant(f"refresh refused: {reason.replace('_', ' ')}", keep_writes=True)
-        row.used_at = now
         record(db, "refresh", SUCCESS, **audit)
         return self._pair(db, user, session)
+
+    @staticmethod
+    def _claim(db: Session, row: RefreshToken, now: Any) -> bool:
+        """Mark the token used in one conditional statement, so that of concurrent requests presenting it only
+        one rotates it on every backend (SQLite ignores FOR UPDATE)."""
+        claimed = db.execute(
+            update(RefreshToken)
+            .where(RefreshToken.token_hash == row.token_hash, RefreshToken.used_at.is_(None))
+            .values(used_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
 
     @staticmethod
     def _refusal(db: Session, session: LoginSession, row: RefreshToken, user: User, now: Any) -> str | None:
