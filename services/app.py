@@ -24,13 +24,17 @@ from services.kit.logging import configure_logging
 from services.kit.settings import Settings
 from services.kit.tokens import InvalidToken, challenge_header
 from services.share.context import ShareContext
+from services.share.fhir.batch import router as fhir_batch
 from services.share.fhir.endpoints import authenticated as fhir_authenticated
 from services.share.fhir.endpoints import public as fhir_public
 from services.share.fhir.resources import router as fhir_resources
 from services.share.fhir.responses import outcome_response
 
 
-def create_app(settings: Settings | None = None, *, auth: bool = True, share: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, auth: bool = True, share: bool = True, plaintext_baseline: bool = False
+) -> FastAPI:
+    """The application; ``plaintext_baseline`` (unencrypted storage) exists only for bench/store.py."""
     settings = settings or Settings()
     configure_logging()
 
@@ -42,7 +46,7 @@ def create_app(settings: Settings | None = None, *, auth: bool = True, share: bo
                 auth_ctx.signer.ensure_key(session)
             app.state.auth = auth_ctx
         if share:
-            app.state.share = ShareContext.build(settings)
+            app.state.share = ShareContext.build(settings, plaintext_baseline=plaintext_baseline)
         yield
         if share:
             await app.state.share.verifier.jwks.close()
@@ -63,6 +67,7 @@ def create_app(settings: Settings | None = None, *, auth: bool = True, share: bo
     if share:
         app.include_router(fhir_public)
         app.include_router(fhir_resources)
+        app.include_router(fhir_batch)
         app.include_router(fhir_authenticated)
     install_error_handlers(app)
     return app

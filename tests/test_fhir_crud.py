@@ -167,3 +167,18 @@ def test_metadata_lists_exactly_the_supported_interactions(http: httpx.Client) -
         "read", "vread", "history-instance", "history-type", "search-type"}
     names = {p["name"] for p in resources["Patient"]["searchParam"]}
     assert {"identifier", "name", "birthdate", "gender", "_id", "_lastUpdated"} <= names
+
+
+def test_deep_nesting_and_foreign_subjects_are_refused(http: httpx.Client, auth: dict[str, str]) -> None:
+    deep: dict[str, object] = {"url": "urn:x", "valueString": "x"}
+    for _ in range(300):
+        deep = {"url": "urn:x", "extension": [deep]}
+    answer = http.post("/fhir/Patient", json={"resourceType": "Patient", "extension": [deep]},
+                       headers={**auth, **FHIR_JSON})
+    assert answer.status_code == 400
+    for subject in ("urn:uuid:6f0c5c0a-52c7-4a53-9b4e-0c0f8b7d2c11", "Group/1", "https://elsewhere.example/x"):
+        sheet = response("ignored")
+        sheet["subject"] = {"reference": subject}
+        answer = create(http, auth, sheet)
+        assert answer.status_code == 400, subject
+        assert answer.json()["issue"][0]["expression"] == ["QuestionnaireResponse.subject"]

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     # The blind-index key (base64, 32 bytes), separate from the KEKs so rotation never changes search tokens.
     # Required when share_keks is set; otherwise read from (or generated into) ``<key_dir>/share-index.key``.
     share_index_key: str | None = Field(default=None, repr=False)
+    # Attachment (Binary) content, encrypted, outside the database; default ``<data_dir>/blobs``.
+    blob_dir: Path | None = None
 
     # Tokens.
     access_token_ttl_seconds: int = 600
@@ -77,6 +79,10 @@ class Settings(BaseSettings):
     @cached_property
     def resolved_key_dir(self) -> Path:
         return self.key_dir or self.data_dir / "keys"
+
+    @cached_property
+    def resolved_blob_dir(self) -> Path:
+        return self.blob_dir or self.data_dir / "blobs"
 
     @cached_property
     def resolved_auth_database_url(self) -> str:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from services.kit.db import Database
 from services.kit.settings import Settings
+from services.share.blobs.store import BlobStore, FilesystemBlobStore
 from services.share.crypto.blind import BlindIndex
 from services.share.crypto.datakeys import DataKeys
 from services.share.crypto.keyring import KeyRing
@@ -23,16 +24,25 @@ class ShareContext:
     keyring: KeyRing
     store: ResourceStore
     search: SearchRunner
+    blobs: BlobStore
 
     @classmethod
-    def build(cls, settings: Settings) -> ShareContext:
+    def build(cls, settings: Settings, *, plaintext_baseline: bool = False) -> ShareContext:
+        """``plaintext_baseline`` stores bodies and index terms unencrypted: for bench/store.py's baseline only."""
         keyring = KeyRing.load(settings)
         blind = BlindIndex(keyring.index_key)
+        store = ResourceStore(DataKeys(keyring), Indexer(blind))
+        if plaintext_baseline:
+            from services.share.store.baseline import PlainCipher, PlainIndex, PlainKeys
+
+            blind = PlainIndex(keyring.index_key)
+            store = ResourceStore(PlainKeys(keyring), Indexer(blind), PlainCipher())
         return cls(
             settings=settings,
             db=Database(settings.resolved_share_database_url),
             verifier=TokenVerifier(settings),
             keyring=keyring,
-            store=ResourceStore(DataKeys(keyring), Indexer(blind)),
+            store=store,
             search=SearchRunner(blind),
+            blobs=FilesystemBlobStore(settings.resolved_blob_dir),
         )

@@ -40,8 +40,10 @@ V = TypeVar("V")
 
 # Session.info entry: ids of the data keys this session inserted (maybe not committed yet).
 _CREATED = "renkei.crypto.created_data_keys"
-_COLUMNS = select(DataKey.id, DataKey.network_id, DataKey.patient_id, DataKey.kek_version, DataKey.wrapped,
-                  DataKey.destroyed_at)
+_SESSION_KEYS = "renkei.crypto.session_data_keys"
+_COLUMNS = select(
+    DataKey.id, DataKey.network_id, DataKey.patient_id, DataKey.kek_version, DataKey.wrapped, DataKey.destroyed_at
+)
 
 
 class _Record(NamedTuple):
@@ -111,21 +113,29 @@ class DataKeys:
         insert does nothing and it reads the winner's row. Raises :class:`KeyDestroyed` for an erased patient.
         """
         owner = _owner(network_id, patient_id)
+        # Keys this very session found or created: safe to reuse within it, whatever it later does.
+        in_session: dict[tuple[str, str], tuple[str, bytes]] = db.info.setdefault(_SESSION_KEYS, {})
+        if owner in in_session:
+            return in_session[owner]
         key_id = self._owners.get(owner)
         raw = self._keys.get(key_id) if key_id is not None else None
         if key_id is not None and raw is not None:
             return key_id, raw
         epochs = self._keys.epoch, self._owners.epoch
-        row = self._find(db, owner)
-        if row is None:
-            self._insert(db, owner, destroyed=False)
+        # The data_keys table depends on nothing pending in the session: looking a key up must not flush the
+        # caller's unwritten rows one resource at a time.
+        with db.no_autoflush:
             row = self._find(db, owner)
+            if row is None:
+                self._insert(db, owner, destroyed=False)
+                row = self._find(db, owner)
             if row is None:  # Only possible under REPEATABLE READ or stricter, which the services do not use.
                 raise RuntimeError("data key not visible after insert; is the session's isolation too strict?")
         raw = self._open(row)
         self._keys.put(row.id, raw, epochs[0])
         if row.id not in db.info.get(_CREATED, ()):
             self._owners.put(owner, row.id, epochs[1])
+        in_session[owner] = (row.id, raw)
         return row.id, raw
 
     def unwrap(self, db: Session, key_id: str) -> bytes:
@@ -177,6 +187,7 @@ class DataKeys:
         if not patient_id:
             raise ValueError("destroy takes a patient id; the network's own key is not destroyed this way")
         owner = _owner(network_id, patient_id)
+        db.info.get(_SESSION_KEYS, {}).pop(owner, None)
         row = self._find(db, owner)
         if row is None:
             self._insert(db, owner, destroyed=True)
@@ -202,8 +213,15 @@ class DataKeys:
         version = self.keyring.current_version
         wrapped = b"" if destroyed else self._wrap(secrets.token_bytes(KEY_BYTES), key_id, owner, version)
         now = utcnow()
-        values = {"id": key_id, "network_id": owner[0], "patient_id": owner[1], "kek_version": version,
-                  "wrapped": wrapped, "created_at": now, "destroyed_at": now if destroyed else None}
+        values = {
+            "id": key_id,
+            "network_id": owner[0],
+            "patient_id": owner[1],
+            "kek_version": version,
+            "wrapped": wrapped,
+            "created_at": now,
+            "destroyed_at": now if destroyed else None,
+        }
         dialect = db.get_bind().dialect.name
         if dialect == "postgresql":
             db.execute(pg_insert(DataKey).values(values).on_conflict_do_nothing())

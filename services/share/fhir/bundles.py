@@ -25,8 +25,9 @@ def _entry(base: str, item: Stored, extra: dict[str, object]) -> bytes:
     return head[:-1] + b',"resource":' + item.body + b"}"
 
 
-def searchset(base: str, matches: list[Stored], included: list[Stored], links: dict[str, str],
-              total: int | None = None) -> bytes:
+def searchset(
+    base: str, matches: list[Stored], included: list[Stored], links: dict[str, str], total: int | None = None
+) -> bytes:
     entries = [_entry(base, m, {"search": {"mode": "match"}}) for m in matches]
     entries += [_entry(base, i, {"search": {"mode": "include"}}) for i in included]
     return _bundle("searchset", entries, links, total)
@@ -37,8 +38,11 @@ def history(base: str, versions: list[Stored], links: dict[str, str]) -> bytes:
     for item in versions:
         url = f"{item.resource_type}/{item.resource_id}"
         request = {"method": item.method, "url": url if item.method != "POST" else item.resource_type}
-        response = {"status": "204" if item.deleted else ("201" if item.method == "POST" else "200"),
-                    "etag": etag(item.version), "lastModified": item.last_updated.isoformat(timespec="milliseconds")}
+        response = {
+            "status": "204" if item.deleted else ("201" if item.method == "POST" else "200"),
+            "etag": etag(item.version),
+            "lastModified": item.last_updated.isoformat(timespec="milliseconds"),
+        }
         entries.append(_entry(base, item, {"request": request, "response": response}))
     return _bundle("history", entries, links, None)
 

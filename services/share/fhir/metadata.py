@@ -56,6 +56,7 @@ def capability_statement(settings: Settings, published: str) -> dict[str, Any]:
                     ],
                 },
                 "resource": [_resource_capability(t) for t in SUPPORTED],
+                "interaction": [{"code": "batch"}, {"code": "transaction"}],
             }
         ],
     }

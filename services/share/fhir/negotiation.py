@@ -36,5 +36,6 @@ def check_accept(request: Request) -> None:
 def check_content_type(request: Request) -> None:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in JSON_FORMATS:
-        raise UnsupportedMediaType(f"Content-Type {content_type or '(none)'} is not supported; "
-                                   "send application/fhir+json")
+        raise UnsupportedMediaType(
+            f"Content-Type {content_type or '(none)'} is not supported; send application/fhir+json"
+        )

@@ -14,8 +14,8 @@ from starlette.concurrency import run_in_threadpool
 
 from services.kit.errors import BadRequest, NotFound, RenkeiError
 from services.kit.tokens import Principal
-from services.share.fhir import bundles
-from services.share.fhir.negotiation import check_accept, check_content_type
+from services.share.fhir import binary, bundles
+from services.share.fhir.negotiation import check_content_type
 from services.share.fhir.responses import FhirResponse, operation_outcome
 from services.share.security.deps import Context, CurrentPrincipal
 from services.share.store import search as S
@@ -24,7 +24,7 @@ from services.share.store.service import Caller, Stored
 from services.share.store.types import READ_ONLY, SUPPORTED
 from services.share.store.validation import parse_resource
 
-router = APIRouter(prefix="/fhir", tags=["fhir"], dependencies=[Depends(check_accept)])
+router = APIRouter(prefix="/fhir", tags=["fhir"], dependencies=[Depends(binary.negotiate)])
 _ID = re.compile(r"^[A-Za-z0-9\-\.]{1,64}$")
 _ETAG = re.compile(r'^(?:W/)?"?(\d+)"?$')
 
@@ -166,16 +166,21 @@ def instance_history(resource_type: str, resource_id: str, request: Request, ctx
 
 
 @router.get("/{resource_type}/{resource_id}")
-def read(resource_type: str, resource_id: str, ctx: Context, db: DbSession, principal: CurrentPrincipal) -> Response:
+def read(resource_type: str, resource_id: str, request: Request, ctx: Context, db: DbSession,
+         principal: CurrentPrincipal) -> Response:
+    if resource_type == "Binary":  # the content itself, or the resource with it (binary.py)
+        return binary.read(request, ctx, db, principal, checked_id(resource_id))
     item = ctx.store.read(db, caller_of(principal), resource_type_of(resource_type), checked_id(resource_id))
     return resource_response(ctx, item)
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{version}")
-def vread(resource_type: str, resource_id: str, version: str, ctx: Context, db: DbSession,
+def vread(resource_type: str, resource_id: str, version: str, request: Request, ctx: Context, db: DbSession,
           principal: CurrentPrincipal) -> Response:
     if not version.isdigit():
         raise NotFound(f"version {version!r} is not known")
+    if resource_type == "Binary":
+        return binary.read(request, ctx, db, principal, checked_id(resource_id), int(version))
     item = ctx.store.vread(db, caller_of(principal), resource_type_of(resource_type), checked_id(resource_id),
                            int(version))
     return resource_response(ctx, item)
@@ -187,6 +192,8 @@ async def create(resource_type: str, request: Request, ctx: Context, principal: 
                  if_none_exist: Annotated[str | None, Header()] = None,
                  idempotency_key: Annotated[str | None, Header()] = None) -> Response:
     resource_type_of(resource_type, write=True)
+    if resource_type == "Binary":  # content goes to the blob store, encrypted (binary.py)
+        return await binary.create(request, ctx, principal, prefer, if_none_exist, idempotency_key)
     check_content_type(request)
     raw = await request.body()
     def execute() -> Response:
@@ -251,13 +258,15 @@ async def update(resource_type: str, resource_id: str, request: Request, ctx: Co
                  if_match: Annotated[str | None, Header()] = None) -> Response:
     resource_type_of(resource_type, write=True)
     checked_id(resource_id)
-    check_content_type(request)
     expected = None
     if if_match is not None:
         match = _ETAG.match(if_match.strip())
         if not match:
             raise BadRequest(f'If-Match must be an ETag like W/"3", not {if_match!r}', code="invalid_if_match")
         expected = int(match.group(1))
+    if resource_type == "Binary":
+        return await binary.update(request, ctx, principal, resource_id, expected, prefer)
+    check_content_type(request)
     raw = await request.body()
     def execute() -> Response:
         body = parse_resource(raw, resource_type)

@@ -7,7 +7,6 @@ from typing import Any
 
 from services.share.crypto.blind import BlindIndex
 from services.share.store import params as P
-from services.share.store.models import SearchEntry
 from services.share.store.types import reference_target
 
 
@@ -33,21 +32,25 @@ class Indexer:
     def __init__(self, blind: BlindIndex) -> None:
         self.blind = blind
 
-    def entries(self, network_id: str, resource_type: str, resource_id: str, body: dict[str, Any]) -> list[SearchEntry]:
-        rows: list[SearchEntry] = []
+    def entries(
+        self, network_id: str, resource_type: str, resource_id: str, body: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Rows for the ``search_index`` table, as plain dicts for one executemany (no ORM objects: a patient
+        has a hundred-odd blind-index tokens)."""
+        rows: list[dict[str, Any]] = []
         for param in P.PARAMS.get(resource_type, {}).values():
             values = [v for path in param.paths for v in P.values_at(body, path)]
             for value_text, low, high in self._index_values(network_id, param, values):
                 rows.append(
-                    SearchEntry(
-                        network_id=network_id,
-                        resource_type=resource_type,
-                        resource_id=resource_id,
-                        param=param.name,
-                        value=value_text,
-                        date_low=low,
-                        date_high=high,
-                    )
+                    {
+                        "network_id": network_id,
+                        "resource_type": resource_type,
+                        "resource_id": resource_id,
+                        "param": param.name,
+                        "value": value_text,
+                        "date_low": low,
+                        "date_high": high,
+                    }
                 )
         return rows
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import structlog
-from sqlalchemy import delete, select
+from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.orm import Session
 
 from services.kit.db import utcnow
@@ -22,10 +22,13 @@ from services.share.crypto.datakeys import DataKeys, KeyDestroyed
 from services.share.crypto.envelope import TamperedCiphertext, open_sealed, resource_aad, seal
 from services.share.store.indexing import Indexer
 from services.share.store.models import ResourceHead, ResourceVersion, SearchEntry
-from services.share.store.types import compartment_patient
+from services.share.store.types import COMPARTMENT_ELEMENT, compartment_patient
 
 log = structlog.get_logger(__name__)
 
+SEARCH_TABLE: Table = SearchEntry.__table__  # type: ignore[assignment]
+# Patients this session has created or checked, so their sheets need no lookup (and no autoflush) each time.
+_KNOWN_PATIENTS = "renkei.store.known_patients"
 # The data-key id of a version whose patient was erased (its ciphertext is gone too).
 ERASED = "erased"
 
@@ -45,6 +48,19 @@ class IntegrityFailure(RenkeiError):
 
     status_code = 500
     code = "integrity_failure"
+
+
+class Cipher(Protocol):
+    def seal(self, key: bytes, plaintext: bytes, aad: bytes) -> bytes: ...
+
+    def open(self, key: bytes, blob: bytes, aad: bytes) -> bytes: ...
+
+
+class AeadCipher:
+    """AES-256-GCM bound to the resource's type, id and version (services/share/crypto/envelope.py)."""
+
+    seal = staticmethod(seal)
+    open = staticmethod(open_sealed)
 
 
 @dataclass(frozen=True)
@@ -67,9 +83,10 @@ class Stored:
 
 
 class ResourceStore:
-    def __init__(self, keys: DataKeys, indexer: Indexer) -> None:
+    def __init__(self, keys: DataKeys, indexer: Indexer, cipher: Cipher | None = None) -> None:
         self.keys = keys
         self.indexer = indexer
+        self.cipher = cipher or AeadCipher()
 
     # Writes -------------------------------------------------------------------------------------------
 
@@ -79,7 +96,7 @@ class ResourceStore:
         """A new resource; ``resource_id`` is one the server assigned up front (a transaction's urn:uuid entries)."""
         resource_id = resource_id or uuid.uuid4().hex
         patient_id = self._compartment(db, caller, resource_type, resource_id, body)
-        return self._write(db, caller, resource_type, resource_id, 1, patient_id, body, "POST")
+        return self._write(db, caller, resource_type, resource_id, 1, patient_id, body, "POST", head=None)
 
     def update(
         self,
@@ -102,13 +119,15 @@ class ResourceStore:
             raise BadRequest(
                 "a resource cannot move to another patient; create a new one instead", code="compartment_change"
             )
-        return self._write(db, caller, resource_type, resource_id, head.version + 1, patient_id, body, "PUT")
+        return self._write(db, caller, resource_type, resource_id, head.version + 1, patient_id, body, "PUT", head=head)
 
     def delete(self, db: Session, caller: Caller, resource_type: str, resource_id: str) -> Stored | None:
         """Delete (a new, empty version); deleting what is already deleted changes nothing."""
         head = self._head(db, caller, resource_type, resource_id, for_update=True)
         if head.deleted:
             return None
+        if resource_type == "Patient":
+            db.info.get(_KNOWN_PATIENTS, set()).discard((caller.network_id, resource_id))
         now = utcnow()
         head.version += 1
         head.deleted = True
@@ -202,7 +221,7 @@ class ResourceStore:
             if row.data_key_id == ERASED:
                 raise KeyDestroyed(row.data_key_id)
             key = self.keys.unwrap(db, row.data_key_id)
-            body = open_sealed(key, row.body, resource_aad(row.resource_type, row.resource_id, row.version))
+            body = self.cipher.open(key, row.body, resource_aad(row.resource_type, row.resource_id, row.version))
         except KeyDestroyed:
             if tolerate_erased:
                 return Stored(row.resource_type, row.resource_id, row.version, row.last_updated, True, "DELETE", b"")
@@ -232,11 +251,23 @@ class ResourceStore:
         self, db: Session, caller: Caller, resource_type: str, resource_id: str, body: dict[str, Any]
     ) -> str | None:
         patient_id = compartment_patient(resource_type, resource_id, body)
+        element = COMPARTMENT_ELEMENT.get(resource_type)
+        if patient_id is None and element is not None and body.get(element) is not None:
+            # The reference decides which patient's key seals this resource: it must name one of ours.
+            raise BadRequest(
+                f"{resource_type}.{element} must reference a Patient of this server (Patient/<id>)",
+                code="unknown_patient",
+                expression=[f"{resource_type}.{element}"],
+            )
         if patient_id is None or resource_type == "Patient":
             return patient_id
+        known: set[tuple[str, str]] = db.info.setdefault(_KNOWN_PATIENTS, set())
+        if (caller.network_id, patient_id) in known:
+            return patient_id  # checked (or created) earlier in this transaction: no query, no autoflush
         head = db.get(ResourceHead, ("Patient", patient_id))
         if head is None or head.network_id != caller.network_id or head.deleted:
             raise BadRequest(f"Patient/{patient_id} is not known; the patient must exist first", code="unknown_patient")
+        known.add((caller.network_id, patient_id))
         return patient_id
 
     def _write(
@@ -249,14 +280,17 @@ class ResourceStore:
         patient_id: str | None,
         body: dict[str, Any],
         method: str,
+        *,
+        head: ResourceHead | None,
     ) -> Stored:
+        """Write a version; ``head`` is the resource's current head row, None for a new resource."""
         now = utcnow()
         body["id"] = resource_id
         meta: dict[str, Any] = body["meta"] if isinstance(body.get("meta"), dict) else {}
         body["meta"] = {**meta, "versionId": str(version), "lastUpdated": now.isoformat(timespec="milliseconds")}
         plaintext = orjson.dumps(body)
         key_id, key = self.keys.key_for(db, caller.network_id, patient_id)
-        sealed = seal(key, plaintext, resource_aad(resource_type, resource_id, version))
+        sealed = self.cipher.seal(key, plaintext, resource_aad(resource_type, resource_id, version))
         db.add(
             ResourceVersion(
                 resource_type=resource_type,
@@ -272,7 +306,8 @@ class ResourceStore:
                 author=caller.subject,
             )
         )
-        head = db.get(ResourceHead, (resource_type, resource_id))
+        if resource_type == "Patient":
+            db.info.setdefault(_KNOWN_PATIENTS, set()).add((caller.network_id, resource_id))
         if head is None:
             db.add(
                 ResourceHead(
@@ -293,5 +328,8 @@ class ResourceStore:
                     SearchEntry.resource_type == resource_type, SearchEntry.resource_id == resource_id
                 )
             )
-        db.add_all(self.indexer.entries(caller.network_id, resource_type, resource_id, body))
+        rows = self.indexer.entries(caller.network_id, resource_type, resource_id, body)
+        if rows:
+            # Core insert on the table: one executemany, and no autoflush of the rows pending above.
+            db.execute(insert(SEARCH_TABLE), rows)
         return Stored(resource_type, resource_id, version, now, False, method, plaintext)

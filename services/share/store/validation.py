@@ -46,8 +46,25 @@ def parse_resource(raw: bytes, resource_type: str) -> dict[str, Any]:
     return validate(data)
 
 
+MAX_DEPTH = 100
+
+
+def check_depth(data: Any, resource_type: str) -> None:
+    """Refuse absurd nesting before anything recursive (the model, the serialiser) meets it."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise BadRequest(f"{resource_type} is nested more than {MAX_DEPTH} levels deep", code="too_deep")
+        if isinstance(node, dict):
+            stack.extend((value, depth + 1) for value in node.values() if isinstance(value, dict | list))
+        elif isinstance(node, list):
+            stack.extend((value, depth + 1) for value in node if isinstance(value, dict | list))
+
+
 def validate(data: dict[str, Any]) -> dict[str, Any]:
     resource_type = str(data["resourceType"])
+    check_depth(data, resource_type)
     try:
         get_fhir_model_class(resource_type).model_validate(data)
     except ValidationError as error:
