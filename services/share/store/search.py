@@ -21,8 +21,18 @@ from services.share.store import params as P
 from services.share.store.models import ResourceHead, SearchEntry
 
 # ``_totalMethod=count`` is the Aidbox spelling some clients (fhirpy's ``count()``) send for ``_total=accurate``.
-CONTROL = {"_count", "_sort", "_include", "_revinclude", "_summary", "_format", "_cursor", "_before", "_total",
-           "_totalMethod"}
+CONTROL = {
+    "_count",
+    "_sort",
+    "_include",
+    "_revinclude",
+    "_summary",
+    "_format",
+    "_cursor",
+    "_before",
+    "_total",
+    "_totalMethod",
+}
 DATE_PREFIXES = ("eq", "ne", "lt", "le", "gt", "ge")
 STRING_MODES = {None: "prefix", "exact": "exact", "contains": "contains"}
 MAX_COUNT = 200
@@ -193,9 +203,13 @@ class SearchRunner:
             conditions.append(or_(*(self._one(network_id, query.resource_type, item, v) for v in item.values)))
         return conditions
 
-    def _entry(self, resource_type: str, name: str, *conditions: ColumnElement[bool]) -> ColumnElement[bool]:
+    def _entry(
+        self, network_id: str, resource_type: str, name: str, *conditions: ColumnElement[bool]
+    ) -> ColumnElement[bool]:
+        # network_id leads the lookup index; it is also one more guarantee that nothing crosses networks.
         return exists(
             select(SearchEntry.id).where(
+                SearchEntry.network_id == network_id,
                 SearchEntry.resource_type == resource_type,
                 SearchEntry.resource_id == ResourceHead.resource_id,
                 SearchEntry.param == name,
@@ -216,6 +230,7 @@ class SearchRunner:
                     else (and_(stamp >= qlow, stamp < qhigh) if prefix == "eq" else or_(stamp < qlow, stamp >= qhigh))
                 )
             return self._entry(
+                network_id,
                 resource_type,
                 item.name,
                 _date_condition(SearchEntry.date_low, SearchEntry.date_high, prefix, qlow, qhigh),
@@ -223,20 +238,23 @@ class SearchRunner:
         if item.kind == "token":
             key = token_query_key(value)
             return self._entry(
-                resource_type, item.name, SearchEntry.value == self.blind.token(network_id, f"tok:{key}")
+                network_id, resource_type, item.name, SearchEntry.value == self.blind.token(network_id, f"tok:{key}")
             )
         if item.kind == "uri":
             return self._entry(
-                resource_type, item.name, SearchEntry.value == self.blind.token(network_id, f"uri:{value}")
+                network_id, resource_type, item.name, SearchEntry.value == self.blind.token(network_id, f"uri:{value}")
             )
         if item.kind == "reference":
             return self._entry(
-                resource_type, item.name, SearchEntry.value.in_(self._references(resource_type, item.name, value))
+                network_id,
+                resource_type,
+                item.name,
+                SearchEntry.value.in_(self._references(resource_type, item.name, value)),
             )
         tokens = self.blind.query_tokens(network_id, value, STRING_MODES[item.modifier])  # type: ignore[arg-type]
         if not tokens:
             raise bad(f"{item.name}: the search text is empty after normalisation", item.name)
-        return and_(*(self._entry(resource_type, item.name, SearchEntry.value == t) for t in tokens))
+        return and_(*(self._entry(network_id, resource_type, item.name, SearchEntry.value == t) for t in tokens))
 
     @staticmethod
     def _references(resource_type: str, name: str, value: str) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import orjson
 import structlog
-from sqlalchemy import Table, delete, insert, select
+from sqlalchemy import Table, and_, delete, insert, select, tuple_
 from sqlalchemy.orm import Session
 
 from services.kit.db import utcnow
@@ -69,6 +69,15 @@ class Caller:
 
     network_id: str
     subject: str
+
+
+@dataclass(frozen=True)
+class Rows:
+    """What one version writes: its ``resource_versions`` row, its ``resources`` head, its index entries."""
+
+    version: dict[str, Any]
+    head: dict[str, Any]
+    index: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -157,10 +166,29 @@ class ResourceStore:
     # Reads --------------------------------------------------------------------------------------------
 
     def read(self, db: Session, caller: Caller, resource_type: str, resource_id: str) -> Stored:
-        head = self._head(db, caller, resource_type, resource_id)
-        if head.deleted:
+        """The current version, in one query (head joined to its version)."""
+        query = (
+            select(ResourceVersion)
+            .join(
+                ResourceHead,
+                and_(
+                    ResourceHead.resource_type == ResourceVersion.resource_type,
+                    ResourceHead.resource_id == ResourceVersion.resource_id,
+                    ResourceHead.version == ResourceVersion.version,
+                ),
+            )
+            .where(
+                ResourceHead.resource_type == resource_type,
+                ResourceHead.resource_id == resource_id,
+                ResourceHead.network_id == caller.network_id,
+            )
+        )
+        row = db.scalars(query).first()
+        if row is None:
+            raise NotFound(f"{resource_type}/{resource_id} is not known")
+        if row.deleted:
             raise Gone(f"{resource_type}/{resource_id} has been deleted")
-        return self.vread(db, caller, resource_type, resource_id, head.version)
+        return self.open(db, row)
 
     def vread(self, db: Session, caller: Caller, resource_type: str, resource_id: str, version: int) -> Stored:
         row = db.get(ResourceVersion, (resource_type, resource_id, version))
@@ -200,12 +228,29 @@ class ResourceStore:
 
     def heads(self, db: Session, caller: Caller, keys: list[tuple[str, str]]) -> list[Stored]:
         """Current versions of the given (type, id) pairs that exist and are not deleted, in the given order."""
+        if not keys:
+            return []
+        # One query for all of them: a search page must not cost a round trip per resource.
+        query = (
+            select(ResourceVersion)
+            .join(
+                ResourceHead,
+                and_(
+                    ResourceHead.resource_type == ResourceVersion.resource_type,
+                    ResourceHead.resource_id == ResourceVersion.resource_id,
+                    ResourceHead.version == ResourceVersion.version,
+                ),
+            )
+            .where(
+                tuple_(ResourceHead.resource_type, ResourceHead.resource_id).in_(keys),
+                ResourceHead.network_id == caller.network_id,
+                ResourceHead.deleted.is_(False),
+            )
+        )
+        rows = {(row.resource_type, row.resource_id): row for row in db.scalars(query)}
         found: list[Stored] = []
-        for resource_type, resource_id in keys:
-            head = db.get(ResourceHead, (resource_type, resource_id))
-            if head is None or head.network_id != caller.network_id or head.deleted:
-                continue
-            row = db.get(ResourceVersion, (resource_type, resource_id, head.version))
+        for key in keys:
+            row = rows.get(key)
             if row is not None:
                 try:
                     found.append(self.open(db, row))
@@ -270,6 +315,55 @@ class ResourceStore:
         known.add((caller.network_id, patient_id))
         return patient_id
 
+    def prepare_new(
+        self, db: Session, caller: Caller, resource_type: str, body: dict[str, Any], *, resource_id: str | None = None
+    ) -> tuple[Stored, Rows]:
+        """The rows a new resource's first version becomes, without writing them: for bulk loading."""
+        resource_id = resource_id or uuid.uuid4().hex
+        patient_id = self._compartment(db, caller, resource_type, resource_id, body)
+        return self._rows(db, caller, resource_type, resource_id, 1, patient_id, body, "POST")
+
+    def _rows(
+        self,
+        db: Session,
+        caller: Caller,
+        resource_type: str,
+        resource_id: str,
+        version: int,
+        patient_id: str | None,
+        body: dict[str, Any],
+        method: str,
+    ) -> tuple[Stored, Rows]:
+        now = utcnow()
+        body["id"] = resource_id
+        meta: dict[str, Any] = body["meta"] if isinstance(body.get("meta"), dict) else {}
+        body["meta"] = {**meta, "versionId": str(version), "lastUpdated": now.isoformat(timespec="milliseconds")}
+        plaintext = orjson.dumps(body)
+        key_id, key = self.keys.key_for(db, caller.network_id, patient_id)
+        owner = {
+            "resource_type": resource_type,
+            "resource_id": resource_id,
+            "network_id": caller.network_id,
+            "patient_id": patient_id or "",
+        }
+        rows = Rows(
+            version={
+                **owner,
+                "version": version,
+                "data_key_id": key_id,
+                "deleted": False,
+                "method": method,
+                "body": self.cipher.seal(key, plaintext, resource_aad(resource_type, resource_id, version)),
+                "last_updated": now,
+                "author": caller.subject,
+            },
+            head={**owner, "version": version, "deleted": False, "last_updated": now},
+            index=self.indexer.entries(caller.network_id, resource_type, resource_id, body),
+        )
+        if resource_type == "Patient":
+            db.info.setdefault(_KNOWN_PATIENTS, set()).add((caller.network_id, resource_id))
+        return Stored(resource_type, resource_id, version, now, False, method, plaintext), rows
+
     def _write(
         self,
         db: Session,
@@ -284,52 +378,19 @@ class ResourceStore:
         head: ResourceHead | None,
     ) -> Stored:
         """Write a version; ``head`` is the resource's current head row, None for a new resource."""
-        now = utcnow()
-        body["id"] = resource_id
-        meta: dict[str, Any] = body["meta"] if isinstance(body.get("meta"), dict) else {}
-        body["meta"] = {**meta, "versionId": str(version), "lastUpdated": now.isoformat(timespec="milliseconds")}
-        plaintext = orjson.dumps(body)
-        key_id, key = self.keys.key_for(db, caller.network_id, patient_id)
-        sealed = self.cipher.seal(key, plaintext, resource_aad(resource_type, resource_id, version))
-        db.add(
-            ResourceVersion(
-                resource_type=resource_type,
-                resource_id=resource_id,
-                version=version,
-                network_id=caller.network_id,
-                patient_id=patient_id or "",
-                data_key_id=key_id,
-                body=sealed,
-                deleted=False,
-                method=method,
-                last_updated=now,
-                author=caller.subject,
-            )
-        )
-        if resource_type == "Patient":
-            db.info.setdefault(_KNOWN_PATIENTS, set()).add((caller.network_id, resource_id))
+        stored, rows = self._rows(db, caller, resource_type, resource_id, version, patient_id, body, method)
+        db.add(ResourceVersion(**rows.version))
         if head is None:
-            db.add(
-                ResourceHead(
-                    resource_type=resource_type,
-                    resource_id=resource_id,
-                    network_id=caller.network_id,
-                    patient_id=patient_id or "",
-                    version=version,
-                    deleted=False,
-                    last_updated=now,
-                )
-            )
+            db.add(ResourceHead(**rows.head))
         else:
-            head.version, head.deleted, head.last_updated = version, False, now
+            head.version, head.deleted, head.last_updated = version, False, stored.last_updated
             head.patient_id = patient_id or ""
             db.execute(
                 delete(SearchEntry).where(
                     SearchEntry.resource_type == resource_type, SearchEntry.resource_id == resource_id
                 )
             )
-        rows = self.indexer.entries(caller.network_id, resource_type, resource_id, body)
-        if rows:
+        if rows.index:
             # Core insert on the table: one executemany, and no autoflush of the rows pending above.
-            db.execute(insert(SEARCH_TABLE), rows)
-        return Stored(resource_type, resource_id, version, now, False, method, plaintext)
+            db.execute(insert(SEARCH_TABLE), rows.index)
+        return stored

@@ -1,0 +1,261 @@
+"""Store benchmark: create, read and patient-scoped search on PostgreSQL, against baselines in the same run.
+
+    .venv/bin/python bench/store.py                      # full run: 1,000,000 stored resources (≈ 15 min)
+    .venv/bin/python bench/store.py --scale 100000       # quicker
+
+Servers, each a single process on this machine, each with fresh PostgreSQL databases:
+  renkei  the application as deployed (validation, encryption under per-patient data keys, blind index)
+  plain   the same application storing plain JSON and unhashed index terms — the encryption baseline
+  bare    a bare FastAPI endpoint inserting the same JSON bytes with no validation — the floor
+Load comes from N client processes in a closed loop (one request in flight each). Figures: throughput and
+p50/p90/p99 latency per operation, ratios against the baselines, and the renkei server's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import create_engine, text
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import free_port, summary
+from bench.load import Workload, run
+from bench.seed import seed
+from services.kit.db import make_engine
+from services.kit.migrate import upgrade
+from services.kit.settings import Settings
+
+PG = os.environ.get("RENKEI_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PASSWORD = "bench password 2026"
+
+
+@contextmanager
+def databases(*labels: str) -> Iterator[dict[str, str]]:
+    admin = create_engine(PG.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+    tag = uuid.uuid4().hex[:8]
+    urls = {}
+    with admin.connect() as connection:
+        for label in labels:
+            name = f"renkei_bench_{tag}_{label}"
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+            urls[label] = PG.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield urls
+    finally:
+        with admin.connect() as connection:
+            for url in urls.values():
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+        admin.dispose()
+
+
+class Server:
+    def __init__(self, mode: str, data_dir: Path, auth_url: str | None, share_url: str) -> None:
+        self.mode, self.port = mode, free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "RENKEI_DATA_DIR": str(data_dir), "RENKEI_SHARE_DATABASE_URL": share_url,
+                    "RENKEI_ACCESS_TOKEN_TTL_SECONDS": "7200", "RENKEI_PUBLIC_URL": self.base}
+        if auth_url:
+            self.env["RENKEI_AUTH_DATABASE_URL"] = auth_url
+        self.settings = Settings(data_dir=data_dir, share_database_url=share_url, auth_database_url=auth_url,
+                                 public_url=self.base)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.peak_rss_mb = 0.0
+        self._watching = False
+
+    def start(self) -> Server:
+        args = [sys.executable, str(Path(__file__).parent / "servers.py"), self.mode, str(self.port)]
+        if self.mode == "bare":
+            args.append(self.env["RENKEI_SHARE_DATABASE_URL"])
+        self.process = subprocess.Popen(args, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        probe = "/openapi.json" if self.mode == "bare" else "/readyz"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(self.base + probe, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"{self.mode} server did not start")
+            time.sleep(0.2)
+
+    def rss_mb(self) -> float:
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    @contextmanager
+    def watch_memory(self) -> Iterator[None]:
+        self._watching = True
+
+        def sample() -> None:
+            while self._watching:
+                self.peak_rss_mb = max(self.peak_rss_mb, self.rss_mb())
+                time.sleep(0.25)
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            self._watching = False
+            thread.join()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+def prepare_renkei(server: Server, scratch: Path) -> tuple[str, str]:
+    """Migrate, bootstrap a bench network, start, log in: (network id, access token)."""
+    for service, url in (("auth", server.settings.resolved_auth_database_url),
+                         ("share", server.settings.resolved_share_database_url)):
+        engine = make_engine(url)
+        upgrade(service, engine)
+        engine.dispose()
+    network = f"bench-{uuid.uuid4().hex[:6]}"
+    description = {
+        "network": {"id": network, "name": "bench", "settings": {"mfa_required": False}},
+        "organizations": [{"id": f"{network}-clinic", "name": "ベンチ診療所", "type": "clinic"}],
+        "users": [{"username": f"{network}-doc", "id": "bench-author", "password": PASSWORD,
+                   "organization": f"{network}-clinic", "profession": "physician", "name": "ベンチ 医師"}],
+    }
+    file = scratch / f"{server.mode}-network.json"
+    file.write_text(json.dumps(description, ensure_ascii=False))
+    subprocess.run([sys.executable, "-m", "services.cli", "admin", "bootstrap", str(file)], env=server.env,
+                   check=True, capture_output=True)
+    server.start()
+    login = httpx.post(f"{server.base}/auth/login", json={"username": f"{network}-doc", "password": PASSWORD})
+    return network, login.json()["access_token"]
+
+
+def analyze(url: str) -> None:
+    """Fresh planner statistics after a bulk load, as autovacuum would gather soon after in production."""
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        connection.execute(text("ANALYZE"))
+        connection.commit()
+    engine.dispose()
+
+
+def measure(label: str, work: Workload, clients: int, results: dict[str, Any]) -> None:
+    latencies, errors, seconds = run(work, clients)
+    total = sum(len(v) for v in latencies.values())
+    entry: dict[str, Any] = {"throughput": total / seconds, "errors": errors}
+    for name, values in latencies.items():
+        if values:
+            entry[name] = summary(values)
+    results[label] = entry
+    parts = [f"{entry['throughput']:8.0f} req/s", f"errors {errors}"]
+    parts += [f"{n} p50 {entry[n]['p50_ms']:.1f} p99 {entry[n]['p99_ms']:.1f} ms" for n in latencies if n in entry]
+    print(f"  {label:28} " + " | ".join(parts), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=int, default=1_000_000, help="stored resources for the scale phase")
+    parser.add_argument("--seconds", type=float, default=10.0, help="load time per measurement")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent client processes")
+    args = parser.parse_args()
+    results: dict[str, Any] = {"config": vars(args)}
+
+    with tempfile.TemporaryDirectory() as scratch_dir, databases(
+        "auth", "share", "plainauth", "plainshare", "bare"
+    ) as urls:
+        scratch = Path(scratch_dir)
+        renkei = Server("renkei", scratch / "renkei", urls["auth"], urls["share"])
+        plain = Server("plain", scratch / "plain", urls["plainauth"], urls["plainshare"])
+        bare = Server("bare", scratch / "bare", None, urls["bare"])
+        try:
+            print("1. create / read / search against the baselines (small store)", flush=True)
+            ids: dict[str, tuple[list[str], list[str], list[str]]] = {}
+            tokens = {}
+            for server, is_plain in ((renkei, False), (plain, True)):
+                network, tokens[server.mode] = prepare_renkei(server, scratch)
+                ids[server.mode] = seed(server.settings, network, 1000, 200, 20, 2, plaintext=is_plain)
+                analyze(server.settings.resolved_share_database_url)
+            bare.start()
+
+            def work(server: Server, mix: dict[str, float], token: str = "") -> Workload:
+                patients, heavy, sample = ids.get(server.mode, ids["renkei"])
+                return Workload(server.base, token or tokens.get(server.mode, ""), mix, args.seconds,
+                                patients=patients, search_patients=heavy, reads=sample)
+
+            measure("create  bare endpoint", work(bare, {"create": 1}, "none"), args.clients, results)
+            measure("create  plain-JSON store", work(plain, {"create": 1}), args.clients, results)
+            with renkei.watch_memory():
+                measure("create  renkei (encrypted)", work(renkei, {"create": 1}), args.clients, results)
+            measure("read    plain-JSON store", work(plain, {"read": 1}), args.clients, results)
+            measure("read    renkei (encrypted)", work(renkei, {"read": 1}), args.clients, results)
+            measure("search  plain-JSON store", work(plain, {"search": 1}), args.clients, results)
+            measure("search  renkei (encrypted)", work(renkei, {"search": 1}), args.clients, results)
+            plain.stop()
+            bare.stop()
+
+            print(f"2. scale: {args.scale:,} stored resources in the renkei store", flush=True)
+            patients = max(1000, args.scale // 10)
+            heavy = patients * 32 // 100
+            light = max(0, (args.scale - patients - heavy * 20) // max(1, patients - heavy))
+            started = time.perf_counter()
+            network = ids["renkei"]
+            renkei_network = json.loads((scratch / "renkei-network.json").read_text())["network"]["id"]
+            big = seed(renkei.settings, renkei_network, patients, heavy, 20, light,
+                       progress=lambda n: print(f"\r  seeded {n:,}", end="", flush=True))
+            print(f"\r  seeded {patients + heavy * 20 + (patients - heavy) * light:,} resources "
+                  f"in {time.perf_counter() - started:.0f} s", flush=True)
+            ids["renkei"] = (big[0] + network[0], big[1], big[2])
+            analyze(urls["share"])
+            with renkei.watch_memory():
+                measure("read    at scale", work(renkei, {"read": 1}), args.clients, results)
+                measure("search  at scale (20 results)", work(renkei, {"search": 1}), args.clients, results)
+                measure("mixed   20% create 50% read 30% search",
+                        work(renkei, {"create": 0.2, "read": 0.5, "search": 0.3}), args.clients, results)
+            results["renkei_peak_rss_mb"] = renkei.peak_rss_mb
+        finally:
+            for server in (renkei, plain, bare):
+                server.stop()
+
+    report(results)
+
+
+def report(results: dict[str, Any]) -> None:
+    create = {k: results[f"create  {k}"] for k in ("bare endpoint", "plain-JSON store", "renkei (encrypted)")}
+    full, floor, plain = create["renkei (encrypted)"], create["bare endpoint"], create["plain-JSON store"]
+    encryption = (full["create"]["p50_ms"] - plain["create"]["p50_ms"]) / full["create"]["p50_ms"]
+    read, search = results["read    at scale"]["read"], results["search  at scale (20 results)"]["search"]
+    mixed = results["mixed   20% create 50% read 30% search"]["throughput"]
+    lines = [
+        ("create throughput vs bare endpoint", f"{full['throughput'] / floor['throughput']:.0%}", "≥ 50%"),
+        ("encryption share of create latency (p50)", f"{encryption:+.1%}", "≤ 5%"),
+        ("read p99 at scale", f"{read['p99_ms']:.1f} ms", "≤ 20 ms"),
+        ("patient search (20) p99 at scale", f"{search['p99_ms']:.1f} ms", "≤ 40 ms"),
+        ("mixed throughput at scale", f"{mixed:.0f} req/s", "≥ 1000 req/s"),
+        ("renkei server peak RSS", f"{results['renkei_peak_rss_mb']:.0f} MB", "< 400 MB"),
+    ]
+    print("\nsummary")
+    for name, value, target in lines:
+        print(f"  {name:42} {value:>12}   target {target}")
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "store.json").write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
