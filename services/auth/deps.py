@@ -16,7 +16,7 @@ from services.kit.errors import Forbidden
 from services.kit.tokens import InvalidToken, Principal
 
 
-def get_context(request: Request) -> AuthContext:
+async def get_context(request: Request) -> AuthContext:
     ctx: AuthContext = request.app.state.auth
     return ctx
 
@@ -34,7 +34,7 @@ def _transaction(ctx: Context) -> Iterator[Session]:
 DbSession = Annotated[Session, Depends(_transaction, scope="function")]
 
 
-def client_address(request: Request) -> str:
+async def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 

@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.kit.errors import BadRequest, Conflict, NotFound, RenkeiError
 from services.kit.tokens import Principal
-from services.share.fhir.negotiation import check_accept, check_content_type
+from services.share.fhir.negotiation import accept_json, check_content_type
 from services.share.fhir.resources import (
     _ETAG,
     _conditional_match,
@@ -45,7 +45,7 @@ from services.share.store.service import Stored
 from services.share.store.types import SUPPORTED
 from services.share.store.validation import MAX_BODY_BYTES, validate
 
-router = APIRouter(prefix="/fhir", tags=["fhir"], dependencies=[Depends(check_accept)])
+router = APIRouter(prefix="/fhir", tags=["fhir"], dependencies=[Depends(accept_json)])
 
 MAX_ENTRIES = 1000
 # JSON nesting of one entry's resource (objects and arrays); FHIR resources stay far below this.

@@ -89,7 +89,7 @@ class PayloadTooLarge(RenkeiError):
 # Negotiation -------------------------------------------------------------------------------------------
 
 
-def negotiate(request: Request) -> None:
+async def negotiate(request: Request) -> None:
     """The router's Accept check, except that a Binary read may ask for the content's own media type."""
     if _is_content_read(request) and "_format" not in request.query_params:
         return

@@ -39,3 +39,8 @@ def check_content_type(request: Request) -> None:
         raise UnsupportedMediaType(
             f"Content-Type {content_type or '(none)'} is not supported; send application/fhir+json"
         )
+
+
+async def accept_json(request: Request) -> None:
+    """``check_accept`` as a router dependency; async so it runs on the event loop, not in a worker thread."""
+    check_accept(request)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated
 from urllib.parse import parse_qsl, urlencode
 
@@ -114,10 +114,22 @@ def run_search(ctx: Context, db: Session, principal: Principal, resource_type: s
     return FhirResponse(bundles.searchset(base, matches, included, links, total))
 
 
+async def in_transaction(ctx: Context, work: Callable[[Session], Response]) -> Response:
+    """Run ``work`` in one transaction on one worker thread: the hot paths make a single thread hop, not one per
+    dependency, and the transaction commits before the response goes out."""
+
+    def execute() -> Response:
+        with ctx.db.transaction() as db:
+            return work(db)
+
+    return await run_in_threadpool(execute)
+
+
 @router.get("/{resource_type}")
-def search_get(resource_type: str, request: Request, ctx: Context, db: DbSession,
-               principal: CurrentPrincipal) -> Response:
-    return run_search(ctx, db, principal, resource_type_of(resource_type), list(request.query_params.multi_items()))
+async def search_get(resource_type: str, request: Request, ctx: Context, principal: CurrentPrincipal) -> Response:
+    items = list(request.query_params.multi_items())
+    resource_type_of(resource_type)
+    return await in_transaction(ctx, lambda db: run_search(ctx, db, principal, resource_type, items))
 
 
 @router.post("/{resource_type}/_search")
@@ -166,12 +178,15 @@ def instance_history(resource_type: str, resource_id: str, request: Request, ctx
 
 
 @router.get("/{resource_type}/{resource_id}")
-def read(resource_type: str, resource_id: str, request: Request, ctx: Context, db: DbSession,
-         principal: CurrentPrincipal) -> Response:
+async def read(resource_type: str, resource_id: str, request: Request, ctx: Context,
+               principal: CurrentPrincipal) -> Response:
+    checked_id(resource_id)
     if resource_type == "Binary":  # the content itself, or the resource with it (binary.py)
-        return binary.read(request, ctx, db, principal, checked_id(resource_id))
-    item = ctx.store.read(db, caller_of(principal), resource_type_of(resource_type), checked_id(resource_id))
-    return resource_response(ctx, item)
+        return await in_transaction(ctx, lambda db: binary.read(request, ctx, db, principal, resource_id))
+    resource_type_of(resource_type)
+    caller = caller_of(principal)
+    return await in_transaction(
+        ctx, lambda db: resource_response(ctx, ctx.store.read(db, caller, resource_type, resource_id)))
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{version}")

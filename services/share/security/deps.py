@@ -10,7 +10,7 @@ from services.kit.tokens import Principal
 from services.share.context import ShareContext
 
 
-def get_context(request: Request) -> ShareContext:
+async def get_context(request: Request) -> ShareContext:
     ctx: ShareContext = request.app.state.share
     return ctx
 
