@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 
@@ -192,6 +192,10 @@ _DATE = re.compile(
 )
 
 
+# Japan Standard Time (no daylight saving): the zone of dates given without one, in resources and in searches.
+LOCAL_TIME = timezone(timedelta(hours=9), "JST")
+
+
 def date_range(text: str) -> tuple[datetime, datetime] | None:
     """[low, high) in UTC for a FHIR date/dateTime/instant at its own precision; None if malformed."""
     match = _DATE.match(text.strip())
@@ -199,20 +203,22 @@ def date_range(text: str) -> tuple[datetime, datetime] | None:
         return None
     year, month, day, hour, minute, second, zone = match.groups()
     try:
-        tz = UTC if zone in (None, "Z") else datetime.strptime(zone, "%z").tzinfo
+        # Dates and zone-less times are Japan's calendar: a sheet "of 21 November" is 21 November in Tokyo.
+        tz = LOCAL_TIME if zone is None else UTC if zone == "Z" else datetime.strptime(zone, "%z").tzinfo
         if month is None:
-            low = datetime(int(year), 1, 1, tzinfo=UTC)
-            return low, low.replace(year=low.year + 1)
-        if day is None:
-            low = datetime(int(year), int(month), 1, tzinfo=UTC)
-            return low, (low.replace(day=28) + timedelta(days=4)).replace(day=1)
-        if hour is None:
-            low = datetime(int(year), int(month), int(day), tzinfo=UTC)
-            return low, low + timedelta(days=1)
-        low = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0), tzinfo=tz)
-        width = timedelta(minutes=1) if second is None else timedelta(seconds=1)
-        return low.astimezone(UTC), (low + width).astimezone(UTC)
-    except ValueError:
+            low = datetime(int(year), 1, 1, tzinfo=LOCAL_TIME)
+            high = low.replace(year=low.year + 1)
+        elif day is None:
+            low = datetime(int(year), int(month), 1, tzinfo=LOCAL_TIME)
+            high = (low.replace(day=28) + timedelta(days=4)).replace(day=1)
+        elif hour is None:
+            low = datetime(int(year), int(month), int(day), tzinfo=LOCAL_TIME)
+            high = low + timedelta(days=1)
+        else:
+            low = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0), tzinfo=tz)
+            high = low + (timedelta(minutes=1) if second is None else timedelta(seconds=1))
+        return low.astimezone(UTC), high.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
 
 
