@@ -34,7 +34,7 @@ from services.share.fhir.resources import (
     _conditional_match,
     caller_of,
     checked_id,
-    remove,
+    delete_response,
     resource_response,
     resource_type_of,
     run_search,
@@ -272,7 +272,7 @@ def _run(ctx: Context, db: Session, principal: Principal, entry: Entry, prefer: 
         item = ctx.store.update(db, caller, entry.resource_type, resource_id, _validated(entry), expected)
         return Result(resource_response(ctx, item, 200, prefer), item)
     if entry.method == "DELETE":
-        return Result(remove(entry.resource_type, entry.resource_id or "", ctx, db, principal))
+        return Result(delete_response(ctx, db, principal, entry.resource_type, entry.resource_id or ""))
     resource_type = resource_type_of(entry.resource_type)
     if entry.query is not None:
         return Result(run_search(ctx, db, principal, resource_type, entry.query))

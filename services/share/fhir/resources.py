@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Annotated
 from urllib.parse import parse_qsl, urlencode
 
@@ -37,14 +37,6 @@ class MethodNotAllowed(RenkeiError):
 class Unprocessable(RenkeiError):
     status_code = 422
     code = "idempotency_key_reused"
-
-
-def _transaction(ctx: Context) -> Iterator[Session]:
-    with ctx.db.transaction() as session:
-        yield session
-
-
-DbSession = Annotated[Session, Depends(_transaction, scope="function")]
 
 
 def caller_of(principal: Principal) -> Caller:
@@ -163,15 +155,18 @@ def history_response(ctx: Context, db: Session, principal: Principal, resource_t
 
 
 @router.get("/{resource_type}/_history")
-def type_history(resource_type: str, request: Request, ctx: Context, db: DbSession,
-                 principal: CurrentPrincipal) -> Response:
-    return history_response(ctx, db, principal, resource_type_of(resource_type), None, request)
+async def type_history(resource_type: str, request: Request, ctx: Context, principal: CurrentPrincipal) -> Response:
+    resource_type_of(resource_type)
+    return await in_transaction(ctx, lambda db: history_response(ctx, db, principal, resource_type, None, request))
 
 
 @router.get("/{resource_type}/{resource_id}/_history")
-def instance_history(resource_type: str, resource_id: str, request: Request, ctx: Context, db: DbSession,
-                     principal: CurrentPrincipal) -> Response:
-    return history_response(ctx, db, principal, resource_type_of(resource_type), checked_id(resource_id), request)
+async def instance_history(resource_type: str, resource_id: str, request: Request, ctx: Context,
+                           principal: CurrentPrincipal) -> Response:
+    resource_type_of(resource_type)
+    checked_id(resource_id)
+    return await in_transaction(
+        ctx, lambda db: history_response(ctx, db, principal, resource_type, resource_id, request))
 
 
 # Instance interactions ----------------------------------------------------------------------------------
@@ -190,15 +185,17 @@ async def read(resource_type: str, resource_id: str, request: Request, ctx: Cont
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{version}")
-def vread(resource_type: str, resource_id: str, version: str, request: Request, ctx: Context, db: DbSession,
-          principal: CurrentPrincipal) -> Response:
+async def vread(resource_type: str, resource_id: str, version: str, request: Request, ctx: Context,
+                principal: CurrentPrincipal) -> Response:
     if not version.isdigit():
         raise NotFound(f"version {version!r} is not known")
+    checked_id(resource_id)
     if resource_type == "Binary":
-        return binary.read(request, ctx, db, principal, checked_id(resource_id), int(version))
-    item = ctx.store.vread(db, caller_of(principal), resource_type_of(resource_type), checked_id(resource_id),
-                           int(version))
-    return resource_response(ctx, item)
+        return await in_transaction(ctx, lambda db: binary.read(request, ctx, db, principal, resource_id, int(version)))
+    resource_type_of(resource_type)
+    caller = caller_of(principal)
+    return await in_transaction(
+        ctx, lambda db: resource_response(ctx, ctx.store.vread(db, caller, resource_type, resource_id, int(version))))
 
 
 @router.post("/{resource_type}")
@@ -293,9 +290,12 @@ async def update(resource_type: str, resource_id: str, request: Request, ctx: Co
 
 
 @router.delete("/{resource_type}/{resource_id}")
-def remove(resource_type: str, resource_id: str, ctx: Context, db: DbSession,
-           principal: CurrentPrincipal) -> Response:
-    item = ctx.store.delete(db, caller_of(principal), resource_type_of(resource_type, write=True),
-                            checked_id(resource_id))
-    headers = {"ETag": bundles.etag(item.version)} if item else {}
-    return Response(status_code=204, headers=headers)
+async def remove(resource_type: str, resource_id: str, ctx: Context, principal: CurrentPrincipal) -> Response:
+    resource_type_of(resource_type, write=True)
+    checked_id(resource_id)
+    return await in_transaction(ctx, lambda db: delete_response(ctx, db, principal, resource_type, resource_id))
+
+
+def delete_response(ctx: Context, db: Session, principal: Principal, resource_type: str, resource_id: str) -> Response:
+    item = ctx.store.delete(db, caller_of(principal), resource_type, resource_id)
+    return Response(status_code=204, headers={"ETag": bundles.etag(item.version)} if item else {})
