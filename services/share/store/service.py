@@ -27,6 +27,8 @@ from services.share.store.types import COMPARTMENT_ELEMENT, compartment_patient
 log = structlog.get_logger(__name__)
 
 SEARCH_TABLE: Table = SearchEntry.__table__  # type: ignore[assignment]
+VERSION_TABLE: Table = ResourceVersion.__table__  # type: ignore[assignment]
+HEAD_TABLE: Table = ResourceHead.__table__  # type: ignore[assignment]
 # Patients this session has created or checked, so their sheets need no lookup (and no autoflush) each time.
 _KNOWN_PATIENTS = "renkei.store.known_patients"
 # The data-key id of a version whose patient was erased (its ciphertext is gone too).
@@ -379,9 +381,10 @@ class ResourceStore:
     ) -> Stored:
         """Write a version; ``head`` is the resource's current head row, None for a new resource."""
         stored, rows = self._rows(db, caller, resource_type, resource_id, version, patient_id, body, method)
-        db.add(ResourceVersion(**rows.version))
+        # Core inserts: the rows are complete, so the ORM's unit of work would only add cost to every write.
+        db.execute(insert(VERSION_TABLE), [rows.version])
         if head is None:
-            db.add(ResourceHead(**rows.head))
+            db.execute(insert(HEAD_TABLE), [rows.head])
         else:
             head.version, head.deleted, head.last_updated = version, False, stored.last_updated
             head.patient_id = patient_id or ""
