@@ -94,6 +94,11 @@ def test_a_ciphertext_moved_to_another_row_is_refused(server: LiveServer, networ
     assert answer.status_code == 500
     assert answer.json()["issue"][0]["details"]["coding"][0]["code"] == "integrity_failure"
     assert SECRETS["family"] not in answer.text
+    # The refusal is audited.
+    events = http.get("/fhir/AuditEvent", headers=auth).json().get("entry", [])
+    refused = [e["resource"] for e in events if e["resource"]["subtype"][0]["code"] == "integrity-failure"]
+    assert [r["entity"][0]["what"]["reference"] for r in refused] == [f"Patient/{other}/_history/1"]
+    assert refused[0]["outcome"] == "8"
 
 
 def _cli(server: LiveServer, *args: str) -> subprocess.CompletedProcess[str]:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from services.kit.db import utcnow
 from services.kit.errors import NotFound
+from services.share.store.audit_records import store_audit_event
 from services.share.store.models import ResourceHead, ResourceVersion, SearchEntry
 from services.share.store.service import ERASED, Caller, ResourceStore
 
@@ -38,9 +38,11 @@ def erase_patient(store: ResourceStore, db: Session, patient_id: str, actor: str
     store.keys.destroy(db, network_id, patient_id)
     # Other processes may hold the unwrapped key in their caches; emptying the ciphertexts makes the erasure
     # take effect everywhere on the next read, not when those caches expire.
-    db.execute(update(ResourceVersion).where(ResourceVersion.network_id == network_id,
-                                             ResourceVersion.patient_id == patient_id)
-               .values(body=b"", data_key_id=ERASED))
+    db.execute(
+        update(ResourceVersion)
+        .where(ResourceVersion.network_id == network_id, ResourceVersion.patient_id == patient_id)
+        .values(body=b"", data_key_id=ERASED)
+    )
     for resource_type, resource_id in members:
         # Blind-index tokens are keyed hashes, but they would still link the erased records together.
         db.execute(
@@ -48,25 +50,8 @@ def erase_patient(store: ResourceStore, db: Session, patient_id: str, actor: str
                 SearchEntry.resource_type == resource_type, SearchEntry.resource_id == resource_id
             )
         )
-    event = store.create(db, Caller(network_id, actor), "AuditEvent", _audit_event(patient_id, actor))
+    record = store_audit_event(
+        "patient-erase", "患者データ消去 (crypto-shred)", f"Patient/{patient_id}", actor, action="D", outcome="0"
+    )
+    event = store.create(db, Caller(network_id, actor), "AuditEvent", record)
     return Erasure(network_id, patient_id, int(count), event.resource_id)
-
-
-def _audit_event(patient_id: str, actor: str) -> dict[str, object]:
-    return {
-        "resourceType": "AuditEvent",
-        "type": {
-            "system": "http://dicom.nema.org/resources/ontology/DCM",
-            "code": "110110",
-            "display": "Patient Record",
-        },
-        "subtype": [
-            {"system": "urn:renkei:audit", "code": "patient-erase", "display": "患者データ消去 (crypto-shred)"}
-        ],
-        "action": "D",
-        "recorded": utcnow().isoformat(timespec="seconds"),
-        "outcome": "0",
-        "agent": [{"requestor": True, "who": {"display": actor}}],
-        "source": {"observer": {"display": "Renkei share service"}},
-        "entity": [{"what": {"reference": f"Patient/{patient_id}"}}],
-    }

@@ -20,6 +20,7 @@ from services.kit.db import utcnow
 from services.kit.errors import BadRequest, NotFound, RenkeiError
 from services.share.crypto.datakeys import DataKeys, KeyDestroyed
 from services.share.crypto.envelope import TamperedCiphertext, open_sealed, resource_aad, seal
+from services.share.store.audit_records import store_audit_event
 from services.share.store.indexing import Indexer
 from services.share.store.models import ResourceHead, ResourceVersion, SearchEntry
 from services.share.store.types import COMPARTMENT_ELEMENT, compartment_patient
@@ -280,10 +281,26 @@ class ResourceStore:
                 resource_id=row.resource_id,
                 version=row.version,
             )
-            raise IntegrityFailure("this resource failed its integrity check and is not served") from None
+            self._audit_integrity_failure(db, row)
+            raise IntegrityFailure(
+                "this resource failed its integrity check and is not served", keep_writes=True
+            ) from None
         return Stored(row.resource_type, row.resource_id, row.version, row.last_updated, False, row.method, body)
 
     # Internals ----------------------------------------------------------------------------------------
+
+    def _audit_integrity_failure(self, db: Session, row: ResourceVersion) -> None:
+        """Record the refusal; the error keeps this write (``keep_writes``) while the request fails."""
+        entity = f"{row.resource_type}/{row.resource_id}/_history/{row.version}"
+        record = store_audit_event(
+            "integrity-failure",
+            "暗号文の完全性検証失敗 (integrity check failed)",
+            entity,
+            "Renkei share service",
+            action="R",
+            outcome="8",
+        )
+        self.create(db, Caller(row.network_id, "system:integrity-check"), "AuditEvent", record)
 
     def _head(
         self, db: Session, caller: Caller, resource_type: str, resource_id: str, for_update: bool = False
