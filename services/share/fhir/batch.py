@@ -43,7 +43,7 @@ from services.share.fhir.responses import FhirResponse, operation_outcome
 from services.share.security.deps import Context, CurrentPrincipal
 from services.share.store.service import Stored
 from services.share.store.types import SUPPORTED
-from services.share.store.validation import MAX_BODY_BYTES, validate
+from services.share.store.validation import MAX_BODY_BYTES, load_object, validate
 
 router = APIRouter(prefix="/fhir", tags=["fhir"], dependencies=[Depends(accept_json)])
 
@@ -117,14 +117,7 @@ async def batch_or_transaction(request: Request, ctx: Context, principal: Curren
 
 
 def parse_bundle(raw: bytes, base: str) -> tuple[str, list[Entry]]:
-    if not raw.strip():
-        raise BadRequest("the request body is empty; send a batch or transaction Bundle", code="empty_body")
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise BadRequest(f"the body is not valid JSON: {error}", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object (a Bundle)", code="invalid_json")
+    data = load_object(raw, "a batch or transaction Bundle")
     if data.get("resourceType") != "Bundle":
         raise BadRequest(f"POST to the base URL takes a Bundle, not {data.get('resourceType')!r}",
                          code="wrong_type", expression=["resourceType"])

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import orjson
 import structlog
-from sqlalchemy import Table, and_, delete, insert, select, tuple_
+from sqlalchemy import Select, Table, and_, delete, insert, select, tuple_
 from sqlalchemy.orm import Session
 
 from services.kit.db import utcnow
@@ -72,6 +72,18 @@ class Caller:
 
     network_id: str
     subject: str
+
+
+def _current_versions() -> Select[ResourceVersion]:
+    """Versions joined to the heads that point at them: the current version of each resource."""
+    return select(ResourceVersion).join(
+        ResourceHead,
+        and_(
+            ResourceHead.resource_type == ResourceVersion.resource_type,
+            ResourceHead.resource_id == ResourceVersion.resource_id,
+            ResourceHead.version == ResourceVersion.version,
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -170,21 +182,10 @@ class ResourceStore:
 
     def read(self, db: Session, caller: Caller, resource_type: str, resource_id: str) -> Stored:
         """The current version, in one query (head joined to its version)."""
-        query = (
-            select(ResourceVersion)
-            .join(
-                ResourceHead,
-                and_(
-                    ResourceHead.resource_type == ResourceVersion.resource_type,
-                    ResourceHead.resource_id == ResourceVersion.resource_id,
-                    ResourceHead.version == ResourceVersion.version,
-                ),
-            )
-            .where(
-                ResourceHead.resource_type == resource_type,
-                ResourceHead.resource_id == resource_id,
-                ResourceHead.network_id == caller.network_id,
-            )
+        query = _current_versions().where(
+            ResourceHead.resource_type == resource_type,
+            ResourceHead.resource_id == resource_id,
+            ResourceHead.network_id == caller.network_id,
         )
         row = db.scalars(query).first()
         if row is None:
@@ -234,21 +235,10 @@ class ResourceStore:
         if not keys:
             return []
         # One query for all of them: a search page must not cost a round trip per resource.
-        query = (
-            select(ResourceVersion)
-            .join(
-                ResourceHead,
-                and_(
-                    ResourceHead.resource_type == ResourceVersion.resource_type,
-                    ResourceHead.resource_id == ResourceVersion.resource_id,
-                    ResourceHead.version == ResourceVersion.version,
-                ),
-            )
-            .where(
-                tuple_(ResourceHead.resource_type, ResourceHead.resource_id).in_(keys),
-                ResourceHead.network_id == caller.network_id,
-                ResourceHead.deleted.is_(False),
-            )
+        query = _current_versions().where(
+            tuple_(ResourceHead.resource_type, ResourceHead.resource_id).in_(keys),
+            ResourceHead.network_id == caller.network_id,
+            ResourceHead.deleted.is_(False),
         )
         rows = {(row.resource_type, row.resource_id): row for row in db.scalars(query)}
         found: list[Stored] = []

@@ -27,15 +27,21 @@ def _path(resource_type: str, location: tuple[Any, ...]) -> str:
     return path
 
 
-def parse_resource(raw: bytes, resource_type: str) -> dict[str, Any]:
+def load_object(raw: bytes, what: str) -> dict[str, Any]:
+    """The body as a JSON object, or a 400 saying why not (``what`` names what was expected)."""
     if not raw.strip():
-        raise BadRequest("the request body is empty; send a FHIR resource as JSON", code="empty_body")
+        raise BadRequest(f"the request body is empty; send {what} as JSON", code="empty_body")
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
         raise BadRequest(f"the body is not valid JSON: {error}", code="invalid_json") from None
     if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object (a FHIR resource)", code="invalid_json")
+        raise BadRequest(f"the body must be a JSON object ({what})", code="invalid_json")
+    return data
+
+
+def parse_resource(raw: bytes, resource_type: str) -> dict[str, Any]:
+    data = load_object(raw, "a FHIR resource")
     found = data.get("resourceType")
     if found != resource_type:
         raise BadRequest(
