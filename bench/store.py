@@ -212,7 +212,7 @@ def main() -> None:
             print(f"2. scale: {args.scale:,} stored resources in the renkei store", flush=True)
             patients = max(1000, args.scale // 10)
             heavy = patients * 32 // 100
-            light = max(0, (args.scale - patients - heavy * 20) // max(1, patients - heavy))
+            light = max(0, -(-(args.scale - patients - heavy * 20) // max(1, patients - heavy)))  # round up
             started = time.perf_counter()
             network = ids["renkei"]
             renkei_network = json.loads((scratch / "renkei-network.json").read_text())["network"]["id"]
