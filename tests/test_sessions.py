@@ -593,3 +593,34 @@ def test_one_refresh_token_sent_concurrently_rotates_only_once(server: LiveServe
         winner = next(a.json() for a in answers if a.status_code == 200)
         # The losers were reuse: the session is over, the winner's new token included.
         assert_invalid_grant(refresh(server, winner["refresh_token"]))
+
+
+def test_a_password_change_cancels_logins_waiting_for_their_code(server: LiveServer) -> None:
+    from tests.infra import PASSWORD, make_network, next_totp_code
+
+    network = make_network(server)
+    user = network.user("physician")  # has a second factor
+    http = server.client()
+    pending = http.post("/auth/login", json={"username": user["username"], "password": PASSWORD}).json()
+    changed = http.patch(f"/auth/admin/users/{user['id']}", json={"password": "a completely new password"},
+                         headers=network.bearer("admin"))
+    assert changed.status_code == 200
+    answer = http.post("/auth/login/mfa", json={"mfa_token": pending["mfa_token"], "code": next_totp_code(user)})
+    assert answer.status_code == 401
+    assert answer.json()["error"] == "invalid_mfa_token"
+
+
+def test_an_expired_session_is_refused_by_the_identity_service(server: LiveServer, network: Network) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from services.auth.sessions.models import LoginSession
+
+    tokens = network.login("care_manager")
+    sid = jwt.decode(tokens["access_token"], options={"verify_signature": False})["sid"]
+    with server.auth.db.transaction() as db:
+        db.execute(update(LoginSession).where(LoginSession.id == sid)
+                   .values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+    me = server.client().get("/auth/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    assert me.status_code == 401

@@ -12,6 +12,7 @@ from services.auth.context import AuthContext
 from services.auth.directory.models import User
 from services.auth.sessions.models import LoginSession
 from services.kit import tokens
+from services.kit.db import utcnow
 from services.kit.errors import Forbidden
 from services.kit.tokens import InvalidToken, Principal
 
@@ -59,7 +60,13 @@ def authenticate_user(ctx: AuthContext, db: Session, authorization: str | None) 
         raise Forbidden("this endpoint is for users, not system clients")
     session = db.get(LoginSession, principal.session) if principal.session else None
     user = db.get(User, principal.subject)
-    if session is None or session.revoked_at is not None or user is None or user.disabled:
+    if (
+        session is None
+        or session.revoked_at is not None
+        or session.expires_at <= utcnow()
+        or user is None
+        or user.disabled
+    ):
         raise InvalidToken("the session has ended")
     return principal, user
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from services.auth.sessions.models import LoginSession
+from services.auth.sessions.models import LoginSession, MfaChallenge
 from services.kit.db import utcnow
 
 
@@ -26,6 +26,13 @@ def _revoke_where(db: Session, reason: str, *conditions: object) -> int:
 
 
 def revoke_user_sessions(db: Session, user_id: str, reason: str) -> int:
+    """End every session of a user, and every login half-way through its second step."""
+    db.execute(
+        update(MfaChallenge)
+        .where(MfaChallenge.user_id == user_id, MfaChallenge.used_at.is_(None))
+        .values(used_at=utcnow())
+        .execution_options(synchronize_session="fetch")
+    )
     return _revoke_where(db, reason, LoginSession.user_id == user_id)
 
 
