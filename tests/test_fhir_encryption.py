@@ -13,7 +13,7 @@ from sqlalchemy import MetaData, select, text, update
 from services.kit.db import make_engine
 from services.share.store.models import ResourceVersion
 from tests.fhir_helpers import create, created_id, patient, response
-from tests.infra import LiveServer, Network, raw_database_bytes
+from tests.infra import IN_CI, LiveServer, Network, raw_database_bytes
 
 # Distinctive values that must never appear in the database in any form.
 SECRETS = {
@@ -68,16 +68,36 @@ def test_no_patient_text_in_any_table(server: LiveServer, network: Network) -> N
             assert encoded not in dump, f"{name} appears in the database"
 
 
-def test_no_patient_text_in_the_sqlite_files(server: LiveServer, network: Network) -> None:
-    if not server.settings.resolved_share_database_url.startswith("sqlite"):
-        pytest.skip("the file scan applies to the embedded SQLite database")
+def test_no_patient_text_in_the_database_files(server: LiveServer, network: Network) -> None:
+    """The bytes on disk: the SQLite file and its WAL, or this PostgreSQL database's relation files."""
     http, auth = server.client(), network.bearer("physician")
     _write_secrets(http, auth)
-    raw = raw_database_bytes(server.settings.resolved_share_database_url.removeprefix("sqlite:///"))
-    assert b"resource_versions" in raw  # the scan reads real database bytes
+    url = server.settings.resolved_share_database_url
+    raw = raw_database_bytes(url.removeprefix("sqlite:///")) if url.startswith("sqlite") else _postgres_files(url)
+    assert b"resource_versions" in raw or b"search_index" in raw  # the scan reads real database bytes
     for name, value in SECRETS.items():
         for encoded in encodings(value):
-            assert encoded not in raw, f"{name} appears in the SQLite files"
+            assert encoded not in raw, f"{name} appears in the database files"
+
+
+def _postgres_files(url: str) -> bytes:
+    """Every relation file of the test database, after a checkpoint has written the pages out."""
+    engine = make_engine(url).execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("CHECKPOINT"))
+            data_dir = connection.execute(text("SHOW data_directory")).scalar_one()
+            oid = connection.execute(text("SELECT oid FROM pg_database WHERE datname = current_database()")).scalar()
+    finally:
+        engine.dispose()
+    listing = subprocess.run(["find", f"{data_dir}/base/{oid}", "-type", "f"], capture_output=True, text=True,
+                             check=False)
+    if listing.returncode != 0 and not IN_CI:
+        pytest.skip(f"PostgreSQL's data directory is not readable by this user: {listing.stderr.strip()}")
+    found = listing.stdout.split()
+    assert found, "no relation files found"
+    return b"".join(subprocess.run(["cat", *found[i : i + 200]], capture_output=True, check=True).stdout
+                    for i in range(0, len(found), 200))
 
 
 def test_a_ciphertext_moved_to_another_row_is_refused(server: LiveServer, network: Network) -> None:
