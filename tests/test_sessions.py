@@ -530,11 +530,10 @@ def test_a_user_disabled_during_the_second_factor_gets_no_tokens(server: LiveSer
                                    headers=network.bearer("admin"))
     assert answer.status_code == 200
     answer = http.post("/auth/login/mfa", json={"mfa_token": step.json()["mfa_token"], "code": next_totp_code(user)})
+    # Disabling cancels the pending login at once.
     assert answer.status_code == 401, answer.text
-    assert answer.json()["error"] == "invalid_credentials"
+    assert answer.json()["error"] == "invalid_mfa_token"
     assert "access_token" not in answer.json()
-    refused = events(server, "mfa", user_id=user["id"], outcome="failure")
-    assert [e.detail.get("reason") for e in refused] == ["disabled"]
     # The challenge is spent: enabling the account again does not revive it.
     server.client().patch(f"/auth/admin/users/{user['id']}", json={"disabled": False}, headers=network.bearer("admin"))
     answer = http.post("/auth/login/mfa", json={"mfa_token": step.json()["mfa_token"], "code": next_totp_code(user)})
@@ -624,3 +623,22 @@ def test_an_expired_session_is_refused_by_the_identity_service(server: LiveServe
                    .values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
     me = server.client().get("/auth/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
     assert me.status_code == 401
+
+
+def test_the_second_step_rechecks_the_account_itself(server: LiveServer, network: Network) -> None:
+    """Even if the account is disabled by a path that leaves pending logins alone (here: straight in the
+    database), the second step looks at the account again and refuses."""
+    from sqlalchemy import update
+
+    from services.auth.directory.models import User
+
+    user = network.user("physician")
+    http = server.client()
+    step = http.post("/auth/login", json={"username": user["username"], "password": PASSWORD})
+    with server.auth.db.transaction() as db:
+        db.execute(update(User).where(User.id == user["id"]).values(disabled=True))
+    answer = http.post("/auth/login/mfa", json={"mfa_token": step.json()["mfa_token"], "code": next_totp_code(user)})
+    assert answer.status_code == 401
+    assert answer.json()["error"] == "invalid_credentials"
+    refused = events(server, "mfa", user_id=user["id"], outcome="failure")
+    assert [e.detail.get("reason") for e in refused] == ["disabled"]
