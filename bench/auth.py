@@ -6,8 +6,8 @@ Runs a real `renkei serve` in a child process (embedded default, SQLite) and mea
 
 * token verification by the share service's verifier (JWKS fetched over HTTP from the server), on one core,
   against the bare PyJWT decode of the same token as a baseline — target ≥ 3,000 verifications/s;
-* an authenticated request end to end (GET /fhir/Patient → 404 after verification) beside an unauthenticated
-  one (/healthz), so the cost of authentication on the wire is visible;
+* an authenticated request end to end (GET /fhir/MedicationRequest: verified, then 404 — no database work)
+  beside an unauthenticated one (/healthz), so the cost of authentication on the wire is visible;
 * argon2id hashing at the production cost (RFC 9106 second recommended option: t=3, m=64 MiB, p=4), and the
   full POST /auth/login latency at that cost, without and with a TOTP second factor.
 """
@@ -95,9 +95,9 @@ def bench_http(base: str, token: str, count: int) -> dict[str, dict[str, float]]
     with httpx.Client(base_url=base) as http:
         headers = {"Authorization": f"Bearer {token}"}
         for _ in range(20):
-            http.get("/fhir/Patient", headers=headers)
+            http.get("/fhir/MedicationRequest", headers=headers)
             http.get("/healthz")
-        authed = time_calls(count, lambda: http.get("/fhir/Patient", headers=headers))
+        authed = time_calls(count, lambda: http.get("/fhir/MedicationRequest", headers=headers))
         public = time_calls(count, lambda: http.get("/healthz"))
     return {"http_authenticated": summary(authed), "http_unauthenticated_baseline": summary(public)}
 
