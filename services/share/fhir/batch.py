@@ -31,7 +31,9 @@ from services.kit.tokens import Principal
 from services.share.fhir.negotiation import accept_json, check_content_type
 from services.share.fhir.resources import (
     _ETAG,
+    Unprocessable,
     _conditional_match,
+    _request_hash,
     caller_of,
     checked_id,
     delete_response,
@@ -41,6 +43,7 @@ from services.share.fhir.resources import (
 )
 from services.share.fhir.responses import FhirResponse, operation_outcome
 from services.share.security.deps import Context, CurrentPrincipal
+from services.share.store.models import IdempotencyRecord
 from services.share.store.service import Stored
 from services.share.store.types import SUPPORTED
 from services.share.store.validation import MAX_BODY_BYTES, load_object, validate
@@ -81,6 +84,14 @@ class Entry:
         return f"Bundle.entry[{self.index}]"
 
 
+@dataclass(frozen=True)
+class Retry:
+    """An ``Idempotency-Key`` and the hash of the request it was given with."""
+
+    key: str
+    request_hash: str
+
+
 @dataclass
 class Result:
     response: Response
@@ -96,19 +107,20 @@ async def batch_or_transaction(request: Request, ctx: Context, principal: Curren
                                prefer: Annotated[str | None, Header()] = None,
                                idempotency_key: Annotated[str | None, Header()] = None) -> Response:
     check_content_type(request)
-    if idempotency_key:
-        # A replay would need the whole first answer kept (encrypted, erasable); entries can use ifNoneExist.
-        raise BadRequest("Idempotency-Key is not supported on batch or transaction Bundles; give POST entries "
-                         "request.ifNoneExist to make a retry safe", code="idempotency_not_supported")
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"a Bundle may be at most {MAX_BODY_BYTES} bytes")
     kind, entries = parse_bundle(raw, ctx.settings.fhir_base)
+    retry = Retry(idempotency_key[:200], _request_hash("Bundle", raw)) if idempotency_key else None
 
     def execute() -> Response:
+        if retry is not None:
+            replay = replay_bundle(ctx, principal, retry, kind, entries, prefer)
+            if replay is not None:
+                return replay
         if kind == "transaction":
-            return run_transaction(ctx, principal, entries, prefer)
-        return run_batch(ctx, principal, entries, prefer)
+            return run_transaction(ctx, principal, entries, prefer, retry)
+        return run_batch(ctx, principal, entries, prefer, retry)
 
     return await run_in_threadpool(execute)
 
@@ -282,8 +294,9 @@ def _run(ctx: Context, db: Session, principal: Principal, entry: Entry, prefer: 
 # Batch ------------------------------------------------------------------------------------------------------
 
 
-def run_batch(ctx: Context, principal: Principal, entries: list[Entry], prefer: str | None) -> Response:
-    answers = []
+def run_batch(ctx: Context, principal: Principal, entries: list[Entry], prefer: str | None,
+              retry: Retry | None = None) -> Response:
+    answers, outcomes = [], []
     for entry in entries:
         try:
             with ctx.db.transaction() as db:
@@ -293,18 +306,79 @@ def run_batch(ctx: Context, principal: Principal, entries: list[Entry], prefer: 
                 result = _run(ctx, db, principal, entry, prefer, existing)
         except RenkeiError as error:
             answers.append(_failed_entry(error))
+            outcomes.append({"m": entry.method, "s": error.status_code, "c": error.code})
             continue
         except IntegrityError:
-            answers.append(_failed_entry(_write_conflict()))
+            conflict = _write_conflict()
+            answers.append(_failed_entry(conflict))
+            outcomes.append({"m": entry.method, "s": conflict.status_code, "c": conflict.code})
             continue
         answers.append(_entry_bytes(ctx, entry, result, prefer))
+        outcomes.append(_outcome(entry, result))
+    if retry is not None:
+        try:
+            with ctx.db.transaction() as db:
+                _remember(db, principal, retry, outcomes)
+        except IntegrityError:
+            pass  # a concurrent retry of the same batch recorded it first
     return FhirResponse(_bundle("batch-response", answers))
+
+
+# Retries (Idempotency-Key) -----------------------------------------------------------------------------------
+
+
+def _outcome(entry: Entry, result: Result) -> dict[str, Any]:
+    """What a replay needs: which version an entry wrote or read, never the content."""
+    outcome: dict[str, Any] = {"m": entry.method, "s": result.response.status_code}
+    if result.item is not None and entry.method in ("POST", "PUT"):
+        outcome.update(t=result.item.resource_type, i=result.item.resource_id, v=result.item.version)
+    return outcome
+
+
+def _remember(db: Session, principal: Principal, retry: Retry, outcomes: list[dict[str, Any]]) -> None:
+    caller = caller_of(principal)
+    db.add(IdempotencyRecord(network_id=caller.network_id, principal=caller.subject, key=retry.key,
+                             request_hash=retry.request_hash, status=200, resource_type="Bundle", resource_id="",
+                             version=0, entries=outcomes))
+
+
+def replay_bundle(ctx: Context, principal: Principal, retry: Retry, kind: str, entries: list[Entry],
+                  prefer: str | None) -> Response | None:
+    """The first answer again, rebuilt from the versions it wrote (reads are simply run again)."""
+    caller = caller_of(principal)
+    with ctx.db.transaction() as db:
+        record = db.get(IdempotencyRecord, (caller.network_id, caller.subject, retry.key))
+        if record is None:
+            return None
+        if record.request_hash != retry.request_hash or record.entries is None:
+            raise Unprocessable("this Idempotency-Key was used for a different request; use a new key")
+        answers = []
+        for entry, outcome in zip(entries, record.entries, strict=False):
+            try:
+                answers.append(_replayed_entry(ctx, db, principal, entry, outcome, prefer))
+            except RenkeiError as error:
+                answers.append(_failed_entry(error))
+        return FhirResponse(_bundle(f"{kind}-response", answers))
+
+
+def _replayed_entry(ctx: Context, db: Session, principal: Principal, entry: Entry, outcome: dict[str, Any],
+                    prefer: str | None) -> bytes:
+    if "c" in outcome:
+        raise RenkeiError("this entry failed when the request was first made", code=outcome["c"],
+                          status_code=outcome["s"])
+    if "i" in outcome:
+        item = ctx.store.vread(db, caller_of(principal), outcome["t"], outcome["i"], outcome["v"])
+        return _entry_bytes(ctx, entry, Result(resource_response(ctx, item, outcome["s"], prefer), item), prefer)
+    if entry.method == "GET":
+        return _entry_bytes(ctx, entry, _run(ctx, db, principal, entry, prefer), prefer)
+    return orjson.dumps({"response": {"status": _status(outcome["s"])}})
 
 
 # Transaction ------------------------------------------------------------------------------------------------
 
 
-def run_transaction(ctx: Context, principal: Principal, entries: list[Entry], prefer: str | None) -> Response:
+def run_transaction(ctx: Context, principal: Principal, entries: list[Entry], prefer: str | None,
+                    retry: Retry | None = None) -> Response:
     results: dict[int, Result] = {}
     ordered = sorted(entries, key=lambda e: TRANSACTION_ORDER[e.method])
     posts = [e for e in ordered if e.method == "POST"]
@@ -340,6 +414,8 @@ def run_transaction(ctx: Context, principal: Principal, entries: list[Entry], pr
             if entry.method in ("PUT", "GET"):
                 with _failing(entry):
                     results[entry.index] = _run(ctx, db, principal, entry, prefer)
+        if retry is not None:  # in the same transaction: remembered exactly when the writes land
+            _remember(db, principal, retry, [_outcome(entry, results[entry.index]) for entry in entries])
     answers = [_entry_bytes(ctx, entry, results[entry.index], prefer) for entry in entries]
     return FhirResponse(_bundle("transaction-response", answers))
 

@@ -7,8 +7,9 @@ and the search index holds keyed hashes (blind indexes), server-assigned referen
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Index, Integer, LargeBinary, String
+from sqlalchemy import JSON, BigInteger, Boolean, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.kit.db import UTCDateTime, utcnow
@@ -85,4 +86,7 @@ class IdempotencyRecord(ShareBase):
     resource_type: Mapped[str] = mapped_column(String(64))
     resource_id: Mapped[str] = mapped_column(String(64))
     version: Mapped[int] = mapped_column(Integer)
+    # For a batch or transaction: each entry's outcome as {method, status, type, id, version} or {status, code} —
+    # references to stored versions and error codes only, never resource content.
+    entries: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
