@@ -158,3 +158,6 @@ def test_patient_erase_crypto_shreds(server: LiveServer, network: Network) -> No
     audit = http.get("/fhir/AuditEvent", headers=auth).json()
     assert any(e["resource"]["entity"][0]["what"]["reference"] == f"Patient/{pid}" for e in audit["entry"])
     assert _cli(server, "patient", "erase", "no-such-patient", "--yes").returncode == 1
+    # Nothing more can be written for an erased patient.
+    late = create(http, auth, response(pid))
+    assert late.status_code == 410, late.text

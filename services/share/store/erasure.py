@@ -43,6 +43,12 @@ def erase_patient(store: ResourceStore, db: Session, patient_id: str, actor: str
         .where(ResourceVersion.network_id == network_id, ResourceVersion.patient_id == patient_id)
         .values(body=b"", data_key_id=ERASED)
     )
+    # And the heads, so that no process (whatever keys it still has cached) accepts new writes for the patient.
+    db.execute(
+        update(ResourceHead)
+        .where(ResourceHead.network_id == network_id, ResourceHead.patient_id == patient_id)
+        .values(deleted=True)
+    )
     for resource_type, resource_id in members:
         # Blind-index tokens are keyed hashes, but they would still link the erased records together.
         db.execute(

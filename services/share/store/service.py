@@ -319,8 +319,10 @@ class ResourceStore:
         if (caller.network_id, patient_id) in known:
             return patient_id  # checked (or created) earlier in this transaction: no query, no autoflush
         head = db.get(ResourceHead, ("Patient", patient_id))
-        if head is None or head.network_id != caller.network_id or head.deleted:
+        if head is None or head.network_id != caller.network_id:
             raise BadRequest(f"Patient/{patient_id} is not known; the patient must exist first", code="unknown_patient")
+        if head.deleted:
+            raise Gone(f"Patient/{patient_id} has been deleted or erased; nothing more can be stored for them")
         known.add((caller.network_id, patient_id))
         return patient_id
 
@@ -348,7 +350,10 @@ class ResourceStore:
         meta: dict[str, Any] = body["meta"] if isinstance(body.get("meta"), dict) else {}
         body["meta"] = {**meta, "versionId": str(version), "lastUpdated": now.isoformat(timespec="milliseconds")}
         plaintext = orjson.dumps(body)
-        key_id, key = self.keys.key_for(db, caller.network_id, patient_id)
+        try:
+            key_id, key = self.keys.key_for(db, caller.network_id, patient_id)
+        except KeyDestroyed:
+            raise Gone(f"Patient/{patient_id} has been erased; nothing more can be stored for them") from None
         owner = {
             "resource_type": resource_type,
             "resource_id": resource_id,
