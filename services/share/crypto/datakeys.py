@@ -25,9 +25,10 @@ from collections.abc import Callable, Hashable
 from datetime import datetime
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from sqlalchemy import event, func, select, update
+from sqlalchemy import event, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.kit.db import utcnow
@@ -227,8 +228,12 @@ class DataKeys:
             db.execute(pg_insert(DataKey).values(values).on_conflict_do_nothing())
         elif dialect == "sqlite":
             db.execute(sqlite_insert(DataKey).values(values).on_conflict_do_nothing())
-        else:
-            raise NotImplementedError(f"data keys need INSERT … ON CONFLICT; {dialect} is not supported")
+        else:  # any other database: a savepoint turns the loser's duplicate into a no-op
+            try:
+                with db.begin_nested():
+                    db.execute(insert(DataKey).values(values))
+            except IntegrityError:
+                pass
         db.info.setdefault(_CREATED, set()).add(key_id)
 
     # Wrapping -----------------------------------------------------------------------------------------
