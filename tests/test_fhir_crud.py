@@ -182,3 +182,13 @@ def test_deep_nesting_and_foreign_subjects_are_refused(http: httpx.Client, auth:
         answer = create(http, auth, sheet)
         assert answer.status_code == 400, subject
         assert answer.json()["issue"][0]["expression"] == ["QuestionnaireResponse.subject"]
+
+
+def test_oversized_bodies_are_refused_with_413(http: httpx.Client, auth: dict[str, str]) -> None:
+    from services.share.store.validation import MAX_BODY_BYTES
+
+    padding = "x" * (MAX_BODY_BYTES + 10)
+    answer = http.post("/fhir/Patient", content=f'{{"resourceType": "Patient", "id": "{padding}"}}'.encode(),
+                       headers={**auth, **FHIR_JSON})
+    assert answer.status_code == 413
+    assert answer.json()["resourceType"] == "OperationOutcome"

@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.kit.errors import BadRequest, Conflict, NotFound, RenkeiError
 from services.kit.tokens import Principal
-from services.share.fhir.negotiation import accept_json, check_content_type
+from services.share.fhir.negotiation import accept_json, bounded_body, check_content_type
 from services.share.fhir.resources import (
     _ETAG,
     Unprocessable,
@@ -56,11 +56,6 @@ MAX_DEPTH = 100
 METHODS = ("GET", "POST", "PUT", "DELETE")
 # FHIR's processing order for a transaction (http://hl7.org/fhir/R4B/http.html#trules).
 TRANSACTION_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
-
-
-class PayloadTooLarge(RenkeiError):
-    status_code = 413
-    code = "too_large"
 
 
 @dataclass
@@ -107,9 +102,7 @@ async def batch_or_transaction(request: Request, ctx: Context, principal: Curren
                                prefer: Annotated[str | None, Header()] = None,
                                idempotency_key: Annotated[str | None, Header()] = None) -> Response:
     check_content_type(request)
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"a Bundle may be at most {MAX_BODY_BYTES} bytes")
+    raw = await bounded_body(request, MAX_BODY_BYTES)
     kind, entries = parse_bundle(raw, ctx.settings.fhir_base)
     retry = Retry(idempotency_key[:200], _request_hash("Bundle", raw)) if idempotency_key else None
 

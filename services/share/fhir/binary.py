@@ -47,7 +47,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from services.kit.errors import BadRequest, Conflict, NotFound, RenkeiError
+from services.kit.errors import BadRequest, Conflict, NotFound
 from services.kit.tokens import Principal
 from services.share.blobs import content as C
 from services.share.blobs.crypto import TamperedBlob, decrypt
@@ -56,7 +56,15 @@ from services.share.blobs.store import BlobNotFound
 from services.share.context import ShareContext
 from services.share.crypto.datakeys import KeyDestroyed
 from services.share.fhir import bundles
-from services.share.fhir.negotiation import JSON_FORMATS, NotAcceptable, UnsupportedMediaType, check_accept
+from services.share.fhir.negotiation import (
+    JSON_FORMATS,
+    NotAcceptable,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    bounded_body,
+    check_accept,
+    check_length,
+)
 from services.share.store.models import IdempotencyRecord, ResourceHead, ResourceVersion
 from services.share.store.service import Caller, Gone, IntegrityFailure, PreconditionFailed, Stored
 from services.share.store.types import compartment_patient, reference_target
@@ -79,11 +87,6 @@ _SERVED_HEADERS = {
     "Content-Security-Policy": "sandbox; default-src 'none'",
     "Cache-Control": "no-store",
 }
-
-
-class PayloadTooLarge(RenkeiError):
-    status_code = 413
-    code = "too_large"
 
 
 # Negotiation -------------------------------------------------------------------------------------------
@@ -225,7 +228,7 @@ class _Upload:
     async def from_request(cls, request: Request) -> _Upload:
         header = request.headers.get("content-type", "")
         if header.split(";")[0].strip().lower() in JSON_FORMATS:
-            raw = await _bounded_body(request, MAX_JSON_BYTES)
+            raw = await bounded_body(request, MAX_JSON_BYTES)
             return await run_in_threadpool(cls._from_json, raw)  # parsing and decoding 27 MB is not for the loop
         return cls._from_raw(request, header)
 
@@ -235,7 +238,7 @@ class _Upload:
             media = C.parse_media_type(header)
         except C.ContentRefused as error:
             raise UnsupportedMediaType(str(error), code="unsupported_media_type") from None
-        _check_length(request, MAX_BYTES)
+        check_length(request, MAX_BYTES)
         body: dict[str, Any] = {"resourceType": "Binary", "contentType": media.header()}
         context = request.headers.get("x-security-context", "").strip()
         if context:
@@ -371,23 +374,6 @@ def _replay(ctx: ShareContext, db: Session, caller: Caller, key: str, request_ha
         raise Unprocessable("this Idempotency-Key was used for a different request; use a new key")
     item = ctx.store.vread(db, caller, record.resource_type, record.resource_id, record.version)
     return resource_response(ctx, item, record.status, prefer)
-
-
-async def _bounded_body(request: Request, limit: int) -> bytes:
-    _check_length(request, limit)
-    body = bytearray()
-    async for piece in request.stream():
-        body += piece
-        if len(body) > limit:
-            raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
-    return bytes(body)
-
-
-def _check_length(request: Request, limit: int) -> None:
-    """Refuse a declared Content-Length over the limit before reading a byte of it."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the content exceeds {limit} bytes")
 
 
 def _reference(value: str) -> str:

@@ -1,4 +1,4 @@
-"""Content negotiation: JSON only (``application/fhir+json``), asked for by ``Accept`` or ``_format``."""
+"""What a request may look like: JSON only (``Accept``, ``_format``, ``Content-Type``), and bodies of bounded size."""
 
 from __future__ import annotations
 
@@ -44,3 +44,26 @@ def check_content_type(request: Request) -> None:
 async def accept_json(request: Request) -> None:
     """``check_accept`` as a router dependency; async so it runs on the event loop, not in a worker thread."""
     check_accept(request)
+
+
+class PayloadTooLarge(RenkeiError):
+    status_code = 413
+    code = "too_large"
+
+
+def check_length(request: Request, limit: int) -> None:
+    """Refuse a declared Content-Length over the limit before reading a byte of it."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the content exceeds {limit} bytes")
+
+
+async def bounded_body(request: Request, limit: int) -> bytes:
+    """The whole body, read as it streams in and refused (413) as soon as it passes ``limit``."""
+    check_length(request, limit)
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
+    return bytes(body)

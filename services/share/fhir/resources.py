@@ -15,14 +15,14 @@ from starlette.concurrency import run_in_threadpool
 from services.kit.errors import BadRequest, NotFound, RenkeiError
 from services.kit.tokens import Principal
 from services.share.fhir import binary, bundles
-from services.share.fhir.negotiation import check_content_type
+from services.share.fhir.negotiation import bounded_body, check_content_type
 from services.share.fhir.responses import FhirResponse, operation_outcome
 from services.share.security.deps import Context, CurrentPrincipal
 from services.share.store import search as S
 from services.share.store.models import IdempotencyRecord
 from services.share.store.service import Caller, Stored
 from services.share.store.types import READ_ONLY, SUPPORTED
-from services.share.store.validation import parse_resource
+from services.share.store.validation import MAX_BODY_BYTES, parse_resource
 
 router = APIRouter(prefix="/fhir", tags=["fhir"], dependencies=[Depends(binary.negotiate)])
 _ID = re.compile(r"^[A-Za-z0-9\-\.]{1,64}$")
@@ -207,7 +207,7 @@ async def create(resource_type: str, request: Request, ctx: Context, principal: 
     if resource_type == "Binary":  # content goes to the blob store, encrypted (binary.py)
         return await binary.create(request, ctx, principal, prefer, if_none_exist, idempotency_key)
     check_content_type(request)
-    raw = await request.body()
+    raw = await bounded_body(request, MAX_BODY_BYTES)
     def execute() -> Response:
         with ctx.db.transaction() as db:
             return create_in(ctx, db, principal, resource_type, raw, prefer, if_none_exist, idempotency_key)
@@ -279,7 +279,7 @@ async def update(resource_type: str, resource_id: str, request: Request, ctx: Co
     if resource_type == "Binary":
         return await binary.update(request, ctx, principal, resource_id, expected, prefer)
     check_content_type(request)
-    raw = await request.body()
+    raw = await bounded_body(request, MAX_BODY_BYTES)
     def execute() -> Response:
         body = parse_resource(raw, resource_type)
         with ctx.db.transaction() as db:
