@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from services.kit.db import make_engine
@@ -64,6 +65,18 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture
 def network(server: LiveServer) -> Network:
     return make_network(server)
+
+
+@pytest.fixture
+def http(server: LiveServer) -> httpx.Client:
+    """An HTTP client of the live server (posing as its own client address)."""
+    return server.client()
+
+
+@pytest.fixture
+def auth(network: Network) -> dict[str, str]:
+    """A physician's bearer header in a fresh network: the usual caller of FHIR tests."""
+    return network.bearer("physician")
 
 
 @pytest.fixture

@@ -16,16 +16,6 @@ from tests.infra import LiveServer, Network, make_network
 ID_SYSTEM = "urn:oid:1.2.392.100495.20.3.51.1"
 
 
-@pytest.fixture
-def http(server: LiveServer) -> httpx.Client:
-    return server.client()
-
-
-@pytest.fixture
-def auth(network: Network) -> dict[str, str]:
-    return network.bearer("physician")
-
-
 def post_bundle(http: httpx.Client, auth: dict[str, str], kind: str, entries: list[dict[str, Any]],
                 **headers: str) -> httpx.Response:
     body = {"resourceType": "Bundle", "type": kind, "entry": entries}

@@ -23,7 +23,7 @@ from services.share.blobs import content as C
 from services.share.blobs.crypto import HEADER_BYTES, TAG_BYTES, TamperedBlob, decrypt, encrypt, encrypted_size
 from services.share.blobs.store import BlobNotFound, FilesystemBlobStore
 from tests.fhir_helpers import FHIR_JSON, create, created_id, patient
-from tests.infra import LiveServer, Network, make_network
+from tests.infra import LiveServer, make_network
 
 MB20 = 20 * 1024 * 1024
 BLOB_URL = "urn:renkei:binary-blob"
@@ -64,16 +64,6 @@ PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>
 
 
 # Fixtures and helpers ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def http(server: LiveServer) -> httpx.Client:
-    return server.client()
-
-
-@pytest.fixture
-def auth(network: Network) -> dict[str, str]:
-    return network.bearer("physician")
 
 
 @pytest.fixture

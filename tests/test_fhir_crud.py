@@ -6,17 +6,7 @@ import httpx
 import pytest
 
 from tests.fhir_helpers import FHIR_JSON, create, created_id, patient, response
-from tests.infra import LiveServer, Network, make_network
-
-
-@pytest.fixture
-def http(server: LiveServer) -> httpx.Client:
-    return server.client()
-
-
-@pytest.fixture
-def auth(network: Network) -> dict[str, str]:
-    return network.bearer("physician")
+from tests.infra import LiveServer, make_network
 
 
 def test_create_then_read(server: LiveServer, http: httpx.Client, auth: dict[str, str]) -> None:

@@ -8,17 +8,6 @@ import httpx
 import pytest
 
 from tests.fhir_helpers import create, created_id, patient, response
-from tests.infra import LiveServer, Network
-
-
-@pytest.fixture
-def http(server: LiveServer) -> httpx.Client:
-    return server.client()
-
-
-@pytest.fixture
-def auth(network: Network) -> dict[str, str]:
-    return network.bearer("physician")
 
 
 def ids(bundle: dict[str, object], mode: str = "match") -> set[str]:

@@ -5,20 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.fhir_helpers import create, created_id, patient, response
-from tests.infra import LiveServer, Network
-
-
-@pytest.fixture
-def http(server: LiveServer) -> httpx.Client:
-    return server.client()
-
-
-@pytest.fixture
-def auth(network: Network) -> dict[str, str]:
-    return network.bearer("physician")
+from tests.infra import Network
 
 
 def found(http: httpx.Client, auth: dict[str, str], resource_type: str, **params: str) -> set[str]:

@@ -30,6 +30,11 @@ class InvalidScope(BadRequest):
     code = "invalid_scope"
 
 
+def _record_refusal(db: Session, client: SystemClient, address: str, reason: str) -> None:
+    record(db, "client_token", FAILURE, network_id=client.network_id, client_id=client.client_id, address=address,
+           reason=reason)
+
+
 class ClientCredentials:
     def __init__(self, ctx: AuthContext) -> None:
         self.ctx = ctx
@@ -44,15 +49,7 @@ class ClientCredentials:
         requested = scopes.split(scope) or registered
         granted = scopes.intersect(requested, registered)
         if not granted:
-            record(
-                db,
-                "client_token",
-                FAILURE,
-                network_id=client.network_id,
-                client_id=client.client_id,
-                address=address,
-                reason="no_scope_granted",
-            )
+            _record_refusal(db, client, address, "no_scope_granted")
             raise InvalidScope("none of the requested scopes is registered for this client", keep_writes=True)
         token, lifetime = self.ctx.signer.issue(
             db,
@@ -101,15 +98,7 @@ class ClientCredentials:
             raise InvalidClient("unknown or disabled client", keep_writes=True)
 
         def fail(reason: str) -> InvalidClient:
-            record(
-                db,
-                "client_token",
-                FAILURE,
-                network_id=client.network_id,
-                client_id=client.client_id,
-                address=address,
-                reason=reason,
-            )
+            _record_refusal(db, client, address, reason)
             return InvalidClient(f"client assertion rejected: {reason.replace('_', ' ')}", keep_writes=True)
 
         alg = header.get("alg")
