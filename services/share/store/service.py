@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import orjson
 import structlog
-from sqlalchemy import Select, Table, and_, delete, insert, select, tuple_
+from sqlalchemy import Select, Table, and_, delete, select
 from sqlalchemy.orm import Session
 
 from services.kit.db import utcnow
@@ -23,6 +23,7 @@ from services.share.crypto.envelope import TamperedCiphertext, open_sealed, reso
 from services.share.store.audit_records import store_audit_event
 from services.share.store.indexing import Indexer
 from services.share.store.models import ResourceHead, ResourceVersion, SearchEntry
+from services.share.store.statements import VersionRow, statements
 from services.share.store.types import COMPARTMENT_ELEMENT, compartment_patient
 
 log = structlog.get_logger(__name__)
@@ -182,12 +183,7 @@ class ResourceStore:
 
     def read(self, db: Session, caller: Caller, resource_type: str, resource_id: str) -> Stored:
         """The current version, in one query (head joined to its version)."""
-        query = _current_versions().where(
-            ResourceHead.resource_type == resource_type,
-            ResourceHead.resource_id == resource_id,
-            ResourceHead.network_id == caller.network_id,
-        )
-        row = db.scalars(query).first()
+        row = statements(db).current(db, caller.network_id, resource_type, resource_id)
         if row is None:
             raise NotFound(f"{resource_type}/{resource_id} is not known")
         if row.deleted:
@@ -195,7 +191,7 @@ class ResourceStore:
         return self.open(db, row)
 
     def vread(self, db: Session, caller: Caller, resource_type: str, resource_id: str, version: int) -> Stored:
-        row = db.get(ResourceVersion, (resource_type, resource_id, version))
+        row = statements(db).version(db, resource_type, resource_id, version)
         if row is None or row.network_id != caller.network_id:
             raise NotFound(f"{resource_type}/{resource_id}/_history/{version} is not known")
         stored = self.open(db, row)
@@ -235,12 +231,8 @@ class ResourceStore:
         if not keys:
             return []
         # One query for all of them: a search page must not cost a round trip per resource.
-        query = _current_versions().where(
-            tuple_(ResourceHead.resource_type, ResourceHead.resource_id).in_(keys),
-            ResourceHead.network_id == caller.network_id,
-            ResourceHead.deleted.is_(False),
-        )
-        rows = {(row.resource_type, row.resource_id): row for row in db.scalars(query)}
+        current = statements(db).currents(db, caller.network_id, keys)
+        rows = {(row.resource_type, row.resource_id): row for row in current}
         found: list[Stored] = []
         for key in keys:
             row = rows.get(key)
@@ -251,7 +243,7 @@ class ResourceStore:
                     continue
         return found
 
-    def open(self, db: Session, row: ResourceVersion, tolerate_erased: bool = False) -> Stored:
+    def open(self, db: Session, row: ResourceVersion | VersionRow, tolerate_erased: bool = False) -> Stored:
         """Decrypt one version. A ciphertext that fails to authenticate is refused and logged, never served."""
         if row.deleted:
             return Stored(row.resource_type, row.resource_id, row.version, row.last_updated, True, row.method, b"")
@@ -279,7 +271,7 @@ class ResourceStore:
 
     # Internals ----------------------------------------------------------------------------------------
 
-    def _audit_integrity_failure(self, db: Session, row: ResourceVersion) -> None:
+    def _audit_integrity_failure(self, db: Session, row: ResourceVersion | VersionRow) -> None:
         """Record the refusal; the error keeps this write (``keep_writes``) while the request fails."""
         entity = f"{row.resource_type}/{row.resource_id}/_history/{row.version}"
         record = store_audit_event(
@@ -318,10 +310,10 @@ class ResourceStore:
         known: set[tuple[str, str]] = db.info.setdefault(_KNOWN_PATIENTS, set())
         if (caller.network_id, patient_id) in known:
             return patient_id  # checked (or created) earlier in this transaction: no query, no autoflush
-        head = db.get(ResourceHead, ("Patient", patient_id))
-        if head is None or head.network_id != caller.network_id:
+        state = statements(db).patient(db, patient_id)
+        if state is None or state[0] != caller.network_id:
             raise BadRequest(f"Patient/{patient_id} is not known; the patient must exist first", code="unknown_patient")
-        if head.deleted:
+        if state[1]:
             raise Gone(f"Patient/{patient_id} has been deleted or erased; nothing more can be stored for them")
         known.add((caller.network_id, patient_id))
         return patient_id
@@ -393,11 +385,7 @@ class ResourceStore:
     ) -> Stored:
         """Write a version; ``head`` is the resource's current head row, None for a new resource."""
         stored, rows = self._rows(db, caller, resource_type, resource_id, version, patient_id, body, method)
-        # Core inserts: the rows are complete, so the ORM's unit of work would only add cost to every write.
-        db.execute(insert(VERSION_TABLE), [rows.version])
-        if head is None:
-            db.execute(insert(HEAD_TABLE), [rows.head])
-        else:
+        if head is not None:
             head.version, head.deleted, head.last_updated = version, False, stored.last_updated
             head.patient_id = patient_id or ""
             db.execute(
@@ -405,7 +393,6 @@ class ResourceStore:
                     SearchEntry.resource_type == resource_type, SearchEntry.resource_id == resource_id
                 )
             )
-        if rows.index:
-            # Core insert on the table: one executemany, and no autoflush of the rows pending above.
-            db.execute(insert(SEARCH_TABLE), rows.index)
+        # Plain statements: the rows are complete, so the ORM's unit of work would only add cost to every write.
+        statements(db).insert(db, rows.version, rows.head if head is None else None, rows.index)
         return stored
