@@ -1,10 +1,11 @@
 """Servers the store benchmark measures, each started in its own process:
 
-    python bench/servers.py renkei  PORT            the real application (encrypted store)
-    python bench/servers.py plain   PORT            the same application storing plain JSON (the baseline)
-    python bench/servers.py bare    PORT DB_URL     a bare FastAPI endpoint inserting the JSON bytes, nothing else
+    python bench/servers.py renkei  PORT WORKERS    the real application (encrypted store)
+    python bench/servers.py plain   PORT WORKERS    the same application storing plain JSON (the baseline)
+    python bench/servers.py bare    PORT WORKERS    a bare FastAPI endpoint inserting the JSON bytes, nothing else
 
-The first two read their configuration from RENKEI_* variables like `renkei serve`.
+All read their configuration from RENKEI_* variables like `renkei serve` (the bare endpoint only its database
+URL), and all are served alike, as `renkei serve --workers N` serves: worker processes (services/serving.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import sys
 import uuid
 from pathlib import Path
 
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from sqlalchemy import Column, LargeBinary, MetaData, String, Table, select
 from starlette.concurrency import run_in_threadpool
@@ -21,16 +21,19 @@ from starlette.concurrency import run_in_threadpool
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.app import create_app
+from services.cli import create_keys
 from services.kit.db import Database
 from services.kit.settings import Settings
+from services.serving import serve_workers
+
+BARE_METADATA = MetaData()
+BARE_TABLE = Table("bare", BARE_METADATA, Column("id", String(32), primary_key=True), Column("body", LargeBinary))
 
 
 def bare_app(url: str) -> FastAPI:
     """The floor: same framework, same driver and pool, same thread pool — no validation, no crypto, no index."""
-    metadata = MetaData()
-    table = Table("bare", metadata, Column("id", String(32), primary_key=True), Column("body", LargeBinary))
+    table = BARE_TABLE
     database = Database(url)
-    metadata.create_all(database.engine)
     app = FastAPI()
 
     @app.post("/fhir/QuestionnaireResponse")
@@ -54,13 +57,28 @@ def bare_app(url: str) -> FastAPI:
     return app
 
 
+def renkei() -> FastAPI:
+    return create_app(Settings())
+
+
+def plain() -> FastAPI:
+    return create_app(Settings(), plaintext_baseline=True)
+
+
+def bare() -> FastAPI:
+    return bare_app(Settings().resolved_share_database_url)
+
+
 def main() -> None:
-    mode, port = sys.argv[1], int(sys.argv[2])
+    mode, port, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    # What every worker would otherwise race to create: the bare table, or the signing key and key files.
     if mode == "bare":
-        app = bare_app(sys.argv[3])
+        database = Database(Settings().resolved_share_database_url)
+        BARE_METADATA.create_all(database.engine)
+        database.dispose()
     else:
-        app = create_app(Settings(public_url=f"http://127.0.0.1:{port}"), plaintext_baseline=mode == "plain")
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        create_keys(Settings())
+    serve_workers(f"bench.servers:{mode}", "127.0.0.1", port, workers, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":

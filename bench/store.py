@@ -3,11 +3,13 @@
     .venv/bin/python bench/store.py                      # full run: 1,000,000 stored resources (≈ 15 min)
     .venv/bin/python bench/store.py --scale 100000       # quicker
 
-Servers, each a single process on this machine, each with fresh PostgreSQL databases:
+Servers, each served by uvicorn with the same number of worker processes (--workers, default 2: one per core of
+this machine), each with fresh PostgreSQL databases:
   renkei  the application as deployed (validation, encryption under per-patient data keys, blind index)
   plain   the same application storing plain JSON and unhashed index terms — the encryption baseline
   bare    a bare FastAPI endpoint inserting the same JSON bytes with no validation — the floor
-Load comes from N client processes in a closed loop (one request in flight each). Figures: throughput and
+Load comes from one client process holding N keep-alive connections in a closed loop (one request in flight
+each; bench/load.py). Figures: throughput and
 p50/p90/p99 latency per operation, ratios against the baselines, and the renkei server's peak RSS.
 """
 
@@ -63,8 +65,8 @@ def databases(*labels: str) -> Iterator[dict[str, str]]:
 
 
 class Server:
-    def __init__(self, mode: str, data_dir: Path, auth_url: str | None, share_url: str) -> None:
-        self.mode, self.port = mode, free_port()
+    def __init__(self, mode: str, data_dir: Path, auth_url: str | None, share_url: str, workers: int) -> None:
+        self.mode, self.port, self.workers = mode, free_port(), workers
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "RENKEI_DATA_DIR": str(data_dir), "RENKEI_SHARE_DATABASE_URL": share_url,
                     "RENKEI_ACCESS_TOKEN_TTL_SECONDS": "7200", "RENKEI_PUBLIC_URL": self.base}
@@ -77,10 +79,9 @@ class Server:
         self._watching = False
 
     def start(self) -> Server:
-        args = [sys.executable, str(Path(__file__).parent / "servers.py"), self.mode, str(self.port)]
-        if self.mode == "bare":
-            args.append(self.env["RENKEI_SHARE_DATABASE_URL"])
-        self.process = subprocess.Popen(args, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        args = [sys.executable, str(Path(__file__).parent / "servers.py"), self.mode, str(self.port), str(self.workers)]
+        env = {**self.env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        self.process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         probe = "/openapi.json" if self.mode == "bare" else "/readyz"
         deadline = time.monotonic() + 60
         while True:
@@ -94,11 +95,17 @@ class Server:
             time.sleep(0.2)
 
     def rss_mb(self) -> float:
+        """Resident memory of the server: its main process and every worker process, together."""
         assert self.process is not None
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        total = 0.0
+        for pid in [self.process.pid, *_descendants(self.process.pid)]:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+            except OSError:
+                continue
+        return total
 
     @contextmanager
     def watch_memory(self) -> Iterator[None]:
@@ -121,6 +128,13 @@ class Server:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(timeout=30)
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        found += [int(child), *_descendants(int(child))]
+    return found
 
 
 def prepare_renkei(server: Server, scratch: Path) -> tuple[str, str]:
@@ -211,7 +225,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=int, default=1_000_000, help="stored resources for the scale phase")
     parser.add_argument("--seconds", type=float, default=10.0, help="load time per measurement")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent client processes")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent connections (closed loop)")
+    parser.add_argument("--workers", type=int, default=2, help="server worker processes (each server alike)")
     args = parser.parse_args()
     results: dict[str, Any] = {"config": vars(args)}
 
@@ -219,9 +234,9 @@ def main() -> None:
         "auth", "share", "plainauth", "plainshare", "bare"
     ) as urls:
         scratch = Path(scratch_dir)
-        renkei = Server("renkei", scratch / "renkei", urls["auth"], urls["share"])
-        plain = Server("plain", scratch / "plain", urls["plainauth"], urls["plainshare"])
-        bare = Server("bare", scratch / "bare", None, urls["bare"])
+        renkei = Server("renkei", scratch / "renkei", urls["auth"], urls["share"], args.workers)
+        plain = Server("plain", scratch / "plain", urls["plainauth"], urls["plainshare"], args.workers)
+        bare = Server("bare", scratch / "bare", None, urls["bare"], args.workers)
         try:
             print("1. create / read / search against the baselines (small store)", flush=True)
             ids: dict[str, tuple[list[str], list[str], list[str]]] = {}

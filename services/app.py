@@ -120,3 +120,8 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=error.status_code,
             headers=error.headers,
         )
+
+
+def app_from_environment() -> FastAPI:
+    """The application of one worker of `renkei serve --workers N`, configured by RENKEI_* variables."""
+    return create_app(Settings())

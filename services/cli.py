@@ -79,11 +79,13 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     data_dir: DataDir = None,
     demo_data: Annotated[bool, typer.Option("--demo", help="Load the demo network and print how to log in.")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes; one per CPU core uses the machine.")] = 1,
 ) -> None:
-    """Migrate, then serve the identity and share services in one process."""
+    """Migrate, then serve the identity and share services (in one process, or in several workers)."""
     import uvicorn
 
     from services.app import create_app
+    from services.serving import serve_workers
 
     overrides: dict[str, Any] = {}
     if "RENKEI_PUBLIC_URL" not in os.environ:
@@ -94,7 +96,25 @@ def serve(
     if demo_data:
         _load_demo(settings)
     console.print(f"Renkei serving at {settings.public_url} (data in {settings.data_dir.resolve()})")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=True)
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=True)
+        return
+    create_keys(settings)  # once, here: workers starting together must not each create their own
+    # Each worker builds its application from the environment; pass it what this command decided.
+    os.environ["RENKEI_PUBLIC_URL"] = settings.public_url
+    os.environ["RENKEI_DATA_DIR"] = str(settings.data_dir.resolve())
+    serve_workers("services.app:app_from_environment", host, port, workers, log_level="info", proxy_headers=True)
+
+
+def create_keys(settings: Settings) -> None:
+    """The signing key and the share service's key files, so that no two workers race to create them."""
+    from services.share.crypto.keyring import KeyRing
+
+    ctx = _auth_context(settings)
+    with ctx.db.transaction() as db:
+        ctx.signer.ensure_key(db)
+    ctx.db.dispose()
+    KeyRing.load(settings)
 
 
 def _load_demo(settings: Settings) -> None:
