@@ -109,3 +109,44 @@ def test_serve_demo_brings_up_the_documented_endpoints(demo_server: tuple[str, P
         "client_assertion": assertion, "scope": "system/Patient.rs"})
     assert client_token.status_code == 200, client_token.text
     assert client_token.json()["scope"] == "system/Patient.rs"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads worker sockets from /proc and ss (Linux)")
+def test_serve_with_workers_listens_in_every_worker_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    environment = {**os.environ, "RENKEI_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"}
+    environment.pop("RENKEI_PUBLIC_URL", None)
+    process = subprocess.Popen([*RENKEI, "serve", "--port", str(port), "--workers", "2"], env=environment,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        workers: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and time.monotonic() < deadline:
+            # A fresh connection each time: the kernel spreads new connections over the workers' sockets.
+            try:
+                with httpx.Client(base_url=base, timeout=2) as client:
+                    if client.get("/healthz").status_code == 200:
+                        workers |= _worker_pids(process.pid, port)
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert len(workers) == 2, "both workers should be listening"
+        with httpx.Client(base_url=base, timeout=5) as client:
+            for _ in range(20):
+                assert client.get("/fhir/metadata").status_code == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert process.returncode == 0
+    assert not _worker_pids(process.pid, port), "no worker may outlive the server"
+
+
+def _worker_pids(parent: int, port: int) -> set[int]:
+    """Children of ``parent`` that hold a socket listening on ``port``."""
+    try:
+        children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    except OSError:
+        children = []
+    listening = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True,
+                               check=False).stdout
+    return {int(child) for child in children if f"pid={child}," in listening}

@@ -405,3 +405,70 @@ def test_jwks_unreachable_from_the_start_is_not_retried_per_request() -> None:
             await cache.close()
 
     asyncio.run(scenario())
+
+
+# Remembered verifications ---------------------------------------------------------------------------------
+
+
+class CountingVerifier:
+    """The real verifier, counting full signature checks."""
+
+    def __init__(self, server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        from services.share.security import verifier as module
+
+        self.checks = 0
+        real = module.tokens.verify
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.checks += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module.tokens, "verify", counted)
+        self.verifier = module.TokenVerifier(server.settings)
+
+    def authenticate(self, token: str) -> Any:
+        async def call() -> Any:
+            try:
+                return await self.verifier.authenticate(f"Bearer {token}")
+            finally:
+                await self.verifier.jwks.close()
+
+        return asyncio.run(call())
+
+
+def test_a_verified_token_is_not_checked_again(server: LiveServer, network: Network,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    counting = CountingVerifier(server, monkeypatch)
+    token = issue(server, claims_for(network))
+    first, second = counting.authenticate(token), counting.authenticate(token)
+    assert first.subject == second.subject == network.user("care_manager")["id"]
+    assert counting.checks == 1
+    counting.authenticate(issue(server, claims_for(network)))  # another token is checked in full
+    assert counting.checks == 2
+
+
+def test_a_remembered_token_is_refused_once_its_key_is_withdrawn(server: LiveServer, network: Network,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.kit.tokens import InvalidToken
+
+    counting = CountingVerifier(server, monkeypatch)
+    token = issue(server, claims_for(network))
+    counting.authenticate(token)
+    # The identity service's JWKS no longer publishes the key (fetched just now, so no refetch is due).
+    counting.verifier.jwks._keys = {"a-newer-key": ec.generate_private_key(ec.SECP256R1()).public_key()}
+    counting.verifier.jwks._fetched_at = counting.verifier.jwks._attempted_at = time.monotonic()
+    with pytest.raises(InvalidToken):
+        counting.authenticate(token)
+
+
+def test_a_remembered_token_is_checked_in_full_after_it_expires(server: LiveServer, network: Network,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    counting = CountingVerifier(server, monkeypatch)
+    token = issue(server, claims_for(network, exp=int(time.time()) + 1))
+    counting.authenticate(token)
+    counting.authenticate(token)
+    assert counting.checks == 1
+    time.sleep(1.2)
+    # Past its expiry nothing is taken from memory: the full check applies (with its clock-skew leeway).
+    counting.authenticate(token)
+    assert counting.checks == 2

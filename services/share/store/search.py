@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import ColumnElement, and_, exists, func, not_, or_, select
@@ -189,6 +189,11 @@ def _date_condition(low: Any, high: Any, prefix: str, qlow: datetime, qhigh: dat
     return conditions[prefix]
 
 
+class Match(NamedTuple):
+    resource_type: str
+    resource_id: str
+
+
 class SearchRunner:
     def __init__(self, blind: BlindIndex) -> None:
         self.blind = blind
@@ -299,12 +304,15 @@ class SearchRunner:
         )
         return func.coalesce(earliest, _EPOCH)
 
-    def page(self, db: Session, network_id: str, query: SearchQuery) -> tuple[list[tuple[ResourceHead, Any]], bool]:
-        """One page of (head, sort value), and whether more lie beyond it in the paging direction."""
+    def page(self, db: Session, network_id: str, query: SearchQuery) -> tuple[list[tuple[Match, Any]], bool]:
+        """One page of (match, sort value), and whether more lie beyond it in the paging direction."""
         sort = self.sort_expression(query)
         backwards = query.before is not None
         ascending = not query.descending if not backwards else query.descending
-        statement = select(ResourceHead, sort).where(*self.where(network_id, query))
+        # Columns, not ORM entities: a page is only keys and sort values (the bodies are fetched in one go after).
+        statement = select(ResourceHead.resource_type, ResourceHead.resource_id, sort).where(
+            *self.where(network_id, query)
+        )
         position = query.before if backwards else query.after
         if position is not None:
             value, resource_id = position
@@ -316,7 +324,8 @@ class SearchRunner:
             if ascending
             else (sort.desc(), ResourceHead.resource_id.desc())
         )
-        rows = [(row[0], row[1]) for row in db.execute(statement.order_by(*order).limit(query.count + 1))]
+        found = db.execute(statement.order_by(*order).limit(query.count + 1))
+        rows = [(Match(row[0], row[1]), row[2]) for row in found]
         more = len(rows) > query.count
         rows = rows[: query.count]
         if backwards:

@@ -82,6 +82,14 @@ class Statements:
         self.insert_version = _insert_sql(d, "resource_versions", VERSION_COLUMNS)
         self.insert_head = _insert_sql(d, "resources", HEAD_COLUMNS)
         self.insert_index = _insert_sql(d, "search_index", INDEX_COLUMNS)
+        if not d.sqlite:
+            # PostgreSQL takes a whole new version in one statement: the version, the head and every index entry
+            # (as arrays, so the statement text — and its prepared plan — is the same whatever their number).
+            arrays = "unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[], " \
+                     "%s::timestamptz[], %s::timestamptz[])"
+            version_cte = f"WITH v AS ({self.insert_version})"
+            self.insert_all = f"{version_cte}, h AS ({self.insert_head}) {self.insert_index_from(arrays)}"
+            self.insert_version_index = f"{version_cte} {self.insert_index_from(arrays)}"
         self.patient_state = (
             f"SELECT network_id, deleted FROM resources WHERE resource_type = 'Patient' AND resource_id = {m}"
         )
@@ -128,11 +136,18 @@ class Statements:
             row = cursor.fetchone()
         return None if row is None else self._version(row)
 
+    @staticmethod
+    def insert_index_from(source: str) -> str:
+        return f"INSERT INTO search_index ({', '.join(INDEX_COLUMNS)}) SELECT * FROM {source}"
+
     # Writes ----------------------------------------------------------------------------------------------
 
     def insert(self, db: Session, version: dict[str, Any], head: dict[str, Any] | None,
                index: list[dict[str, Any]]) -> None:
         """A new version row, its new head row (None when the head exists already) and its index entries."""
+        if not self.dialect.sqlite:
+            self._insert_at_once(db, version, head, index)
+            return
         t = self.dialect.time_in
         with self._cursor(db) as cursor:
             cursor.execute(self.insert_version, [
@@ -151,6 +166,15 @@ class Statements:
                      t(e["date_low"]), t(e["date_high"]))
                     for e in index
                 ])
+
+    def _insert_at_once(self, db: Session, version: dict[str, Any], head: dict[str, Any] | None,
+                        index: list[dict[str, Any]]) -> None:
+        parameters: list[Any] = [version[c] for c in VERSION_COLUMNS]
+        if head is not None:
+            parameters += [head[c] for c in HEAD_COLUMNS]
+        parameters += [[entry[c] for entry in index] for c in INDEX_COLUMNS]
+        with self._cursor(db) as cursor:
+            cursor.execute(self.insert_all if head is not None else self.insert_version_index, parameters)
 
     # Plumbing --------------------------------------------------------------------------------------------
 

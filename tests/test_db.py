@@ -1,0 +1,50 @@
+"""Database plumbing: pooled connections that died while idle are replaced before a request sees them."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
+
+from services.kit import db as kit_db
+from services.kit.db import make_engine
+from tests.infra import PostgresDatabases
+
+
+@pytest.mark.postgres
+def test_a_connection_killed_while_idle_is_replaced_before_use(pg_databases: PostgresDatabases,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = make_engine(pg_databases.create("pool"))
+    try:
+        _kill_pooled_connection(engine)
+        monkeypatch.setattr(kit_db, "IDLE_PING_SECONDS", 0.0)  # as if it had sat idle past the threshold
+        for _ in range(3):  # every pooled connection, the dead one included, answers
+            with engine.connect() as connection:
+                assert connection.execute(text("SELECT 1")).scalar_one() == 1
+    finally:
+        engine.dispose()
+
+
+def _kill_pooled_connection(engine: Engine) -> None:
+    """Leaves exactly one connection in the pool, whose backend the database has ended."""
+    other = engine.connect()  # checked out first, so the next checkout opens the connection to be killed
+    with engine.connect() as connection:
+        pid = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    # The database ends that backend (a restart, a failover, an idle timeout) while it sits in the pool.
+    other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    other.commit()
+    other.invalidate()  # out of the pool for good: only the dead connection remains there
+
+
+@pytest.mark.postgres
+def test_without_the_idle_ping_the_dead_connection_reaches_the_request(pg_databases: PostgresDatabases,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # The control for the test above: a recently used connection is not pinged, so the kill shows.
+    engine = make_engine(pg_databases.create("pool"))
+    try:
+        _kill_pooled_connection(engine)
+        monkeypatch.setattr(kit_db, "IDLE_PING_SECONDS", 3600.0)
+        with pytest.raises(DBAPIError), engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    finally:
+        engine.dispose()
