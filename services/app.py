@@ -62,13 +62,14 @@ def create_app(
     )
     app.state.settings = settings
     app.include_router(health_router)
-    if auth:
-        app.include_router(auth_router())
+    # Routes are matched in order: the FHIR API, which takes nearly all requests, is tried first.
     if share:
         app.include_router(fhir_public)
         app.include_router(fhir_resources)
         app.include_router(fhir_batch)
         app.include_router(fhir_authenticated)
+    if auth:
+        app.include_router(auth_router())
     install_error_handlers(app)
     return app
 

@@ -86,7 +86,7 @@ def run_search(ctx: Context, db: Session, principal: Principal, resource_type: s
         body = {"resourceType": "Bundle", "type": "searchset", "total": ctx.search.total(db, network, query)}
         return FhirResponse(body)
     rows, more = ctx.search.page(db, network, query)
-    matches = ctx.store.heads(db, caller_of(principal), [(h.resource_type, h.resource_id) for h, _ in rows])
+    matches = ctx.store.open_current(db, [match.current for match, _ in rows])
     matches = [m for m in matches if ctx.search.confirm(network, query, m.body)]
     included_keys = ctx.search.included(db, network, query, [(m.resource_type, m.resource_id) for m in matches])
     included = ctx.store.heads(db, caller_of(principal), included_keys)
@@ -199,10 +199,12 @@ async def vread(resource_type: str, resource_id: str, version: str, request: Req
 
 
 @router.post("/{resource_type}")
-async def create(resource_type: str, request: Request, ctx: Context, principal: CurrentPrincipal,
-                 prefer: Annotated[str | None, Header()] = None,
-                 if_none_exist: Annotated[str | None, Header()] = None,
-                 idempotency_key: Annotated[str | None, Header()] = None) -> Response:
+async def create(resource_type: str, request: Request, ctx: Context, principal: CurrentPrincipal) -> Response:
+    # Headers read directly: as declared parameters FastAPI's per-request handling of them costs more than
+    # the reading (Prefer, If-None-Exist and Idempotency-Key are documented in the CapabilityStatement).
+    headers = request.headers
+    prefer, if_none_exist = headers.get("prefer"), headers.get("if-none-exist")
+    idempotency_key = headers.get("idempotency-key")
     resource_type_of(resource_type, write=True)
     if resource_type == "Binary":  # content goes to the blob store, encrypted (binary.py)
         return await binary.create(request, ctx, principal, prefer, if_none_exist, idempotency_key)

@@ -39,6 +39,12 @@ class JwksCache:
         self._lock = asyncio.Lock()
         self._client: httpx.AsyncClient | None = None
 
+    def fresh_key(self, kid: str) -> Any | None:
+        """The key with this id if it is cached and the cache is not due for a refresh; no fetching."""
+        if time.monotonic() - self._fetched_at < self.max_age_seconds:
+            return self._keys.get(kid)
+        return None
+
     async def key(self, kid: str) -> Any | None:
         key = self._keys.get(kid)
         if key is not None and time.monotonic() - self._fetched_at < self.max_age_seconds:

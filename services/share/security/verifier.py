@@ -13,6 +13,7 @@ from services.share.security.jwks import JwksCache
 
 class _Verified(NamedTuple):
     principal: Principal
+    kid: str
     key: Any  # the signing key it was verified with
     expires_at: float
 
@@ -37,17 +38,19 @@ class TokenVerifier:
 
     async def authenticate(self, authorization: str | None) -> Principal:
         token = tokens.bearer(authorization)
-        key = await self.jwks.key(tokens.unverified_kid(token))
+        known = self._verified.get(token)
+        # Even parsing the token's header costs more than this lookup (PyJWT checks base64 per character).
+        if known is not None and time.time() < known.expires_at and self.jwks.fresh_key(known.kid) is known.key:
+            return known.principal
+        kid = tokens.unverified_kid(token)
+        key = await self.jwks.key(kid)
         if key is None:
             raise InvalidToken("token key id is unknown")
-        known = self._verified.get(token)
-        if known is not None and known.key is key and time.time() < known.expires_at:
-            return known.principal
         principal = tokens.verify(token, key, issuer=self.issuer, audience=self.audience, leeway=self.leeway)
-        self._remember(token, principal, key)
+        self._remember(token, principal, kid, key)
         return principal
 
-    def _remember(self, token: str, principal: Principal, key: Any) -> None:
+    def _remember(self, token: str, principal: Principal, kid: str, key: Any) -> None:
         if len(self._verified) >= self.CACHE_SIZE:
             self._verified.pop(next(iter(self._verified)))  # the oldest entry
-        self._verified[token] = _Verified(principal, key, float(principal.claims["exp"]))
+        self._verified[token] = _Verified(principal, kid, key, float(principal.claims["exp"]))

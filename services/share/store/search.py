@@ -12,13 +12,14 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import ColumnElement, and_, exists, func, not_, or_, select
+from sqlalchemy import ColumnElement, and_, exists, func, not_, or_, select, text
 from sqlalchemy.orm import Session
 
 from services.kit.errors import BadRequest
 from services.share.crypto.blind import BlindIndex, normalise
 from services.share.store import params as P
-from services.share.store.models import ResourceHead, SearchEntry
+from services.share.store.models import ResourceHead, ResourceVersion, SearchEntry
+from services.share.store.statements import VERSION_COLUMNS, VersionRow
 
 # ``_totalMethod=count`` is the Aidbox spelling some clients (fhirpy's ``count()``) send for ``_total=accurate``.
 CONTROL = {
@@ -189,9 +190,16 @@ def _date_condition(low: Any, high: Any, prefix: str, qlow: datetime, qhigh: dat
     return conditions[prefix]
 
 
+def _one_patient(query: SearchQuery) -> bool:
+    """True when the search is confined to one patient's resources (the patient parameter, one value)."""
+    return any(f.name == "patient" and f.kind == "reference" and len(f.values) == 1 and not f.modifier
+               for f in query.filters)
+
+
 class Match(NamedTuple):
     resource_type: str
     resource_id: str
+    current: VersionRow  # its current version, read in the same statement as the page
 
 
 class SearchRunner:
@@ -309,9 +317,19 @@ class SearchRunner:
         sort = self.sort_expression(query)
         backwards = query.before is not None
         ascending = not query.descending if not backwards else query.descending
-        # Columns, not ORM entities: a page is only keys and sort values (the bodies are fetched in one go after).
-        statement = select(ResourceHead.resource_type, ResourceHead.resource_id, sort).where(
-            *self.where(network_id, query)
+        if _one_patient(query) and db.get_bind().dialect.name == "postgresql":
+            # One patient's resources are few whatever the patient: a generic plan fits every such search, and
+            # PostgreSQL would otherwise plan each one afresh (measured: 40% of the database's time per search).
+            db.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+        # One statement for the page and its current versions; columns, not ORM entities (a page is read often).
+        version_columns = [getattr(ResourceVersion, c) for c in VERSION_COLUMNS]
+        statement = (
+            select(sort, *version_columns)
+            .select_from(ResourceHead)
+            .join(ResourceVersion, and_(ResourceVersion.resource_type == ResourceHead.resource_type,
+                                        ResourceVersion.resource_id == ResourceHead.resource_id,
+                                        ResourceVersion.version == ResourceHead.version))
+            .where(*self.where(network_id, query))
         )
         position = query.before if backwards else query.after
         if position is not None:
@@ -325,7 +343,7 @@ class SearchRunner:
             else (sort.desc(), ResourceHead.resource_id.desc())
         )
         found = db.execute(statement.order_by(*order).limit(query.count + 1))
-        rows = [(Match(row[0], row[1]), row[2]) for row in found]
+        rows = [(Match(row[1], row[2], VersionRow(*row[1:])), row[0]) for row in found]
         more = len(rows) > query.count
         rows = rows[: query.count]
         if backwards:

@@ -233,14 +233,16 @@ class ResourceStore:
         # One query for all of them: a search page must not cost a round trip per resource.
         current = statements(db).currents(db, caller.network_id, keys)
         rows = {(row.resource_type, row.resource_id): row for row in current}
+        return self.open_current(db, [rows[key] for key in keys if key in rows])
+
+    def open_current(self, db: Session, rows: list[VersionRow]) -> list[Stored]:
+        """Current versions, decrypted, in the given order; those whose patient was erased are left out."""
         found: list[Stored] = []
-        for key in keys:
-            row = rows.get(key)
-            if row is not None:
-                try:
-                    found.append(self.open(db, row))
-                except Gone:
-                    continue
+        for row in rows:
+            try:
+                found.append(self.open(db, row))
+            except Gone:
+                continue
         return found
 
     def open(self, db: Session, row: ResourceVersion | VersionRow, tolerate_erased: bool = False) -> Stored:
