@@ -99,6 +99,24 @@ def test_sheet_for_unknown_patient_is_refused(http: httpx.Client, auth: dict[str
     assert "Patient/no-such-patient" in answer.json()["issue"][0]["diagnostics"]
 
 
+def test_sheet_for_deleted_patient_is_gone_and_nothing_is_written(http: httpx.Client, auth: dict[str, str]) -> None:
+    pid = created_id(create(http, auth, patient()))
+    assert http.delete(f"/fhir/Patient/{pid}", headers=auth).status_code == 204
+    answer = create(http, auth, response(pid))
+    assert answer.status_code == 410
+    assert f"Patient/{pid}" in answer.json()["issue"][0]["diagnostics"]
+    found = http.get("/fhir/QuestionnaireResponse", params={"patient": pid}, headers=auth).json()
+    assert found.get("entry", []) == []
+
+
+def test_a_checked_patient_takes_many_sheets(http: httpx.Client, auth: dict[str, str]) -> None:
+    # The existence check travels with each insert; every sheet of an existing patient is stored once.
+    pid = created_id(create(http, auth, patient()))
+    ids = {created_id(create(http, auth, response(pid))) for _ in range(5)}
+    found = http.get("/fhir/QuestionnaireResponse", params={"patient": pid, "_count": "10"}, headers=auth).json()
+    assert {e["resource"]["id"] for e in found["entry"]} == ids
+
+
 @pytest.mark.parametrize(
     ("raw", "expression"),
     [

@@ -42,6 +42,11 @@ class Gone(RenkeiError):
     code = "gone"
 
 
+class WriteConflict(RenkeiError):
+    status_code = 409
+    code = "write_conflict"
+
+
 class PreconditionFailed(RenkeiError):
     status_code = 412
     code = "version_conflict"
@@ -120,7 +125,8 @@ class ResourceStore:
     ) -> Stored:
         """A new resource; ``resource_id`` is one the server assigned up front (a transaction's urn:uuid entries)."""
         resource_id = resource_id or uuid.uuid4().hex
-        patient_id = self._compartment(db, caller, resource_type, resource_id, body)
+        # The patient's existence is checked by the insert itself (_write), not by a query of its own.
+        patient_id = self._compartment(db, caller, resource_type, resource_id, body, verify=False)
         return self._write(db, caller, resource_type, resource_id, 1, patient_id, body, "POST", head=None)
 
     def update(
@@ -296,8 +302,10 @@ class ResourceStore:
         return head
 
     def _compartment(
-        self, db: Session, caller: Caller, resource_type: str, resource_id: str, body: dict[str, Any]
+        self, db: Session, caller: Caller, resource_type: str, resource_id: str, body: dict[str, Any],
+        verify: bool = True,
     ) -> str | None:
+        """The patient whose compartment the resource is in; ``verify``: that Patient must exist, undeleted."""
         patient_id = compartment_patient(resource_type, resource_id, body)
         element = COMPARTMENT_ELEMENT.get(resource_type)
         if patient_id is None and element is not None and body.get(element) is not None:
@@ -307,18 +315,20 @@ class ResourceStore:
                 code="unknown_patient",
                 expression=[f"{resource_type}.{element}"],
             )
-        if patient_id is None or resource_type == "Patient":
-            return patient_id
+        if patient_id is not None and resource_type != "Patient" and verify:
+            self._verify_patient(db, caller, patient_id)
+        return patient_id
+
+    def _verify_patient(self, db: Session, caller: Caller, patient_id: str) -> None:
         known: set[tuple[str, str]] = db.info.setdefault(_KNOWN_PATIENTS, set())
         if (caller.network_id, patient_id) in known:
-            return patient_id  # checked (or created) earlier in this transaction: no query, no autoflush
+            return  # checked (or created) earlier in this transaction: no query, no autoflush
         state = statements(db).patient(db, patient_id)
         if state is None or state[0] != caller.network_id:
             raise BadRequest(f"Patient/{patient_id} is not known; the patient must exist first", code="unknown_patient")
         if state[1]:
             raise Gone(f"Patient/{patient_id} has been deleted or erased; nothing more can be stored for them")
         known.add((caller.network_id, patient_id))
-        return patient_id
 
     def prepare_new(
         self, db: Session, caller: Caller, resource_type: str, body: dict[str, Any], *, resource_id: str | None = None
@@ -396,5 +406,14 @@ class ResourceStore:
                 )
             )
         # Plain statements: the rows are complete, so the ORM's unit of work would only add cost to every write.
-        statements(db).insert(db, rows.version, rows.head if head is None else None, rows.index)
+        known: set[tuple[str, str]] = db.info.setdefault(_KNOWN_PATIENTS, set())
+        owner = (caller.network_id, patient_id) if patient_id else None
+        check = owner if head is None and resource_type != "Patient" and owner not in known else None
+        if not statements(db).insert(db, rows.version, rows.head if head is None else None, rows.index,
+                                     patient=check):
+            assert patient_id is not None
+            self._verify_patient(db, caller, patient_id)  # raises the precise refusal (unknown, or gone)
+            raise WriteConflict(f"Patient/{patient_id} changed while this was written; retry")
+        if check is not None:
+            known.add(check)
         return stored

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+import orjson
 from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
@@ -71,6 +72,37 @@ def _insert_sql(dialect: Dialect, table: str, columns: Sequence[str]) -> str:
 
 
 _VERSION_SELECT = ", ".join(f"v.{c}" for c in VERSION_COLUMNS)
+_PG_TYPES = {
+    "resource_type": "varchar", "resource_id": "varchar", "version": "integer", "network_id": "varchar",
+    "patient_id": "varchar", "data_key_id": "varchar", "body": "bytea", "deleted": "boolean", "method": "varchar",
+    "last_updated": "timestamptz", "author": "varchar", "param": "varchar", "value": "varchar",
+    "date_low": "timestamptz", "date_high": "timestamptz",
+}
+
+
+def _pg_insert(check_patient: bool, new_head: bool) -> str:
+    """One PostgreSQL statement writing a version, its head (when new) and its index entries — only if the
+    compartment's Patient exists undeleted (when ``check_patient``). It answers how many versions it wrote (0/1):
+    one round trip where a check and three inserts took four."""
+
+    def typed(columns: Sequence[str]) -> str:
+        return ", ".join(f"%s::{_PG_TYPES[c]}" for c in columns)
+
+    ok = ("SELECT 1 FROM resources WHERE resource_type = 'Patient' AND resource_id = %s AND network_id = %s"
+          " AND NOT deleted" if check_patient else "SELECT 1")
+    parts = [
+        f"ok AS ({ok})",
+        f"v AS (INSERT INTO resource_versions ({', '.join(VERSION_COLUMNS)}) SELECT {typed(VERSION_COLUMNS)}"
+        " FROM ok RETURNING 1)",
+    ]
+    if new_head:
+        parts.append(f"h AS (INSERT INTO resources ({', '.join(HEAD_COLUMNS)}) SELECT {typed(HEAD_COLUMNS)} FROM ok)")
+    record = ", ".join(f"{c} {_PG_TYPES[c]}" for c in INDEX_COLUMNS)
+    parts.append(
+        f"i AS (INSERT INTO search_index ({', '.join(INDEX_COLUMNS)}) SELECT {', '.join(INDEX_COLUMNS)}"
+        f" FROM jsonb_to_recordset(%s::jsonb) AS x({record}) WHERE EXISTS (SELECT 1 FROM ok))"
+    )
+    return f"WITH {', '.join(parts)} SELECT count(*) FROM v"
 
 
 class Statements:
@@ -82,14 +114,8 @@ class Statements:
         self.insert_version = _insert_sql(d, "resource_versions", VERSION_COLUMNS)
         self.insert_head = _insert_sql(d, "resources", HEAD_COLUMNS)
         self.insert_index = _insert_sql(d, "search_index", INDEX_COLUMNS)
-        if not d.sqlite:
-            # PostgreSQL takes a whole new version in one statement: the version, the head and every index entry
-            # (as arrays, so the statement text — and its prepared plan — is the same whatever their number).
-            arrays = "unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[], " \
-                     "%s::timestamptz[], %s::timestamptz[])"
-            version_cte = f"WITH v AS ({self.insert_version})"
-            self.insert_all = f"{version_cte}, h AS ({self.insert_head}) {self.insert_index_from(arrays)}"
-            self.insert_version_index = f"{version_cte} {self.insert_index_from(arrays)}"
+        # PostgreSQL writes a whole new version in one statement (see _pg_insert); keyed by (check, new head).
+        self._pg_inserts = {(check, new): _pg_insert(check, new) for check in (False, True) for new in (False, True)}
         self.patient_state = (
             f"SELECT network_id, deleted FROM resources WHERE resource_type = 'Patient' AND resource_id = {m}"
         )
@@ -136,18 +162,21 @@ class Statements:
             row = cursor.fetchone()
         return None if row is None else self._version(row)
 
-    @staticmethod
-    def insert_index_from(source: str) -> str:
-        return f"INSERT INTO search_index ({', '.join(INDEX_COLUMNS)}) SELECT * FROM {source}"
-
     # Writes ----------------------------------------------------------------------------------------------
 
     def insert(self, db: Session, version: dict[str, Any], head: dict[str, Any] | None,
-               index: list[dict[str, Any]]) -> None:
-        """A new version row, its new head row (None when the head exists already) and its index entries."""
+               index: list[dict[str, Any]], *, patient: tuple[str, str] | None = None) -> bool:
+        """A new version row, its new head row (None when the head exists already) and its index entries.
+
+        With ``patient`` (network id, patient id) the rows are written only if that Patient exists, undeleted,
+        in that network, checked in the same statement on PostgreSQL; False means nothing was written.
+        """
         if not self.dialect.sqlite:
-            self._insert_at_once(db, version, head, index)
-            return
+            return self._pg_insert_rows(db, version, head, index, patient)
+        if patient is not None:
+            state = self.patient(db, patient[1])
+            if state is None or state != (patient[0], False):
+                return False
         t = self.dialect.time_in
         with self._cursor(db) as cursor:
             cursor.execute(self.insert_version, [
@@ -166,15 +195,21 @@ class Statements:
                      t(e["date_low"]), t(e["date_high"]))
                     for e in index
                 ])
+        return True
 
-    def _insert_at_once(self, db: Session, version: dict[str, Any], head: dict[str, Any] | None,
-                        index: list[dict[str, Any]]) -> None:
-        parameters: list[Any] = [version[c] for c in VERSION_COLUMNS]
+    def _pg_insert_rows(self, db: Session, version: dict[str, Any], head: dict[str, Any] | None,
+                        index: list[dict[str, Any]], patient: tuple[str, str] | None) -> bool:
+        parameters: list[Any] = [patient[1], patient[0]] if patient is not None else []
+        parameters += [version[c] for c in VERSION_COLUMNS]
         if head is not None:
             parameters += [head[c] for c in HEAD_COLUMNS]
-        parameters += [[entry[c] for entry in index] for c in INDEX_COLUMNS]
+        # Index rows travel as one JSON document: dumping it is a single C call, where arrays or an executemany
+        # cost the driver Python work per value.
+        parameters.append(orjson.dumps(index).decode())
         with self._cursor(db) as cursor:
-            cursor.execute(self.insert_all if head is not None else self.insert_version_index, parameters)
+            cursor.execute(self._pg_inserts[(patient is not None, head is not None)], parameters)
+            written = cursor.fetchone()
+        return bool(written and written[0])
 
     # Plumbing --------------------------------------------------------------------------------------------
 
