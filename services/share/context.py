@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
 
 from services.kit.db import Database
 from services.kit.settings import Settings
@@ -15,6 +20,8 @@ from services.share.store.indexing import Indexer
 from services.share.store.search import SearchRunner
 from services.share.store.service import ResourceStore
 
+T = TypeVar("T")
+
 
 @dataclass
 class ShareContext:
@@ -25,6 +32,13 @@ class ShareContext:
     store: ResourceStore
     search: SearchRunner
     blobs: BlobStore
+    _db_limiter: anyio.CapacityLimiter | None = field(default=None, init=False, repr=False)
+
+    async def run(self, work: Callable[[], T]) -> T:
+        """Blocking database work, on one of this process's few database threads (``settings.db_threads``)."""
+        if self._db_limiter is None:  # made on first use, from the event loop that uses it
+            self._db_limiter = anyio.CapacityLimiter(self.settings.db_threads)
+        return await anyio.to_thread.run_sync(work, limiter=self._db_limiter)
 
     @classmethod
     def build(cls, settings: Settings, *, plaintext_baseline: bool = False) -> ShareContext:

@@ -24,7 +24,6 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Request, Response
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from services.kit.errors import BadRequest, Conflict, NotFound, RenkeiError
 from services.kit.tokens import Principal
@@ -115,7 +114,7 @@ async def batch_or_transaction(request: Request, ctx: Context, principal: Curren
             return run_transaction(ctx, principal, entries, prefer, retry)
         return run_batch(ctx, principal, entries, prefer, retry)
 
-    return await run_in_threadpool(execute)
+    return await ctx.run(execute)
 
 
 # Parsing: anything wrong with the Bundle's shape refuses the whole Bundle --------------------------------

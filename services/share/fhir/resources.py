@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from services.kit.errors import BadRequest, NotFound, RenkeiError
 from services.kit.tokens import Principal
@@ -114,7 +113,7 @@ async def in_transaction(ctx: Context, work: Callable[[Session], Response]) -> R
         with ctx.db.transaction() as db:
             return work(db)
 
-    return await run_in_threadpool(execute)
+    return await ctx.run(execute)
 
 
 @router.get("/{resource_type}")
@@ -136,7 +135,7 @@ async def search_post(resource_type: str, request: Request, ctx: Context, princi
         with ctx.db.transaction() as db:
             return run_search(ctx, db, principal, resource_type, items)
 
-    return await run_in_threadpool(execute)
+    return await ctx.run(execute)
 
 
 # History -----------------------------------------------------------------------------------------------
@@ -210,21 +209,23 @@ async def create(resource_type: str, request: Request, ctx: Context, principal: 
         return await binary.create(request, ctx, principal, prefer, if_none_exist, idempotency_key)
     check_content_type(request)
     raw = await bounded_body(request, MAX_BODY_BYTES)
+    # Validation is CPU work: done here, it keeps a database thread free for database work (settings.db_threads).
+    body = parse_resource(raw, resource_type)
+
     def execute() -> Response:
         with ctx.db.transaction() as db:
-            return create_in(ctx, db, principal, resource_type, raw, prefer, if_none_exist, idempotency_key)
+            return create_in(ctx, db, principal, resource_type, raw, body, prefer, if_none_exist, idempotency_key)
 
-    return await run_in_threadpool(execute)
+    return await ctx.run(execute)
 
 
-def create_in(ctx: Context, db: Session, principal: Principal, resource_type: str, raw: bytes, prefer: str | None,
-              if_none_exist: str | None, idempotency_key: str | None) -> Response:
+def create_in(ctx: Context, db: Session, principal: Principal, resource_type: str, raw: bytes, body: dict[str, Any],
+              prefer: str | None, if_none_exist: str | None, idempotency_key: str | None) -> Response:
     caller = caller_of(principal)
     if idempotency_key:
         replay = _idempotent_replay(ctx, db, caller, idempotency_key, resource_type, raw, prefer)
         if replay is not None:
             return replay
-    body = parse_resource(raw, resource_type)
     if if_none_exist:
         existing = _conditional_match(ctx, db, principal, resource_type, if_none_exist)
         if existing is not None:
@@ -282,13 +283,14 @@ async def update(resource_type: str, resource_id: str, request: Request, ctx: Co
         return await binary.update(request, ctx, principal, resource_id, expected, prefer)
     check_content_type(request)
     raw = await bounded_body(request, MAX_BODY_BYTES)
+    body = parse_resource(raw, resource_type)  # CPU work: not on a database thread (see create)
+
     def execute() -> Response:
-        body = parse_resource(raw, resource_type)
         with ctx.db.transaction() as db:
             item = ctx.store.update(db, caller_of(principal), resource_type, resource_id, body, expected)
             return resource_response(ctx, item, 200, prefer)
 
-    return await run_in_threadpool(execute)
+    return await ctx.run(execute)
 
 
 @router.delete("/{resource_type}/{resource_id}")
