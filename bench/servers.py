@@ -14,9 +14,10 @@ import sys
 import uuid
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
 from fastapi import FastAPI, Request, Response
 from sqlalchemy import Column, LargeBinary, MetaData, String, Table, select
-from starlette.concurrency import run_in_threadpool
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -30,11 +31,13 @@ BARE_METADATA = MetaData()
 BARE_TABLE = Table("bare", BARE_METADATA, Column("id", String(32), primary_key=True), Column("body", LargeBinary))
 
 
-def bare_app(url: str) -> FastAPI:
-    """The floor: same framework, same driver and pool, same thread pool — no validation, no crypto, no index."""
+def bare_app(url: str, db_threads: int) -> FastAPI:
+    """The floor: same framework, same driver and pool, same number of database threads as the application
+    (RENKEI_DB_THREADS) — no validation, no crypto, no index."""
     table = BARE_TABLE
     database = Database(url)
     app = FastAPI()
+    limiters: list[anyio.CapacityLimiter] = []
 
     @app.post("/fhir/QuestionnaireResponse")
     async def insert(request: Request) -> Response:
@@ -45,7 +48,9 @@ def bare_app(url: str) -> FastAPI:
             with database.transaction() as session:
                 session.execute(table.insert().values(id=identifier, body=raw))
 
-        await run_in_threadpool(write)
+        if not limiters:  # made from the event loop, as the application makes its own
+            limiters.append(anyio.CapacityLimiter(db_threads))
+        await anyio.to_thread.run_sync(write, limiter=limiters[0])
         return Response(status_code=201, headers={"Location": f"/fhir/QuestionnaireResponse/{identifier}"})
 
     @app.get("/fhir/QuestionnaireResponse/{identifier}")
@@ -66,7 +71,8 @@ def plain() -> FastAPI:
 
 
 def bare() -> FastAPI:
-    return bare_app(Settings().resolved_share_database_url)
+    settings = Settings()
+    return bare_app(settings.resolved_share_database_url, settings.db_threads)
 
 
 def main() -> None:
