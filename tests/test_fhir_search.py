@@ -123,3 +123,27 @@ def test_bad_searches_get_a_400_outcome(http: httpx.Client, auth: dict[str, str]
     answer = http.get(f"/fhir/Patient?{query}", headers=auth)
     assert answer.status_code == 400, (query, answer.text)
     assert answer.json()["resourceType"] == "OperationOutcome"
+
+
+def test_patient_timeline_answers_exactly_as_the_general_search(http: httpx.Client, auth: dict[str, str]) -> None:
+    # `patient=<id>` alone, first page, newest first, is answered by a dedicated statement; adding a filter that
+    # excludes nothing sends the same search down the general path. Both must agree, entry for entry.
+    pid = created_id(create(http, auth, patient()))
+    other = created_id(create(http, auth, patient(family="佐藤")))
+    sheets = [created_id(create(http, auth, response(pid))) for _ in range(7)]
+    create(http, auth, response(other))
+    assert http.delete(f"/fhir/QuestionnaireResponse/{sheets[3]}", headers=auth).status_code == 204
+    assert http.put(f"/fhir/QuestionnaireResponse/{sheets[0]}", headers=auth,
+                    json={**response(pid), "id": sheets[0]}).status_code == 200  # now the newest
+    for reference in (pid, f"Patient/{pid}"):
+        for count in ("3", "6", "20"):
+            timeline = http.get("/fhir/QuestionnaireResponse", headers=auth,
+                                params={"patient": reference, "_count": count}).json()
+            general = http.get("/fhir/QuestionnaireResponse", headers=auth,
+                               params={"patient": reference, "_count": count,
+                                       "_lastUpdated": "ge1900-01-01"}).json()
+            order = [e["resource"]["id"] for e in timeline.get("entry", [])]
+            assert order == [e["resource"]["id"] for e in general.get("entry", [])]
+            assert [e["resource"] for e in timeline["entry"]] == [e["resource"] for e in general["entry"]]
+            assert ("next" in {link["relation"] for link in timeline["link"]}) == (int(count) < 6)
+    assert order[0] == sheets[0] and sheets[3] not in order and len(order) == 6

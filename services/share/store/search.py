@@ -19,7 +19,7 @@ from services.kit.errors import BadRequest
 from services.share.crypto.blind import BlindIndex, normalise
 from services.share.store import params as P
 from services.share.store.models import ResourceHead, ResourceVersion, SearchEntry
-from services.share.store.statements import VERSION_COLUMNS, VersionRow
+from services.share.store.statements import VERSION_COLUMNS, VersionRow, statements
 
 # ``_totalMethod=count`` is the Aidbox spelling some clients (fhirpy's ``count()``) send for ``_total=accurate``.
 CONTROL = {
@@ -196,6 +196,12 @@ def _one_patient(query: SearchQuery) -> bool:
                for f in query.filters)
 
 
+def _patient_timeline(query: SearchQuery) -> bool:
+    """True for the first page of ``patient=<id>`` alone, newest first (by _lastUpdated)."""
+    return (len(query.filters) == 1 and _one_patient(query) and query.sort == "_lastUpdated" and query.descending
+            and query.after is None and query.before is None)
+
+
 class Match(NamedTuple):
     resource_type: str
     resource_id: str
@@ -314,13 +320,15 @@ class SearchRunner:
 
     def page(self, db: Session, network_id: str, query: SearchQuery) -> tuple[list[tuple[Match, Any]], bool]:
         """One page of (match, sort value), and whether more lie beyond it in the paging direction."""
-        sort = self.sort_expression(query)
-        backwards = query.before is not None
-        ascending = not query.descending if not backwards else query.descending
         if _one_patient(query) and db.get_bind().dialect.name == "postgresql":
             # One patient's resources are few whatever the patient: a generic plan fits every such search, and
             # PostgreSQL would otherwise plan each one afresh (measured: 40% of the database's time per search).
             db.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+        if _patient_timeline(query):
+            return self._timeline_page(db, network_id, query)
+        sort = self.sort_expression(query)
+        backwards = query.before is not None
+        ascending = not query.descending if not backwards else query.descending
         # One statement for the page and its current versions; columns, not ORM entities (a page is read often).
         version_columns = [getattr(ResourceVersion, c) for c in VERSION_COLUMNS]
         statement = (
@@ -349,6 +357,17 @@ class SearchRunner:
         if backwards:
             rows.reverse()
         return rows, more
+
+    def _timeline_page(self, db: Session, network_id: str, query: SearchQuery) -> tuple[list[tuple[Match, Any]], bool]:
+        """The first page of one patient's resources of a type, newest first: what a tablet asks for most.
+
+        The same answer as the general query (a test holds them equal), from one prepared plain statement —
+        building the general query's expression tree costs more CPU than the database spends answering it.
+        """
+        (reference,) = self._references(query.resource_type, "patient", query.filters[0].values[0])
+        found = statements(db).patient_timeline(db, network_id, query.resource_type, reference, query.count + 1)
+        rows = [(Match(row.resource_type, row.resource_id, row), row.last_updated) for row in found]
+        return rows[: query.count], len(rows) > query.count
 
     def total(self, db: Session, network_id: str, query: SearchQuery) -> int:
         statement = select(func.count()).select_from(ResourceHead).where(*self.where(network_id, query))

@@ -125,6 +125,12 @@ class Statements:
             f" WHERE h.network_id = {m}"
         )
         self.current_one = f"{self._current} AND h.resource_type = {m} AND h.resource_id = {m}"
+        self.timeline = (
+            f"{self._current} AND h.resource_type = {m} AND NOT h.deleted AND EXISTS (SELECT 1 FROM search_index s"
+            f" WHERE s.network_id = {m} AND s.resource_type = {m} AND s.resource_id = h.resource_id"
+            f" AND s.param = 'patient' AND s.value = {m})"
+            f" ORDER BY h.last_updated DESC, h.resource_id DESC LIMIT {m}"
+        )
         self.one_version = (
             f"SELECT {_VERSION_SELECT} FROM resource_versions v"
             f" WHERE v.resource_type = {m} AND v.resource_id = {m} AND v.version = {m}"
@@ -154,6 +160,15 @@ class Statements:
         parameters = [network_id, *(part for key in keys for part in key)]
         with self._cursor(db) as cursor:
             cursor.execute(sql, parameters)
+            return [self._version(row) for row in cursor.fetchall()]
+
+    def patient_timeline(self, db: Session, network_id: str, resource_type: str, patient_reference: str,
+                         limit: int) -> list[VersionRow]:
+        """Current versions of one patient's resources of a type, newest first (``search.SearchRunner.page``'s
+        ``patient=<id>`` search, first page)."""
+        with self._cursor(db) as cursor:
+            cursor.execute(self.timeline, (network_id, resource_type, network_id, resource_type, patient_reference,
+                                           limit))
             return [self._version(row) for row in cursor.fetchall()]
 
     def version(self, db: Session, resource_type: str, resource_id: str, version: int) -> VersionRow | None:
