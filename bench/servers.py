@@ -5,36 +5,37 @@
     python bench/servers.py bare    PORT WORKERS    a bare FastAPI endpoint inserting the JSON bytes, nothing else
 
 All read their configuration from RENKEI_* variables like `renkei serve` (the bare endpoint only its database
-URL), and all are served alike, as `renkei serve --workers N` serves: worker processes (services/serving.py).
+URL), and all are served alike, as `renkei serve --workers N` serves: worker processes (services/serving.py)
+under a supervisor that imports nothing heavy (its memory counts in the figures too).
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import uuid
 from pathlib import Path
-
-import anyio
-import anyio.to_thread
-from fastapi import FastAPI, Request, Response
-from sqlalchemy import Column, LargeBinary, MetaData, String, Table, select
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.app import create_app
-from services.cli import create_keys
-from services.kit.db import Database
-from services.kit.settings import Settings
 from services.serving import serve_workers
 
-BARE_METADATA = MetaData()
-BARE_TABLE = Table("bare", BARE_METADATA, Column("id", String(32), primary_key=True), Column("body", LargeBinary))
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 def bare_app(url: str, db_threads: int) -> FastAPI:
     """The floor: same framework, same driver and pool, same number of database threads as the application
     (RENKEI_DB_THREADS) — no validation, no crypto, no index."""
-    table = BARE_TABLE
+    import anyio
+    import anyio.to_thread
+    from fastapi import FastAPI, Request, Response
+    from sqlalchemy import select
+
+    from services.kit.db import Database
+
+    table = _bare_table()
     database = Database(url)
     app = FastAPI()
     limiters: list[anyio.CapacityLimiter] = []
@@ -62,29 +63,54 @@ def bare_app(url: str, db_threads: int) -> FastAPI:
     return app
 
 
+@functools.cache
+def _bare_table() -> object:
+    from sqlalchemy import Column, LargeBinary, MetaData, String, Table
+
+    return Table("bare", MetaData(), Column("id", String(32), primary_key=True), Column("body", LargeBinary))
+
+
 def renkei() -> FastAPI:
+    from services.app import create_app
+    from services.kit.settings import Settings
+
     return create_app(Settings())
 
 
 def plain() -> FastAPI:
+    from services.app import create_app
+    from services.kit.settings import Settings
+
     return create_app(Settings(), plaintext_baseline=True)
 
 
 def bare() -> FastAPI:
+    from services.kit.settings import Settings
+
     settings = Settings()
     return bare_app(settings.resolved_share_database_url, settings.db_threads)
 
 
-def main() -> None:
-    mode, port, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    # What every worker would otherwise race to create: the bare table, or the signing key and key files.
+def prepare(mode: str) -> None:
+    """What every worker would otherwise race to create: the bare table, or the signing key and key files."""
+    from services.kit.settings import Settings
+
     if mode == "bare":
+        from services.kit.db import Database
+
         database = Database(Settings().resolved_share_database_url)
-        BARE_METADATA.create_all(database.engine)
+        _bare_table().metadata.create_all(database.engine)  # type: ignore[attr-defined]
         database.dispose()
     else:
+        from services.cli import create_keys
+
         create_keys(Settings())
-    serve_workers(f"bench.servers:{mode}", "127.0.0.1", port, workers, log_level="warning", access_log=False)
+
+
+def main() -> None:
+    mode, port, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    serve_workers(f"bench.servers:{mode}", "127.0.0.1", port, workers, prepare=functools.partial(prepare, mode),
+                  log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -82,28 +83,38 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes; one per CPU core uses the machine.")] = 1,
 ) -> None:
     """Migrate, then serve the identity and share services (in one process, or in several workers)."""
-    import uvicorn
-
-    from services.app import create_app
-    from services.serving import serve_workers
-
     overrides: dict[str, Any] = {}
     if "RENKEI_PUBLIC_URL" not in os.environ:
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - only choosing a display URL
         overrides["public_url"] = f"http://{shown}:{port}"
     settings = load_settings(data_dir, **overrides)
-    migrate_all(settings)
-    if demo_data:
-        _load_demo(settings)
-    console.print(f"Renkei serving at {settings.public_url} (data in {settings.data_dir.resolve()})")
     if workers == 1:
+        import uvicorn
+
+        from services.app import create_app
+
+        prepare(settings, demo_data)
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=True)
         return
-    create_keys(settings)  # once, here: workers starting together must not each create their own
+    from services.serving import serve_workers
+
     # Each worker builds its application from the environment; pass it what this command decided.
     os.environ["RENKEI_PUBLIC_URL"] = settings.public_url
     os.environ["RENKEI_DATA_DIR"] = str(settings.data_dir.resolve())
-    serve_workers("services.app:app_from_environment", host, port, workers, log_level="info", proxy_headers=True)
+    serve_workers("services.app:app_from_environment", host, port, workers,
+                  prepare=functools.partial(prepare, settings, demo_data, keys=True),
+                  log_level="info", proxy_headers=True)
+
+
+def prepare(settings: Settings, demo_data: bool, keys: bool = False) -> None:
+    """What runs once before serving: migrations, the demo network, and (for several workers, which must not
+    race to create them) the signing key and the key files."""
+    migrate_all(settings)
+    if demo_data:
+        _load_demo(settings)
+    if keys:
+        create_keys(settings)
+    console.print(f"Renkei serving at {settings.public_url} (data in {settings.data_dir.resolve()})")
 
 
 def create_keys(settings: Settings) -> None:
