@@ -9,8 +9,8 @@ URL), and all are served alike, as `renkei serve --workers N` serves: worker pro
 under a supervisor that imports nothing heavy (its memory counts in the figures too).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must see the real Request and Response classes of the
+# endpoints below, which are imported inside the functions (the supervisor process never imports them).
 import functools
 import sys
 import uuid
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 
-def bare_app(url: str, db_threads: int) -> FastAPI:
+def bare_app(url: str, db_threads: int) -> "FastAPI":
     """The floor: same framework, same driver and pool, same number of database threads as the application
     (RENKEI_DB_THREADS) — no validation, no crypto, no index."""
     import anyio
@@ -70,21 +70,21 @@ def _bare_table() -> object:
     return Table("bare", MetaData(), Column("id", String(32), primary_key=True), Column("body", LargeBinary))
 
 
-def renkei() -> FastAPI:
+def renkei() -> "FastAPI":
     from services.app import create_app
     from services.kit.settings import Settings
 
     return create_app(Settings())
 
 
-def plain() -> FastAPI:
+def plain() -> "FastAPI":
     from services.app import create_app
     from services.kit.settings import Settings
 
     return create_app(Settings(), plaintext_baseline=True)
 
 
-def bare() -> FastAPI:
+def bare() -> "FastAPI":
     from services.kit.settings import Settings
 
     settings = Settings()
