@@ -1,8 +1,9 @@
 """Store benchmark: create, read and patient-scoped search on PostgreSQL, against baselines in the same run.
 
-    .venv/bin/python bench/store.py                      # full run: 1,000,000 stored resources (≈ 15 min)
-    .venv/bin/python bench/store.py --scale 100000       # quicker
+    .venv/bin/python bench/store.py                      # full run: 1,000,000 stored resources (≈ 20 min)
+    .venv/bin/python bench/store.py --scale 20000        # about five minutes
 
+PostgreSQL is a cluster of the run's own, configured by deploy/postgresql/renkei.conf (--pg URL uses another).
 Servers, each served by uvicorn with the same number of worker processes (--workers, default 2: one per core of
 this machine), each with fresh PostgreSQL databases:
   renkei  the application as deployed (validation, encryption under per-patient data keys, blind index)
@@ -25,7 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import free_port, summary
 from bench.load import Workload, run
+from bench.pg import own_postgres
 from bench.seed import seed
 from services.kit.db import make_engine
 from services.kit.migrate import upgrade
@@ -46,15 +48,15 @@ PASSWORD = "bench password 2026"
 
 
 @contextmanager
-def databases(*labels: str) -> Iterator[dict[str, str]]:
-    admin = create_engine(PG.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+def databases(*labels: str, server: str = PG) -> Iterator[dict[str, str]]:
+    admin = create_engine(server.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
     tag = uuid.uuid4().hex[:8]
     urls = {}
     with admin.connect() as connection:
         for label in labels:
             name = f"renkei_bench_{tag}_{label}"
             connection.execute(text(f'CREATE DATABASE "{name}"'))
-            urls[label] = PG.rsplit("/", 1)[0] + f"/{name}"
+            urls[label] = server.rsplit("/", 1)[0] + f"/{name}"
     try:
         yield urls
     finally:
@@ -227,12 +229,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="load time per measurement")
     parser.add_argument("--clients", type=int, default=8, help="concurrent connections (closed loop)")
     parser.add_argument("--workers", type=int, default=2, help="server worker processes (each server alike)")
+    parser.add_argument("--pg", default="own",
+                        help="'own': a cluster of this run's own configured by deploy/postgresql/renkei.conf "
+                             "(default); or the URL of an existing server's admin database")
     args = parser.parse_args()
     results: dict[str, Any] = {"config": vars(args)}
 
-    with tempfile.TemporaryDirectory() as scratch_dir, databases(
-        "auth", "share", "plainauth", "plainshare", "bare"
-    ) as urls:
+    with own_postgres() if args.pg == "own" else nullcontext(args.pg) as server, \
+            tempfile.TemporaryDirectory() as scratch_dir, \
+            databases("auth", "share", "plainauth", "plainshare", "bare", server=server) as urls:
         scratch = Path(scratch_dir)
         renkei = Server("renkei", scratch / "renkei", urls["auth"], urls["share"], args.workers)
         plain = Server("plain", scratch / "plain", urls["plainauth"], urls["plainshare"], args.workers)

@@ -1,0 +1,54 @@
+"""A PostgreSQL cluster of the benchmark's own, configured as deploy/postgresql/renkei.conf says.
+
+Measuring against the machine's shared PostgreSQL would measure its settings (128 MB of shared buffers on a fresh
+Debian install) instead of a deployment's, and would disturb whatever else uses it. Debian's server binaries
+(package postgresql) start a throwaway cluster on a free loopback port; it is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench.common import free_port
+
+CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "postgresql" / "renkei.conf"
+
+
+def _bin(name: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+    if found is None:
+        raise RuntimeError(f"{name} not found: install Debian's postgresql package (or use --pg URL)")
+    return found
+
+
+@contextmanager
+def own_postgres() -> Iterator[str]:
+    """Yields the URL of the admin database of a fresh cluster (trust authentication, loopback only)."""
+    root = Path(tempfile.mkdtemp(prefix="renkei-bench-pg-"))
+    data, port = root / "data", free_port()
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(root, "postgres")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    run = [*as_postgres]
+    try:
+        subprocess.run([*run, _bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                       check=True, capture_output=True)
+        with (data / "postgresql.conf").open("a") as conf:
+            conf.write(f"\ninclude '{CONFIG}'\nlisten_addresses = '127.0.0.1'\nport = {port}\n"
+                       f"unix_socket_directories = '{root}'\n")
+        subprocess.run([*run, _bin("pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "start"],
+                       check=True, capture_output=True)
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run([*run, _bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True,
+                           check=False)
+        shutil.rmtree(root, ignore_errors=True)
