@@ -444,3 +444,41 @@ def test_every_prefix_and_the_whole_value_are_found(value: str, data: st.DataObj
     end = data.draw(st.integers(1, len(text)))
     assert BLIND.query_tokens("net-a", text[:end], "prefix") <= stored
     assert BLIND.query_tokens("net-a", value, "exact") <= stored
+
+
+# Keys read along with resources ---------------------------------------------------------------------------
+
+
+def test_a_read_unwraps_a_cold_key_from_its_own_row_without_a_key_query(
+    keyring: KeyRing, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.share.store.indexing import Indexer
+    from services.share.store.service import Caller, Gone, ResourceStore
+
+    network = net()
+    caller = Caller(network, "user:x")
+    writer = ResourceStore(DataKeys(keyring), Indexer(BlindIndex(keyring.index_key)))
+    with sessions.begin() as db:
+        pid = writer.create(db, caller, "Patient", {"resourceType": "Patient", "gender": "female"}).resource_id
+    # A process that has never seen this patient's key (its cache is cold).
+    keys = DataKeys(keyring)
+    reader = ResourceStore(keys, Indexer(BlindIndex(keyring.index_key)))
+    queries: list[object] = []
+    real_execute = Session.execute
+
+    def counting_execute(self: Session, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        queries.append(statement)
+        return real_execute(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(Session, "execute", counting_execute)
+    with sessions.begin() as db:
+        stored = reader.read(db, caller, "Patient", pid)
+    assert json.loads(stored.body)["gender"] == "female"
+    assert queries == [], "the key came with the resource's row; no separate key query"
+    # Once destroyed (the patient erased), the same path refuses: the row says so.
+    monkeypatch.setattr(Session, "execute", real_execute)
+    with sessions.begin() as db:
+        assert keys.destroy(db, network, pid)
+    fresh = ResourceStore(DataKeys(keyring), Indexer(BlindIndex(keyring.index_key)))  # a cold cache again
+    with sessions.begin() as db, pytest.raises(Gone):
+        fresh.read(db, caller, "Patient", pid)

@@ -139,13 +139,20 @@ class DataKeys:
         in_session[owner] = (row.id, raw)
         return row.id, raw
 
-    def unwrap(self, db: Session, key_id: str) -> bytes:
-        """The raw data key with this id; raises :class:`KeyDestroyed` once its patient was erased."""
+    def unwrap(self, db: Session, key_id: str, record: tuple[Any, ...] | None = None) -> bytes:
+        """The raw data key with this id; raises :class:`KeyDestroyed` once its patient was erased.
+
+        ``record`` is the key's row when the caller read it along with the resource (services/share/store/
+        statements.py): a key not in the cache then costs an unwrap, not a query.
+        """
         raw = self._keys.get(key_id)
         if raw is not None:
             return raw
         epoch = self._keys.epoch
-        row = db.execute(_COLUMNS.where(DataKey.id == key_id)).one_or_none()
+        if record is not None and record[0] == key_id:
+            row: Any = record
+        else:
+            row = db.execute(_COLUMNS.where(DataKey.id == key_id)).one_or_none()
         if row is None:
             raise UnknownDataKey(f"no data key {key_id}")
         raw = self._open(_Record(*row))

@@ -6,6 +6,8 @@ Bodies are stored as they are and index terms unhashed. Nothing in the server us
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.orm import Session
 
 from services.share.crypto.blind import BlindIndex, SearchMode, _query_terms, _string_terms, normalise
@@ -28,7 +30,7 @@ class PlainKeys(DataKeys):
     def key_for(self, db: Session, network_id: str, patient_id: str | None) -> tuple[str, bytes]:
         return "plain", b""
 
-    def unwrap(self, db: Session, key_id: str) -> bytes:
+    def unwrap(self, db: Session, key_id: str, record: tuple[Any, ...] | None = None) -> bytes:
         return b""
 
 

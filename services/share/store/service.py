@@ -258,7 +258,7 @@ class ResourceStore:
         try:
             if row.data_key_id == ERASED:
                 raise KeyDestroyed(row.data_key_id)
-            key = self.keys.unwrap(db, row.data_key_id)
+            key = self.keys.unwrap(db, row.data_key_id, record=getattr(row, "wrapped_key", None))
             body = self.cipher.open(key, row.body, resource_aad(row.resource_type, row.resource_id, row.version))
         except KeyDestroyed:
             if tolerate_erased:

@@ -46,6 +46,9 @@ class VersionRow(NamedTuple):
     method: str
     last_updated: datetime
     author: str
+    # Its data key's row (id, network, patient, KEK version, wrapped key, destroyed at), read in the same
+    # statement where that was cheap: a cold key then costs an unwrap, not a query of its own.
+    wrapped_key: tuple[Any, ...] | None = None
 
 
 class Dialect:
@@ -72,6 +75,7 @@ def _insert_sql(dialect: Dialect, table: str, columns: Sequence[str]) -> str:
 
 
 _VERSION_SELECT = ", ".join(f"v.{c}" for c in VERSION_COLUMNS)
+_KEY_SELECT = "k.id, k.network_id, k.patient_id, k.kek_version, k.wrapped, k.destroyed_at"
 _PG_TYPES = {
     "resource_type": "varchar", "resource_id": "varchar", "version": "integer", "network_id": "varchar",
     "patient_id": "varchar", "data_key_id": "varchar", "body": "bytea", "deleted": "boolean", "method": "varchar",
@@ -120,8 +124,9 @@ class Statements:
             f"SELECT network_id, deleted FROM resources WHERE resource_type = 'Patient' AND resource_id = {m}"
         )
         self._current = (
-            f"SELECT {_VERSION_SELECT} FROM resources h JOIN resource_versions v ON v.resource_type = h.resource_type"
-            " AND v.resource_id = h.resource_id AND v.version = h.version"
+            f"SELECT {_VERSION_SELECT}, {_KEY_SELECT} FROM resources h JOIN resource_versions v"
+            " ON v.resource_type = h.resource_type AND v.resource_id = h.resource_id AND v.version = h.version"
+            " LEFT JOIN data_keys k ON k.id = v.data_key_id"
             f" WHERE h.network_id = {m}"
         )
         self.current_one = f"{self._current} AND h.resource_type = {m} AND h.resource_id = {m}"
@@ -229,8 +234,12 @@ class Statements:
     # Plumbing --------------------------------------------------------------------------------------------
 
     def _version(self, row: Sequence[Any]) -> VersionRow:
+        key = None
+        if len(row) > 11 and row[11] is not None:
+            destroyed = None if row[16] is None else self.dialect.time_out(row[16])
+            key = (row[11], row[12], row[13], row[14], bytes(row[15]), destroyed)
         return VersionRow(row[0], row[1], row[2], row[3], row[4], row[5], bytes(row[6]), bool(row[7]), row[8],
-                          self.dialect.time_out(row[9]), row[10])
+                          self.dialect.time_out(row[9]), row[10], key)
 
     @contextmanager
     def _cursor(self, db: Session) -> Iterator[Any]:
