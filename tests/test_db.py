@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
@@ -11,22 +13,10 @@ from services.kit.db import make_engine
 from tests.infra import PostgresDatabases
 
 
-@pytest.mark.postgres
-def test_a_connection_killed_while_idle_is_replaced_before_use(pg_databases: PostgresDatabases,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def dead_connection_pool(pg_databases: PostgresDatabases) -> Iterator[Engine]:
+    """An engine whose pool holds exactly one connection, whose backend the database has ended."""
     engine = make_engine(pg_databases.create("pool"))
-    try:
-        _kill_pooled_connection(engine)
-        monkeypatch.setattr(kit_db, "IDLE_PING_SECONDS", 0.0)  # as if it had sat idle past the threshold
-        for _ in range(3):  # every pooled connection, the dead one included, answers
-            with engine.connect() as connection:
-                assert connection.execute(text("SELECT 1")).scalar_one() == 1
-    finally:
-        engine.dispose()
-
-
-def _kill_pooled_connection(engine: Engine) -> None:
-    """Leaves exactly one connection in the pool, whose backend the database has ended."""
     other = engine.connect()  # checked out first, so the next checkout opens the connection to be killed
     with engine.connect() as connection:
         pid = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
@@ -34,17 +24,23 @@ def _kill_pooled_connection(engine: Engine) -> None:
     other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
     other.commit()
     other.invalidate()  # out of the pool for good: only the dead connection remains there
+    yield engine
+    engine.dispose()
 
 
 @pytest.mark.postgres
-def test_without_the_idle_ping_the_dead_connection_reaches_the_request(pg_databases: PostgresDatabases,
+def test_a_connection_killed_while_idle_is_replaced_before_use(dead_connection_pool: Engine,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kit_db, "IDLE_PING_SECONDS", 0.0)  # as if it had sat idle past the threshold
+    for _ in range(3):  # every pooled connection, the dead one included, answers
+        with dead_connection_pool.connect() as connection:
+            assert connection.execute(text("SELECT 1")).scalar_one() == 1
+
+
+@pytest.mark.postgres
+def test_without_the_idle_ping_the_dead_connection_reaches_the_request(dead_connection_pool: Engine,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     # The control for the test above: a recently used connection is not pinged, so the kill shows.
-    engine = make_engine(pg_databases.create("pool"))
-    try:
-        _kill_pooled_connection(engine)
-        monkeypatch.setattr(kit_db, "IDLE_PING_SECONDS", 3600.0)
-        with pytest.raises(DBAPIError), engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    finally:
-        engine.dispose()
+    monkeypatch.setattr(kit_db, "IDLE_PING_SECONDS", 3600.0)
+    with pytest.raises(DBAPIError), dead_connection_pool.connect() as connection:
+        connection.execute(text("SELECT 1"))
