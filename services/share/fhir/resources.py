@@ -198,12 +198,10 @@ async def vread(resource_type: str, resource_id: str, version: str, request: Req
 
 
 @router.post("/{resource_type}")
-async def create(resource_type: str, request: Request, ctx: Context, principal: CurrentPrincipal) -> Response:
-    # Headers read directly: as declared parameters FastAPI's per-request handling of them costs more than
-    # the reading (Prefer, If-None-Exist and Idempotency-Key are documented in the CapabilityStatement).
-    headers = request.headers
-    prefer, if_none_exist = headers.get("prefer"), headers.get("if-none-exist")
-    idempotency_key = headers.get("idempotency-key")
+async def create(resource_type: str, request: Request, ctx: Context, principal: CurrentPrincipal,
+                 prefer: Annotated[str | None, Header()] = None,
+                 if_none_exist: Annotated[str | None, Header()] = None,
+                 idempotency_key: Annotated[str | None, Header()] = None) -> Response:
     resource_type_of(resource_type, write=True)
     if resource_type == "Binary":  # content goes to the blob store, encrypted (binary.py)
         return await binary.create(request, ctx, principal, prefer, if_none_exist, idempotency_key)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
 from services.kit.tokens import Principal
 from services.share.context import ShareContext
@@ -18,11 +18,8 @@ async def get_context(request: Request) -> ShareContext:
 Context = Annotated[ShareContext, Depends(get_context)]
 
 
-async def current_principal(request: Request) -> Principal:
-    # Reads the header itself rather than through a Header() parameter and the Context dependency: every
-    # authenticated request passes here, and FastAPI's handling of each declared parameter costs more than this.
-    ctx: ShareContext = request.app.state.share
-    return await ctx.verifier.authenticate(request.headers.get("authorization"))
+async def current_principal(ctx: Context, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    return await ctx.verifier.authenticate(authorization)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
