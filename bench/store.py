@@ -164,11 +164,13 @@ def prepare_renkei(server: Server, scratch: Path) -> tuple[str, str]:
 
 
 def analyze(url: str) -> None:
-    """VACUUM ANALYZE after a bulk load — what autovacuum does soon after in production — so that the
-    measurements neither run on stale planner statistics nor compete with autovacuum working through the load."""
+    """VACUUM ANALYZE after a bulk load — what autovacuum does soon after in production — then a CHECKPOINT, so
+    that the measurements run neither on stale planner statistics nor beside autovacuum or a checkpoint still
+    writing out the load (with large shared buffers, gigabytes of it)."""
     engine = make_engine(url).execution_options(isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:
         connection.execute(text("VACUUM (ANALYZE)"))
+        connection.execute(text("CHECKPOINT"))
     engine.dispose()
 
 
