@@ -3,8 +3,8 @@
     .venv/bin/python bench/store.py                      # full run: 1,000,000 stored resources (≈ 20 min)
     .venv/bin/python bench/store.py --scale 20000        # about five minutes
 
-PostgreSQL is the machine's server (--pg URL), or with --pg own a cluster of the run's own configured by
-deploy/postgresql/renkei.conf.
+PostgreSQL is a cluster of the run's own, configured as deployed (deploy/postgresql/renkei.conf: 4 GB of shared
+buffers, not a fresh install's 128 MB); --pg URL measures on an existing server instead.
 Servers, each served by uvicorn with the same number of worker processes (--workers, default 2: one per core of
 this machine), each with fresh PostgreSQL databases:
   renkei  the application as deployed (validation, encryption under per-patient data keys, blind index)
@@ -232,10 +232,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="load time per measurement")
     parser.add_argument("--clients", type=int, default=8, help="concurrent connections (closed loop)")
     parser.add_argument("--workers", type=int, default=2, help="server worker processes (each server alike)")
-    parser.add_argument("--pg", default=PG,
-                        help="the URL of an existing server's admin database (default: $RENKEI_BENCH_PG_URL or "
-                             "127.0.0.1:5432), or 'own': a cluster of this run's own configured by "
-                             "deploy/postgresql/renkei.conf")
+    parser.add_argument("--pg", default="own",
+                        help="'own' (default): a cluster of this run's own configured by deploy/postgresql/renkei.conf;"
+                             f" or the URL of an existing server's admin database (such as {PG})")
     args = parser.parse_args()
     results: dict[str, Any] = {"config": vars(args)}
 
