@@ -23,6 +23,7 @@ from services.serving import serve_workers
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from sqlalchemy import Table
 
 
 def bare_app(url: str, db_threads: int) -> "FastAPI":
@@ -64,7 +65,7 @@ def bare_app(url: str, db_threads: int) -> "FastAPI":
 
 
 @functools.cache
-def _bare_table() -> object:
+def _bare_table() -> "Table":
     from sqlalchemy import Column, LargeBinary, MetaData, String, Table
 
     return Table("bare", MetaData(), Column("id", String(32), primary_key=True), Column("body", LargeBinary))
@@ -99,7 +100,7 @@ def prepare(mode: str) -> None:
         from services.kit.db import Database
 
         database = Database(Settings().resolved_share_database_url)
-        _bare_table().metadata.create_all(database.engine)  # type: ignore[attr-defined]
+        _bare_table().metadata.create_all(database.engine)
         database.dispose()
     else:
         from services.cli import create_keys

@@ -13,11 +13,11 @@ from typing import Any, Protocol
 
 import orjson
 import structlog
-from sqlalchemy import Select, Table, and_, delete, select
+from sqlalchemy import Table, delete, select
 from sqlalchemy.orm import Session
 
 from services.kit.db import utcnow
-from services.kit.errors import BadRequest, NotFound, RenkeiError
+from services.kit.errors import BadRequest, Conflict, NotFound, RenkeiError
 from services.share.crypto.datakeys import DataKeys, KeyDestroyed
 from services.share.crypto.envelope import TamperedCiphertext, open_sealed, resource_aad, seal
 from services.share.store.audit_records import store_audit_event
@@ -29,8 +29,6 @@ from services.share.store.types import COMPARTMENT_ELEMENT, compartment_patient
 log = structlog.get_logger(__name__)
 
 SEARCH_TABLE: Table = SearchEntry.__table__  # type: ignore[assignment]
-VERSION_TABLE: Table = ResourceVersion.__table__  # type: ignore[assignment]
-HEAD_TABLE: Table = ResourceHead.__table__  # type: ignore[assignment]
 # Patients this session has created or checked, so their sheets need no lookup (and no autoflush) each time.
 _KNOWN_PATIENTS = "renkei.store.known_patients"
 # The data-key id of a version whose patient was erased (its ciphertext is gone too).
@@ -40,11 +38,6 @@ ERASED = "erased"
 class Gone(RenkeiError):
     status_code = 410
     code = "gone"
-
-
-class WriteConflict(RenkeiError):
-    status_code = 409
-    code = "write_conflict"
 
 
 class PreconditionFailed(RenkeiError):
@@ -78,18 +71,6 @@ class Caller:
 
     network_id: str
     subject: str
-
-
-def _current_versions() -> Select[ResourceVersion]:
-    """Versions joined to the heads that point at them: the current version of each resource."""
-    return select(ResourceVersion).join(
-        ResourceHead,
-        and_(
-            ResourceHead.resource_type == ResourceVersion.resource_type,
-            ResourceHead.resource_id == ResourceVersion.resource_id,
-            ResourceHead.version == ResourceVersion.version,
-        ),
-    )
 
 
 @dataclass(frozen=True)
@@ -413,7 +394,7 @@ class ResourceStore:
                                      patient=check):
             assert patient_id is not None
             self._verify_patient(db, caller, patient_id)  # raises the precise refusal (unknown, or gone)
-            raise WriteConflict(f"Patient/{patient_id} changed while this was written; retry")
+            raise Conflict(f"Patient/{patient_id} changed while this was written; retry", code="write_conflict")
         if check is not None:
             known.add(check)
         return stored

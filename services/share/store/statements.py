@@ -29,6 +29,7 @@ VERSION_COLUMNS = (
 )
 HEAD_COLUMNS = ("resource_type", "resource_id", "network_id", "patient_id", "version", "deleted", "last_updated")
 INDEX_COLUMNS = ("network_id", "resource_type", "resource_id", "param", "value", "date_low", "date_high")
+_TIME_COLUMNS = frozenset({"last_updated", "date_low", "date_high"})
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's storage format for DateTime on SQLite
 
 
@@ -197,32 +198,20 @@ class Statements:
             state = self.patient(db, patient[1])
             if state is None or state != (patient[0], False):
                 return False
-        t = self.dialect.time_in
         with self._cursor(db) as cursor:
-            cursor.execute(self.insert_version, [
-                version["resource_type"], version["resource_id"], version["version"], version["network_id"],
-                version["patient_id"], version["data_key_id"], version["body"], version["deleted"],
-                version["method"], t(version["last_updated"]), version["author"],
-            ])
+            cursor.execute(self.insert_version, self._values(version, VERSION_COLUMNS))
             if head is not None:
-                cursor.execute(self.insert_head, [
-                    head["resource_type"], head["resource_id"], head["network_id"], head["patient_id"],
-                    head["version"], head["deleted"], t(head["last_updated"]),
-                ])
+                cursor.execute(self.insert_head, self._values(head, HEAD_COLUMNS))
             if index:
-                cursor.executemany(self.insert_index, [
-                    (e["network_id"], e["resource_type"], e["resource_id"], e["param"], e["value"],
-                     t(e["date_low"]), t(e["date_high"]))
-                    for e in index
-                ])
+                cursor.executemany(self.insert_index, [self._values(entry, INDEX_COLUMNS) for entry in index])
         return True
 
     def _pg_insert_rows(self, db: Session, version: dict[str, Any], head: dict[str, Any] | None,
                         index: list[dict[str, Any]], patient: tuple[str, str] | None) -> bool:
         parameters: list[Any] = [patient[1], patient[0]] if patient is not None else []
-        parameters += [version[c] for c in VERSION_COLUMNS]
+        parameters += self._values(version, VERSION_COLUMNS)
         if head is not None:
-            parameters += [head[c] for c in HEAD_COLUMNS]
+            parameters += self._values(head, HEAD_COLUMNS)
         # Index rows travel as one JSON document: dumping it is a single C call, where arrays or an executemany
         # cost the driver Python work per value.
         parameters.append(orjson.dumps(index).decode())
@@ -232,6 +221,10 @@ class Statements:
         return bool(written and written[0])
 
     # Plumbing --------------------------------------------------------------------------------------------
+
+    def _values(self, row: dict[str, Any], columns: Sequence[str]) -> list[Any]:
+        """A row's values in column order, timestamps as this dialect stores them."""
+        return [self.dialect.time_in(row[c]) if c in _TIME_COLUMNS else row[c] for c in columns]
 
     def _version(self, row: Sequence[Any]) -> VersionRow:
         key = None
