@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 def bare_app(url: str, db_threads: int) -> "FastAPI":
     """The floor: same framework, same driver and pool, same number of database threads as the application
     (RENKEI_DB_THREADS) — no validation, no crypto, no index."""
-    import anyio
-    import anyio.to_thread
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
     from fastapi import FastAPI, Request, Response
     from sqlalchemy import select
 
@@ -39,7 +40,7 @@ def bare_app(url: str, db_threads: int) -> "FastAPI":
     table = _bare_table()
     database = Database(url)
     app = FastAPI()
-    limiters: list[anyio.CapacityLimiter] = []
+    db_threads_pool = ThreadPoolExecutor(db_threads)  # as services/share/context.py runs database work
 
     @app.post("/fhir/QuestionnaireResponse")
     async def insert(request: Request) -> Response:
@@ -50,9 +51,7 @@ def bare_app(url: str, db_threads: int) -> "FastAPI":
             with database.transaction() as session:
                 session.execute(table.insert().values(id=identifier, body=raw))
 
-        if not limiters:  # made from the event loop, as the application makes its own
-            limiters.append(anyio.CapacityLimiter(db_threads))
-        await anyio.to_thread.run_sync(write, limiter=limiters[0])
+        await asyncio.get_running_loop().run_in_executor(db_threads_pool, write)
         return Response(status_code=201, headers={"Location": f"/fhir/QuestionnaireResponse/{identifier}"})
 
     @app.get("/fhir/QuestionnaireResponse/{identifier}")

@@ -50,7 +50,7 @@ def create_app(
         yield
         if share:
             await app.state.share.verifier.jwks.close()
-            app.state.share.db.dispose()
+            app.state.share.close()
         if auth:
             app.state.auth.db.dispose()
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
-
-import anyio
-import anyio.to_thread
 
 from services.kit.db import Database
 from services.kit.settings import Settings
@@ -32,13 +32,25 @@ class ShareContext:
     store: ResourceStore
     search: SearchRunner
     blobs: BlobStore
-    _db_limiter: anyio.CapacityLimiter | None = field(default=None, init=False, repr=False)
+    _db_threads: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
     async def run(self, work: Callable[[], T]) -> T:
-        """Blocking database work, on one of this process's few database threads (``settings.db_threads``)."""
-        if self._db_limiter is None:  # made on first use, from the event loop that uses it
-            self._db_limiter = anyio.CapacityLimiter(self.settings.db_threads)
-        return await anyio.to_thread.run_sync(work, limiter=self._db_limiter)
+        """Blocking database work, on one of this process's few database threads (``settings.db_threads``).
+
+        A plain executor rather than anyio's worker threads: its hand-off (a C queue, one wake-up of the event
+        loop) costs measurably less CPU per request than anyio's (a Python queue and condition, a limiter).
+        The work runs to its end even if the awaiting request is cancelled; work not yet started is dropped.
+        """
+        if self._db_threads is None:
+            self._db_threads = ThreadPoolExecutor(self.settings.db_threads, thread_name_prefix="renkei-db")
+        context = contextvars.copy_context()  # log context travels with the work, as anyio's threads would carry
+        return await asyncio.get_running_loop().run_in_executor(self._db_threads, context.run, work)
+
+    def close(self) -> None:
+        if self._db_threads is not None:
+            self._db_threads.shutdown(wait=True)
+            self._db_threads = None
+        self.db.dispose()
 
     @classmethod
     def build(cls, settings: Settings, *, plaintext_baseline: bool = False) -> ShareContext:

@@ -35,6 +35,7 @@ from services.kit.db import utcnow
 from services.share.crypto.envelope import KEY_BYTES, open_sealed, seal
 from services.share.crypto.keyring import KeyRing
 from services.share.crypto.models import NETWORK_KEY_PATIENT, DataKey
+from services.share.store.statements import statements
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -211,8 +212,9 @@ class DataKeys:
     # Rows ---------------------------------------------------------------------------------------------
 
     def _find(self, db: Session, owner: tuple[str, str]) -> _Record | None:
-        query = _COLUMNS.where(DataKey.network_id == owner[0], DataKey.patient_id == owner[1])
-        row = db.execute(query).one_or_none()
+        # Plain SQL (store/statements.py): at scale most creates miss the cache, and the ORM query cost more
+        # than the rest of the lookup.
+        row = statements(db).data_key(db, *owner)
         return None if row is None else _Record(*row)
 
     def _insert(self, db: Session, owner: tuple[str, str], *, destroyed: bool) -> None:

@@ -137,6 +137,9 @@ class Statements:
             f" AND s.param = 'patient' AND s.value = {m})"
             f" ORDER BY h.last_updated DESC, h.resource_id DESC LIMIT {m}"
         )
+        self.owned_key = (
+            f"SELECT {_KEY_SELECT} FROM data_keys k WHERE k.network_id = {m} AND k.patient_id = {m}"
+        )
         self.one_version = (
             f"SELECT {_VERSION_SELECT} FROM resource_versions v"
             f" WHERE v.resource_type = {m} AND v.resource_id = {m} AND v.version = {m}"
@@ -150,6 +153,15 @@ class Statements:
             cursor.execute(self.patient_state, (patient_id,))
             row = cursor.fetchone()
         return None if row is None else (row[0], bool(row[1]))
+
+    def data_key(self, db: Session, network_id: str, patient_id: str) -> tuple[Any, ...] | None:
+        """The data key row of a patient (or network): (id, network, patient, KEK version, wrapped, destroyed at).
+
+        Nothing pending in the session is flushed first: a data key depends on no row of the caller's."""
+        with self._cursor(db, flush=False) as cursor:
+            cursor.execute(self.owned_key, (network_id, patient_id))
+            row = cursor.fetchone()
+        return None if row is None else self._key(row, 0)
 
     def current(self, db: Session, network_id: str, resource_type: str, resource_id: str) -> VersionRow | None:
         with self._cursor(db) as cursor:
@@ -226,18 +238,20 @@ class Statements:
         """A row's values in column order, timestamps as this dialect stores them."""
         return [self.dialect.time_in(row[c]) if c in _TIME_COLUMNS else row[c] for c in columns]
 
+    def _key(self, row: Sequence[Any], at: int) -> tuple[Any, ...]:
+        """The data key columns (``_KEY_SELECT``) starting at ``row[at]``."""
+        destroyed = None if row[at + 5] is None else self.dialect.time_out(row[at + 5])
+        return row[at], row[at + 1], row[at + 2], row[at + 3], bytes(row[at + 4]), destroyed
+
     def _version(self, row: Sequence[Any]) -> VersionRow:
-        key = None
-        if len(row) > 11 and row[11] is not None:
-            destroyed = None if row[16] is None else self.dialect.time_out(row[16])
-            key = (row[11], row[12], row[13], row[14], bytes(row[15]), destroyed)
+        key = self._key(row, 11) if len(row) > 11 and row[11] is not None else None
         return VersionRow(row[0], row[1], row[2], row[3], row[4], row[5], bytes(row[6]), bool(row[7]), row[8],
                           self.dialect.time_out(row[9]), row[10], key)
 
     @contextmanager
-    def _cursor(self, db: Session) -> Iterator[Any]:
+    def _cursor(self, db: Session, flush: bool = True) -> Iterator[Any]:
         """A cursor on the session's connection, after the session's pending ORM changes are flushed."""
-        if db.new or db.dirty or db.deleted:
+        if flush and (db.new or db.dirty or db.deleted):
             db.flush()
         connection = db.connection().connection.driver_connection
         assert connection is not None
