@@ -84,7 +84,10 @@ def _validate_one_of_many(self: Model) -> None:
     if choices is None:
         return _ORIGINAL["_validate_one_of_many"](self)  # type: ignore[no-any-return]
     for names, required in choices:
-        present = sum(1 for name in names if getattr(self, name, None) is not None)
+        present = 0
+        for name in names:
+            if getattr(self, name, None) is not None:
+                present += 1
         if present > 1 or (required and present == 0):
             return _ORIGINAL["_validate_one_of_many"](self)  # type: ignore[no-any-return]
     return None

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from services.kit.errors import BadRequest, NotFound, RenkeiError
 from services.kit.tokens import Principal
 from services.share.fhir import binary, bundles
-from services.share.fhir.negotiation import bounded_body, check_content_type
+from services.share.fhir.negotiation import bounded_body, check_content_type, documented_headers, optional_headers
 from services.share.fhir.responses import FhirResponse, operation_outcome
 from services.share.security.deps import Context, CurrentPrincipal
 from services.share.store import search as S
@@ -197,11 +197,11 @@ async def vread(resource_type: str, resource_id: str, version: str, request: Req
         ctx, lambda db: resource_response(ctx, ctx.store.vread(db, caller, resource_type, resource_id, int(version))))
 
 
-@router.post("/{resource_type}")
-async def create(resource_type: str, request: Request, ctx: Context, principal: CurrentPrincipal,
-                 prefer: Annotated[str | None, Header()] = None,
-                 if_none_exist: Annotated[str | None, Header()] = None,
-                 idempotency_key: Annotated[str | None, Header()] = None) -> Response:
+@router.post("/{resource_type}", openapi_extra=documented_headers("Prefer", "If-None-Exist", "Idempotency-Key"))
+async def create(resource_type: str, request: Request, ctx: Context, principal: CurrentPrincipal) -> Response:
+    # Headers read here rather than declared as parameters: FastAPI's per-parameter work was a tenth of a create's
+    # CPU. They stay documented in the OpenAPI description (documented_headers).
+    prefer, if_none_exist, idempotency_key = optional_headers(request, "prefer", "if-none-exist", "idempotency-key")
     resource_type_of(resource_type, write=True)
     if resource_type == "Binary":  # content goes to the blob store, encrypted (binary.py)
         return await binary.create(request, ctx, principal, prefer, if_none_exist, idempotency_key)

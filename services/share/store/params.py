@@ -6,10 +6,11 @@ reads. Extraction walks plain JSON dicts — resources are never re-parsed into 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 
@@ -196,6 +197,14 @@ _DATE = re.compile(
 LOCAL_TIME = timezone(timedelta(hours=9), "JST")
 
 
+@functools.lru_cache(maxsize=64)
+def _zone(offset: str) -> tzinfo:
+    """A ±hh:mm offset as a zone (raising ValueError for an impossible one); few distinct offsets ever occur."""
+    found = datetime.strptime(offset, "%z").tzinfo
+    assert found is not None
+    return found
+
+
 def date_range(text: str) -> tuple[datetime, datetime] | None:
     """[low, high) in UTC for a FHIR date/dateTime/instant at its own precision; None if malformed."""
     match = _DATE.match(text.strip())
@@ -204,7 +213,7 @@ def date_range(text: str) -> tuple[datetime, datetime] | None:
     year, month, day, hour, minute, second, zone = match.groups()
     try:
         # Dates and zone-less times are Japan's calendar: a sheet "of 21 November" is 21 November in Tokyo.
-        tz = LOCAL_TIME if zone is None else UTC if zone == "Z" else datetime.strptime(zone, "%z").tzinfo
+        tz = LOCAL_TIME if zone is None else UTC if zone == "Z" else _zone(zone)
         if month is None:
             low = datetime(int(year), 1, 1, tzinfo=LOCAL_TIME)
             high = low.replace(year=low.year + 1)
