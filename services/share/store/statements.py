@@ -201,6 +201,11 @@ class Statements:
             row = cursor.fetchone()
         return None if row is None else self._version(row)
 
+    def generic_plans(self, db: Session) -> None:
+        """PostgreSQL: this transaction's prepared statements use their generic plan instead of re-planning."""
+        with self._cursor(db) as cursor:
+            cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+
     # Writes ----------------------------------------------------------------------------------------------
 
     def insert(self, db: Session, version: dict[str, Any], head: dict[str, Any] | None,
