@@ -1,15 +1,17 @@
-"""Database plumbing: pooled connections that died while idle are replaced before a request sees them."""
+"""Database plumbing: pooled connections that died while idle are replaced before a request sees them; reads run
+without a transaction around them while transactions stay transactions."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from services.kit import db as kit_db
-from services.kit.db import make_engine
+from services.kit.db import Database, make_engine
 from tests.infra import PostgresDatabases
 
 
@@ -44,3 +46,32 @@ def test_without_the_idle_ping_the_dead_connection_reaches_the_request(dead_conn
     monkeypatch.setattr(kit_db, "IDLE_PING_SECONDS", 3600.0)
     with pytest.raises(DBAPIError), dead_connection_pool.connect() as connection:
         connection.execute(text("SELECT 1"))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'reading.db'}"
+    else:
+        url = request.getfixturevalue("pg_databases").create("reading")
+    found = Database(url)
+    with found.transaction() as session:
+        session.execute(text("CREATE TABLE notes (body TEXT)"))
+    yield found
+    found.dispose()
+
+
+def _count(database: Database) -> int:
+    with database.engine.connect() as connection:
+        return int(connection.execute(text("SELECT count(*) FROM notes")).scalar_one())
+
+
+def test_reading_runs_each_statement_on_its_own_and_transactions_stay_transactions(database: Database) -> None:
+    with database.reading() as session:
+        session.execute(text("INSERT INTO notes VALUES ('kept at once')"))
+        assert _count(database) == 1  # seen from another connection before the block ends: no transaction held
+    # The pooled connection goes back to transactional use: a rolled-back write leaves nothing.
+    with pytest.raises(RuntimeError), database.transaction() as session:
+        session.execute(text("INSERT INTO notes VALUES ('rolled back')"))
+        raise RuntimeError("fails after writing")
+    assert _count(database) == 1

@@ -112,6 +112,9 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Same pool; the connection runs each statement in a transaction of its own (see reading()).
+        self._readers = sessionmaker(self.engine.execution_options(isolation_level="AUTOCOMMIT"),
+                                     expire_on_commit=False)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -129,6 +132,21 @@ class Database:
         except BaseException:
             session.rollback()
             raise
+        finally:
+            session.close()
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """Read-only work without a transaction around it: each statement commits by itself.
+
+        Under READ COMMITTED (the services' isolation) every statement takes a snapshot of its own inside a
+        transaction too, so a read that runs one statement, or several independent ones, sees exactly what it would
+        in a transaction, and saves the BEGIN and COMMIT round trips: a third of a single read's database work.
+        Anything written here (the audit of a refused read) is kept at once.
+        """
+        session = self._readers()
+        try:
+            yield session
         finally:
             session.close()
 

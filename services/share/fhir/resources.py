@@ -116,6 +116,16 @@ async def in_transaction(ctx: Context, work: Callable[[Session], Response]) -> R
     return await ctx.run(execute)
 
 
+async def reading(ctx: Context, work: Callable[[Session], Response]) -> Response:
+    """Run a single-statement read on a worker thread without a transaction around it (Database.reading)."""
+
+    def execute() -> Response:
+        with ctx.db.reading() as db:
+            return work(db)
+
+    return await ctx.run(execute)
+
+
 @router.get("/{resource_type}")
 async def search_get(resource_type: str, request: Request, ctx: Context, principal: CurrentPrincipal) -> Response:
     items = list(request.query_params.multi_items())
@@ -179,8 +189,7 @@ async def read(resource_type: str, resource_id: str, request: Request, ctx: Cont
         return await in_transaction(ctx, lambda db: binary.read(request, ctx, db, principal, resource_id))
     resource_type_of(resource_type)
     caller = caller_of(principal)
-    return await in_transaction(
-        ctx, lambda db: resource_response(ctx, ctx.store.read(db, caller, resource_type, resource_id)))
+    return await reading(ctx, lambda db: resource_response(ctx, ctx.store.read(db, caller, resource_type, resource_id)))
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{version}")
@@ -193,7 +202,7 @@ async def vread(resource_type: str, resource_id: str, version: str, request: Req
         return await in_transaction(ctx, lambda db: binary.read(request, ctx, db, principal, resource_id, int(version)))
     resource_type_of(resource_type)
     caller = caller_of(principal)
-    return await in_transaction(
+    return await reading(
         ctx, lambda db: resource_response(ctx, ctx.store.vread(db, caller, resource_type, resource_id, int(version))))
 
 
