@@ -75,3 +75,15 @@ def test_reading_runs_each_statement_on_its_own_and_transactions_stay_transactio
         session.execute(text("INSERT INTO notes VALUES ('rolled back')"))
         raise RuntimeError("fails after writing")
     assert _count(database) == 1
+
+
+@pytest.mark.postgres
+def test_only_readers_keep_generic_plans(pg_databases: PostgresDatabases) -> None:
+    database = Database(pg_databases.create("plans"))
+    try:
+        with database.reading() as session:
+            assert session.execute(text("SHOW plan_cache_mode")).scalar_one() == "force_generic_plan"
+        with database.transaction() as session:
+            assert session.execute(text("SHOW plan_cache_mode")).scalar_one() == "auto"
+    finally:
+        database.dispose()

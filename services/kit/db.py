@@ -53,9 +53,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, reader: bool = False) -> Engine:
+    """An engine for ``url``; ``reader``: for work that needs no transaction around it (Database.reading)."""
+    options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if reader else {}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **options)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -68,10 +70,16 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    engine = create_engine(url, pool_size=10, max_overflow=20)
+    # A reader's statements are looked up by key (a resource, one patient's resources): one plan fits every
+    # value, so PostgreSQL keeps a prepared statement's generic plan instead of planning each execution anew.
+    connect_args = {"options": "-c plan_cache_mode=force_generic_plan"} if reader else {}
+    engine = create_engine(url, pool_size=10, max_overflow=20, connect_args=connect_args, **options)
     _ping_idle_connections(engine)
     return engine
 
+
+# Session.info entry marking a session of Database.reading().
+READER = "renkei.db.reader"
 
 # A pooled connection that sat unused this long is pinged before use; one in steady use is not.
 IDLE_PING_SECONDS = 5.0
@@ -112,9 +120,9 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        # Same pool; the connection runs each statement in a transaction of its own (see reading()).
-        self._readers = sessionmaker(self.engine.execution_options(isolation_level="AUTOCOMMIT"),
-                                     expire_on_commit=False)
+        # A pool of its own (reading()); it connects only when first used.
+        self.reader_engine = make_engine(url, reader=True)
+        self._readers = sessionmaker(self.reader_engine, expire_on_commit=False, info={READER: True})
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -142,7 +150,8 @@ class Database:
         Under READ COMMITTED (the services' isolation) every statement takes a snapshot of its own inside a
         transaction too, so a read that runs one statement, or several independent ones, sees exactly what it would
         in a transaction, and saves the BEGIN and COMMIT round trips: a third of a single read's database work.
-        Anything written here (the audit of a refused read) is kept at once.
+        Anything written here (the audit of a refused read) is kept at once. For keyed lookups only: on PostgreSQL
+        these sessions keep generic plans (make_engine), which a search by arbitrary values should not.
         """
         session = self._readers()
         try:
@@ -152,3 +161,4 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self.reader_engine.dispose()

@@ -42,6 +42,7 @@ from services.share.fhir.resources import (
 )
 from services.share.fhir.responses import FhirResponse, operation_outcome
 from services.share.security.deps import Context, CurrentPrincipal
+from services.share.store import search as S
 from services.share.store.models import IdempotencyRecord
 from services.share.store.service import Stored
 from services.share.store.types import SUPPORTED
@@ -272,7 +273,7 @@ def _run(ctx: Context, db: Session, principal: Principal, entry: Entry, prefer: 
         return Result(delete_response(ctx, db, principal, entry.resource_type, entry.resource_id or ""))
     resource_type = resource_type_of(entry.resource_type)
     if entry.query is not None:
-        return Result(run_search(ctx, db, principal, resource_type, entry.query))
+        return Result(run_search(ctx, db, principal, resource_type, S.parse(resource_type, entry.query)))
     resource_id = checked_id(entry.resource_id or "")
     if entry.version is None:
         item = ctx.store.read(db, caller, resource_type, resource_id)

@@ -76,9 +76,7 @@ def resource_response(ctx: Context, item: Stored, status: int = 200, prefer: str
 # Search ------------------------------------------------------------------------------------------------
 
 
-def run_search(ctx: Context, db: Session, principal: Principal, resource_type: str,
-               items: list[tuple[str, str]]) -> Response:
-    query = S.parse(resource_type, items)
+def run_search(ctx: Context, db: Session, principal: Principal, resource_type: str, query: S.SearchQuery) -> Response:
     network = principal.network
     base = ctx.settings.fhir_base
     if query.summary_count or (query.count == 0 and query.want_total):
@@ -130,7 +128,7 @@ async def reading(ctx: Context, work: Callable[[Session], Response]) -> Response
 async def search_get(resource_type: str, request: Request, ctx: Context, principal: CurrentPrincipal) -> Response:
     items = list(request.query_params.multi_items())
     resource_type_of(resource_type)
-    return await in_transaction(ctx, lambda db: run_search(ctx, db, principal, resource_type, items))
+    return await searching(ctx, principal, resource_type, S.parse(resource_type, items))
 
 
 @router.post("/{resource_type}/_search")
@@ -141,11 +139,14 @@ async def search_post(resource_type: str, request: Request, ctx: Context, princi
         raise BadRequest("POST _search takes application/x-www-form-urlencoded parameters", code="invalid_search")
     items = list(request.query_params.multi_items()) + parse_qsl((await request.body()).decode(errors="replace"),
                                                                  keep_blank_values=True)
-    def execute() -> Response:
-        with ctx.db.transaction() as db:
-            return run_search(ctx, db, principal, resource_type, items)
+    return await searching(ctx, principal, resource_type, S.parse(resource_type, items))
 
-    return await ctx.run(execute)
+
+async def searching(ctx: Context, principal: Principal, resource_type: str, query: S.SearchQuery) -> Response:
+    """One patient's resources are found by key, without a transaction (Database.reading); any other search runs
+    in a transaction, planned for its own values."""
+    run = reading if S.one_patient(query) else in_transaction
+    return await run(ctx, lambda db: run_search(ctx, db, principal, resource_type, query))
 
 
 # History -----------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import orjson
 from sqlalchemy import ColumnElement, and_, exists, func, not_, or_, select
 from sqlalchemy.orm import Session
 
+from services.kit.db import READER
 from services.kit.errors import BadRequest
 from services.share.crypto.blind import BlindIndex, normalise
 from services.share.store import params as P
@@ -190,7 +191,7 @@ def _date_condition(low: Any, high: Any, prefix: str, qlow: datetime, qhigh: dat
     return conditions[prefix]
 
 
-def _one_patient(query: SearchQuery) -> bool:
+def one_patient(query: SearchQuery) -> bool:
     """True when the search is confined to one patient's resources (the patient parameter, one value)."""
     return any(f.name == "patient" and f.kind == "reference" and len(f.values) == 1 and not f.modifier
                for f in query.filters)
@@ -198,7 +199,7 @@ def _one_patient(query: SearchQuery) -> bool:
 
 def _patient_timeline(query: SearchQuery) -> bool:
     """True for the first page of ``patient=<id>`` alone, newest first (by _lastUpdated)."""
-    return (len(query.filters) == 1 and _one_patient(query) and query.sort == "_lastUpdated" and query.descending
+    return (len(query.filters) == 1 and one_patient(query) and query.sort == "_lastUpdated" and query.descending
             and query.after is None and query.before is None)
 
 
@@ -320,7 +321,7 @@ class SearchRunner:
 
     def page(self, db: Session, network_id: str, query: SearchQuery) -> tuple[list[tuple[Match, Any]], bool]:
         """One page of (match, sort value), and whether more lie beyond it in the paging direction."""
-        if _one_patient(query) and db.get_bind().dialect.name == "postgresql":
+        if one_patient(query) and not db.info.get(READER) and db.get_bind().dialect.name == "postgresql":
             # One patient's resources are few whatever the patient: a generic plan fits every such search, and
             # PostgreSQL would otherwise plan each one afresh (measured: 40% of the database's time per search).
             statements(db).generic_plans(db)
