@@ -18,8 +18,10 @@ p50/p90/p99 latency per operation, ratios against the baselines, and the renkei 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -179,7 +181,6 @@ def encryption_cost(renkei: Server, plain: Server, networks: dict[str, str], rou
     """The create path in-process (validation, store write, commit) with and without encryption, alternating
     in short rounds so both see the same machine, each going first in half of them; medians of per-request
     latency. Less noisy than HTTP."""
-    import statistics
 
     import orjson
 
@@ -214,8 +215,38 @@ def encryption_cost(renkei: Server, plain: Server, networks: dict[str, str], rou
     return {"renkei_ms": medians["renkei"], "plain_ms": medians["plain"], "share": share}
 
 
-def measure(label: str, work: Workload, clients: int, results: dict[str, Any]) -> None:
-    latencies, errors, seconds = run(work, clients)
+def measure(label: str, work: Workload, clients: int, results: dict[str, Any], repeats: int = 1) -> None:
+    """``repeats`` runs: latencies pooled, throughput their median (each run's kept), so that one slow spell of
+    this shared machine does not decide a figure alone."""
+    runs = [run(work, clients) for _ in range(repeats)]
+    pooled = {name: [v for latencies, _, _ in runs for v in latencies.get(name, [])] for name in runs[0][0]}
+    record(label, pooled, sum(r[1] for r in runs), sum(r[2] for r in runs), results)
+    if repeats > 1:
+        throughputs = [sum(len(v) for v in r[0].values()) / r[2] for r in runs]
+        results[label]["throughput"] = statistics.median(throughputs)
+        results[label]["throughput_runs"] = throughputs
+        print(f"  {'':28} median of {repeats} runs {statistics.median(throughputs):.0f} req/s "
+              f"(runs: {', '.join(f'{t:.0f}' for t in throughputs)})", flush=True)
+
+
+def measure_alternating(works: dict[str, Workload], clients: int, results: dict[str, Any], rounds: int = 4) -> None:
+    """Servers compared with each other are measured in turns (each round in a rotated order), each for its share
+    of the time: a slow spell of this shared machine, or the database's own upkeep after one server's writes
+    (autovacuum), then falls on all of them instead of on whichever came last."""
+    pooled: dict[str, tuple[dict[str, list[float]], int, float]] = {}
+    labels = list(works)
+    for turn in range(rounds):
+        for label in labels[turn % len(labels):] + labels[:turn % len(labels)]:
+            work = dataclasses.replace(works[label], seconds=works[label].seconds / rounds)
+            latencies, errors, seconds = run(work, clients)
+            before = pooled.get(label, ({}, 0, 0.0))
+            merged = {name: before[0].get(name, []) + values for name, values in latencies.items()}
+            pooled[label] = (merged, before[1] + errors, before[2] + seconds)
+    for label in labels:
+        record(label, *pooled[label], results)
+
+
+def record(label: str, latencies: dict[str, list[float]], errors: int, seconds: float, results: dict[str, Any]) -> None:
     total = sum(len(v) for v in latencies.values())
     entry: dict[str, Any] = {"throughput": total / seconds, "errors": errors}
     for name, values in latencies.items():
@@ -264,10 +295,10 @@ def main() -> None:
             networks = {mode: json.loads((scratch / f"{mode}-network.json").read_text())["network"]["id"]
                         for mode in ("renkei", "plain")}
             results["encryption_in_process"] = encryption_cost(renkei, plain, networks)
-            measure("create  bare endpoint", work(bare, {"create": 1}, "none"), args.clients, results)
-            measure("create  plain-JSON store", work(plain, {"create": 1}), args.clients, results)
             with renkei.watch_memory():
-                measure("create  renkei (encrypted)", work(renkei, {"create": 1}), args.clients, results)
+                measure_alternating({"create  bare endpoint": work(bare, {"create": 1}, "none"),
+                                     "create  plain-JSON store": work(plain, {"create": 1}),
+                                     "create  renkei (encrypted)": work(renkei, {"create": 1})}, args.clients, results)
             measure("read    plain-JSON store", work(plain, {"read": 1}), args.clients, results)
             measure("read    renkei (encrypted)", work(renkei, {"read": 1}), args.clients, results)
             measure("search  plain-JSON store", work(plain, {"search": 1}), args.clients, results)
@@ -292,7 +323,7 @@ def main() -> None:
                 measure("read    at scale", work(renkei, {"read": 1}), args.clients, results)
                 measure("search  at scale (20 results)", work(renkei, {"search": 1}), args.clients, results)
                 measure("mixed   20% create 50% read 30% search",
-                        work(renkei, {"create": 0.2, "read": 0.5, "search": 0.3}), args.clients, results)
+                        work(renkei, {"create": 0.2, "read": 0.5, "search": 0.3}), args.clients, results, repeats=3)
             results["renkei_peak_rss_mb"] = renkei.peak_rss_mb
         finally:
             for server in (renkei, plain, bare):
