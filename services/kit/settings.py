@@ -31,9 +31,10 @@ class Settings(BaseSettings):
 
     # Threads per process that run the share service's database work. Python runs one thread at a time, so
     # threads only overlap database round trips; many threads mostly contend for the interpreter (measured in
-    # bench/store.py: 1-2 threads gave 15-20% more mixed throughput than 40). Scale with processes instead
-    # (`renkei serve --workers N`).
-    db_threads: int = Field(default=2, ge=1, le=64)
+    # bench/store.py: 1-2 threads gave 15-20% more mixed throughput than 40; once reads stopped holding
+    # transactions, 3 beat 2 in six alternating runs of 1M-resource mixed load, by 7% on average, and 4 lost).
+    # Scale with processes instead (`renkei serve --workers N`).
+    db_threads: int = Field(default=3, ge=1, le=64)
 
     # Key material. The master key encrypts TOTP secrets and signing keys at rest in the auth database;
     # when unset it is read from (or generated into) ``<data_dir>/keys/auth-master.key`` with mode 0600.
