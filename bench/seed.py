@@ -91,7 +91,7 @@ if __name__ == "__main__":  # a quick speed check: python -m bench.seed
 
     with tempfile.TemporaryDirectory() as scratch:
         url = os.environ.get("RENKEI_SHARE_DATABASE_URL")
-        settings = Settings(data_dir=scratch, **({"share_database_url": url} if url else {}))
+        settings = Settings(data_dir=scratch, share_database_url=url)
         from services.kit.db import make_engine
         from services.kit.migrate import upgrade
 

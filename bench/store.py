@@ -311,13 +311,13 @@ def main() -> None:
             heavy = patients * 32 // 100
             light = max(0, -(-(args.scale - patients - heavy * 20) // max(1, patients - heavy)))  # round up
             started = time.perf_counter()
-            network = ids["renkei"]
+            small = ids["renkei"]
             renkei_network = json.loads((scratch / "renkei-network.json").read_text())["network"]["id"]
             big = seed(renkei.settings, renkei_network, patients, heavy, 20, light,
                        progress=lambda n: print(f"\r  seeded {n:,}", end="", flush=True))
             print(f"\r  seeded {patients + heavy * 20 + (patients - heavy) * light:,} resources "
                   f"in {time.perf_counter() - started:.0f} s", flush=True)
-            ids["renkei"] = (big[0] + network[0], big[1], big[2])
+            ids["renkei"] = (big[0] + small[0], big[1], big[2])
             analyze(urls["share"])
             with renkei.watch_memory():
                 measure("read    at scale", work(renkei, {"read": 1}), args.clients, results)
