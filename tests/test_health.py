@@ -77,3 +77,17 @@ def test_app_factory_builds_each_service_alone() -> None:
     only_share = create_app(settings_for_tests("/tmp/unused", 1), auth=False)
     paths = set(only_share.openapi()["paths"])
     assert "/fhir/metadata" in paths and "/auth/login" not in paths
+
+
+def test_openapi_documents_the_share_services_headers_and_bearer_token() -> None:
+    # Headers the hot routes read themselves must stay in the published description, as declared ones were.
+    spec = create_app(settings_for_tests("/tmp/unused", 1), auth=False).openapi()
+    create = spec["paths"]["/fhir/{resource_type}"]["post"]
+    headers = {p["name"] for p in create["parameters"] if p["in"] == "header"}
+    assert headers == {"prefer", "if-none-exist", "idempotency-key"}
+    assert create["security"] == [{"bearer": []}]
+    assert spec["paths"]["/fhir/{resource_type}/{resource_id}"]["get"]["security"] == [{"bearer": []}]
+    assert spec["components"]["securitySchemes"]["bearer"] == {
+        "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+        "description": "An access token from the auth service (/auth/login, /auth/token)",
+    }
