@@ -37,18 +37,17 @@ def own_postgres() -> Iterator[str]:
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
         shutil.chown(root, "postgres")
         as_postgres = ["runuser", "-u", "postgres", "--"]
-    run = [*as_postgres]
     try:
-        subprocess.run([*run, _bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        subprocess.run([*as_postgres, _bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
                        check=True, capture_output=True)
         with (data / "postgresql.conf").open("a") as conf:
             conf.write(f"\ninclude '{CONFIG}'\nlisten_addresses = '127.0.0.1'\nport = {port}\n"
                        f"unix_socket_directories = '{root}'\n")
-        subprocess.run([*run, _bin("pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "start"],
+        subprocess.run([*as_postgres, _bin("pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "start"],
                        check=True, capture_output=True)
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
         if (data / "postmaster.pid").exists():
-            subprocess.run([*run, _bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True,
-                           check=False)
+            subprocess.run([*as_postgres, _bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                           capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)

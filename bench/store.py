@@ -215,14 +215,16 @@ def encryption_cost(renkei: Server, plain: Server, networks: dict[str, str], rou
     return {"renkei_ms": medians["renkei"], "plain_ms": medians["plain"], "share": share}
 
 
+Run = tuple[dict[str, list[float]], int, float]  # latencies by operation, errors, seconds under load
+
+
 def measure(label: str, work: Workload, clients: int, results: dict[str, Any], repeats: int = 1) -> None:
     """``repeats`` runs: latencies pooled, throughput their median (each run's kept), so that one slow spell of
     this shared machine does not decide a figure alone."""
     runs = [run(work, clients) for _ in range(repeats)]
-    pooled = {name: [v for latencies, _, _ in runs for v in latencies.get(name, [])] for name in runs[0][0]}
-    record(label, pooled, sum(r[1] for r in runs), sum(r[2] for r in runs), results)
+    record(label, *_pooled(runs), results)
     if repeats > 1:
-        throughputs = [sum(len(v) for v in r[0].values()) / r[2] for r in runs]
+        throughputs = [sum(len(v) for v in latencies.values()) / seconds for latencies, _, seconds in runs]
         results[label]["throughput"] = statistics.median(throughputs)
         results[label]["throughput_runs"] = throughputs
         print(f"  {'':28} median of {repeats} runs {statistics.median(throughputs):.0f} req/s "
@@ -233,17 +235,21 @@ def measure_alternating(works: dict[str, Workload], clients: int, results: dict[
     """Servers compared with each other are measured in turns (each round in a rotated order), each for its share
     of the time: a slow spell of this shared machine, or the database's own upkeep after one server's writes
     (autovacuum), then falls on all of them instead of on whichever came last."""
-    pooled: dict[str, tuple[dict[str, list[float]], int, float]] = {}
+    runs: dict[str, list[Run]] = {label: [] for label in works}
     labels = list(works)
     for turn in range(rounds):
         for label in labels[turn % len(labels):] + labels[:turn % len(labels)]:
-            work = dataclasses.replace(works[label], seconds=works[label].seconds / rounds)
-            latencies, errors, seconds = run(work, clients)
-            before = pooled.get(label, ({}, 0, 0.0))
-            merged = {name: before[0].get(name, []) + values for name, values in latencies.items()}
-            pooled[label] = (merged, before[1] + errors, before[2] + seconds)
+            runs[label].append(run(dataclasses.replace(works[label], seconds=works[label].seconds / rounds), clients))
     for label in labels:
-        record(label, *pooled[label], results)
+        record(label, *_pooled(runs[label]), results)
+
+
+def _pooled(runs: list[Run]) -> Run:
+    latencies: dict[str, list[float]] = {}
+    for found, _, _ in runs:
+        for name, values in found.items():
+            latencies.setdefault(name, []).extend(values)
+    return latencies, sum(errors for _, errors, _ in runs), sum(seconds for _, _, seconds in runs)
 
 
 def record(label: str, latencies: dict[str, list[float]], errors: int, seconds: float, results: dict[str, Any]) -> None:

@@ -66,17 +66,19 @@ def _choices(model: Model) -> tuple[tuple[tuple[str, ...], bool], ...] | None:
     """(field names, required) per choice element; None where the class's declarations are not as expected."""
     cls = type(model)
     if cls not in _CHOICES:
-        fields = cls.model_fields
-        choices: list[tuple[tuple[str, ...], bool]] | None = []
-        for prefix, names in model.get_one_of_many_fields().items():
-            extra = fields[names[0]].json_schema_extra
-            if not isinstance(extra, dict) or extra.get("one_of_many") != prefix:
-                choices = None  # the library's own check will say what is wrong
-                break
-            assert choices is not None
-            choices.append((tuple(names), extra.get("one_of_many_required") is True))
-        _CHOICES[cls] = None if choices is None else tuple(choices)
+        _CHOICES[cls] = _declared_choices(model)
     return _CHOICES[cls]
+
+
+def _declared_choices(model: Model) -> tuple[tuple[tuple[str, ...], bool], ...] | None:
+    fields = type(model).model_fields
+    choices = []
+    for prefix, names in model.get_one_of_many_fields().items():
+        extra = fields[names[0]].json_schema_extra
+        if not isinstance(extra, dict) or extra.get("one_of_many") != prefix:
+            return None  # the library's own check will say what is wrong
+        choices.append((tuple(names), extra.get("one_of_many_required") is True))
+    return tuple(choices)
 
 
 def _validate_one_of_many(self: Model) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -106,19 +107,18 @@ def run_search(ctx: Context, db: Session, principal: Principal, resource_type: s
 async def in_transaction(ctx: Context, work: Callable[[Session], Response]) -> Response:
     """Run ``work`` in one transaction on one worker thread: the hot paths make a single thread hop, not one per
     dependency, and the transaction commits before the response goes out."""
-
-    def execute() -> Response:
-        with ctx.db.transaction() as db:
-            return work(db)
-
-    return await ctx.run(execute)
+    return await _on_db_thread(ctx, ctx.db.transaction, work)
 
 
 async def reading(ctx: Context, work: Callable[[Session], Response]) -> Response:
-    """Run a single-statement read on a worker thread without a transaction around it (Database.reading)."""
+    """Run a read by key on a worker thread without a transaction around it (Database.reading)."""
+    return await _on_db_thread(ctx, ctx.db.reading, work)
 
+
+async def _on_db_thread(ctx: Context, session: Callable[[], AbstractContextManager[Session]],
+                        work: Callable[[Session], Response]) -> Response:
     def execute() -> Response:
-        with ctx.db.reading() as db:
+        with session() as db:
             return work(db)
 
     return await ctx.run(execute)
@@ -219,12 +219,8 @@ async def create(resource_type: str, request: Request, ctx: Context, principal: 
     raw = await bounded_body(request, MAX_BODY_BYTES)
     # Validation is CPU work: done here, it keeps a database thread free for database work (settings.db_threads).
     body = parse_resource(raw, resource_type)
-
-    def execute() -> Response:
-        with ctx.db.transaction() as db:
-            return create_in(ctx, db, principal, resource_type, raw, body, prefer, if_none_exist, idempotency_key)
-
-    return await ctx.run(execute)
+    return await in_transaction(
+        ctx, lambda db: create_in(ctx, db, principal, resource_type, raw, body, prefer, if_none_exist, idempotency_key))
 
 
 def create_in(ctx: Context, db: Session, principal: Principal, resource_type: str, raw: bytes, body: dict[str, Any],
@@ -292,13 +288,9 @@ async def update(resource_type: str, resource_id: str, request: Request, ctx: Co
     check_content_type(request)
     raw = await bounded_body(request, MAX_BODY_BYTES)
     body = parse_resource(raw, resource_type)  # CPU work: not on a database thread (see create)
-
-    def execute() -> Response:
-        with ctx.db.transaction() as db:
-            item = ctx.store.update(db, caller_of(principal), resource_type, resource_id, body, expected)
-            return resource_response(ctx, item, 200, prefer)
-
-    return await ctx.run(execute)
+    caller = caller_of(principal)
+    return await in_transaction(ctx, lambda db: resource_response(
+        ctx, ctx.store.update(db, caller, resource_type, resource_id, body, expected), 200, prefer))
 
 
 @router.delete("/{resource_type}/{resource_id}")
