@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from sqlalchemy import event
 
 from tests.fhir_helpers import FHIR_JSON, create, created_id, patient, response
 from tests.infra import LiveServer, make_network
@@ -200,3 +201,33 @@ def test_oversized_bodies_are_refused_with_413(http: httpx.Client, auth: dict[st
                        headers={**auth, **FHIR_JSON})
     assert answer.status_code == 413
     assert answer.json()["resourceType"] == "OperationOutcome"
+
+
+def test_creates_skip_the_transaction_only_where_one_statement_writes_them(
+    server: LiveServer, http: httpx.Client, auth: dict[str, str]
+) -> None:
+    """On PostgreSQL a sheet for a patient whose data key exists is one statement that commits by itself; a
+    Patient (its key is new), an idempotent create and anything on SQLite run in a transaction. All of them land."""
+    db = server.app.state.share.db
+    transactions: list[object] = []
+
+    def begun(connection: object) -> None:
+        transactions.append(connection)
+
+    def counted(call: object) -> int:
+        transactions.clear()
+        answer = call()  # type: ignore[operator]
+        assert answer.status_code == 201, answer.text
+        assert http.get(answer.headers["location"], headers=auth).status_code == 200
+        return len(transactions)
+
+    event.listen(db.engine, "begin", begun)
+    try:
+        pid = created_id(create(http, auth, patient()))
+        in_patient = counted(lambda: create(http, auth, patient()))
+        in_sheet = counted(lambda: create(http, auth, response(pid)))
+        in_keyed = counted(lambda: create(http, auth, response(pid), **{"Idempotency-Key": f"k-{pid}"}))
+    finally:
+        event.remove(db.engine, "begin", begun)
+    assert in_patient == 1 and in_keyed == 1
+    assert in_sheet == (0 if db.single_statement_writes else 1)

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.kit.db import make_engine
+from services.kit.db import READER, TransactionRequired, make_engine
 from services.kit.settings import Settings
 from services.share.crypto.blind import PREFIX_CAP, BlindIndex, normalise
 from services.share.crypto.datakeys import DataKeys, KeyDestroyed, UnknownDataKey
@@ -234,6 +234,23 @@ def test_a_rolled_back_key_is_not_handed_out(keyring: KeyRing, sessions: session
     assert kept != abandoned
     with sessions() as db, pytest.raises(UnknownDataKey):
         DataKeys(keyring).unwrap(db, abandoned)
+
+
+def test_no_key_is_created_outside_a_transaction(keyring: KeyRing, engine: Engine) -> None:
+    """A session of Database.reading() may use a committed key but not create one: the key must commit with the
+    resource it seals, so the work is asked to run in a transaction instead."""
+    reader = sessionmaker(make_engine(str(engine.url.render_as_string(hide_password=False)), reader=True),
+                          info={READER: True})
+    network, keys = net(), DataKeys(keyring)
+    with reader() as db, pytest.raises(TransactionRequired):
+        keys.key_for(db, network, "p1")
+    with sessionmaker(engine)() as db:
+        assert db.scalar(select(func.count()).select_from(DataKey).where(DataKey.network_id == network)) == 0
+        created = keys.key_for(db, network, "p1")
+        db.commit()
+    with reader() as db:
+        assert DataKeys(keyring).key_for(db, network, "p1") == created
+    reader.kw["bind"].dispose()
 
 
 def test_rotation_rewraps_every_key_and_old_bodies_still_open(

@@ -78,8 +78,17 @@ def make_engine(url: str, *, reader: bool = False) -> Engine:
     return engine
 
 
-# Session.info entry marking a session of Database.reading().
+# Session.info entry marking a session of Database.reading(): no transaction around its statements.
 READER = "renkei.db.reader"
+
+
+class TransactionRequired(Exception):
+    """Work begun without a transaction (Database.reading) found it must write more than one statement, which
+    must commit together: the caller runs it again in a transaction (Database.transaction)."""
+
+
+def without_transaction(session: Session) -> bool:
+    return bool(session.info.get(READER))
 
 # A pooled connection that sat unused this long is pinged before use; one in steady use is not.
 IDLE_PING_SECONDS = 5.0
@@ -150,14 +159,22 @@ class Database:
         Under READ COMMITTED (the services' isolation) every statement takes a snapshot of its own inside a
         transaction too, so a read that runs one statement, or several independent ones, sees exactly what it would
         in a transaction, and saves the BEGIN and COMMIT round trips: a third of a single read's database work.
-        Anything written here (the audit of a refused read) is kept at once. For keyed lookups only: on PostgreSQL
-        these sessions keep generic plans (make_engine), which a search by arbitrary values should not.
+        Anything written here (the audit of a refused read) is kept at once, so the only writes that belong here
+        are single statements (a create whose data key exists: ``single_statement_writes``); work that finds it
+        must write more raises TransactionRequired. For keyed lookups only: on PostgreSQL these sessions keep
+        generic plans (make_engine), which a search by arbitrary values should not.
         """
         session = self._readers()
         try:
             yield session
         finally:
             session.close()
+
+    @property
+    def single_statement_writes(self) -> bool:
+        """Whether the share store writes a new version in one statement (PostgreSQL: statements.py), so that
+        a create may run in reading() and save the BEGIN and COMMIT round trips."""
+        return self.engine.dialect.name == "postgresql"
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -31,7 +31,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.kit.db import utcnow
+from services.kit.db import TransactionRequired, utcnow, without_transaction
 from services.share.crypto.envelope import KEY_BYTES, open_sealed, seal
 from services.share.crypto.keyring import KeyRing
 from services.share.crypto.models import NETWORK_KEY_PATIENT, DataKey
@@ -111,8 +111,9 @@ class DataKeys:
     def key_for(self, db: Session, network_id: str, patient_id: str | None) -> tuple[str, bytes]:
         """The (id, key) that seals this patient's resources (``patient_id`` None: the network's own key).
 
-        Created on first use. Two transactions creating the same key race on the unique constraint; the loser's
-        insert does nothing and it reads the winner's row. Raises :class:`KeyDestroyed` for an erased patient.
+        Created on first use, in a transaction only (TransactionRequired otherwise). Two transactions creating the
+        same key race on the unique constraint; the loser's insert does nothing and it reads the winner's row.
+        Raises :class:`KeyDestroyed` for an erased patient.
         """
         owner = _owner(network_id, patient_id)
         # Keys this very session found or created: safe to reuse within it, whatever it later does.
@@ -129,6 +130,8 @@ class DataKeys:
         with db.no_autoflush:
             row = self._find(db, owner)
             if row is None:
+                if without_transaction(db):  # the new key must commit with what it seals, or not at all
+                    raise TransactionRequired("a new data key needs a transaction")
                 self._insert(db, owner, destroyed=False)
                 row = self._find(db, owner)
             if row is None:  # Only possible under REPEATABLE READ or stricter, which the services do not use.

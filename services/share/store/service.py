@@ -246,13 +246,13 @@ class ResourceStore:
                 return Stored(row.resource_type, row.resource_id, row.version, row.last_updated, True, "DELETE", b"")
             raise Gone(f"{row.resource_type}/{row.resource_id} has been erased") from None
         except TamperedCiphertext:
+            self._audit_integrity_failure(db, row)  # first: it may ask for a transaction and a second attempt
             log.error(
                 "ciphertext_integrity_failure",
                 resource_type=row.resource_type,
                 resource_id=row.resource_id,
                 version=row.version,
             )
-            self._audit_integrity_failure(db, row)
             raise IntegrityFailure(
                 "this resource failed its integrity check and is not served", keep_writes=True
             ) from None

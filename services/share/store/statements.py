@@ -23,6 +23,8 @@ import orjson
 from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
+from services.kit.db import TransactionRequired, without_transaction
+
 VERSION_COLUMNS = (
     "resource_type", "resource_id", "version", "network_id", "patient_id", "data_key_id", "body", "deleted",
     "method", "last_updated", "author",
@@ -217,6 +219,8 @@ class Statements:
         """
         if not self.dialect.sqlite:
             return self._pg_insert_rows(db, version, head, index, patient)
+        if without_transaction(db):  # several statements here, which must commit together
+            raise TransactionRequired("SQLite writes a version in several statements")
         if patient is not None:
             state = self.patient(db, patient[1])
             if state is None or state != (patient[0], False):
