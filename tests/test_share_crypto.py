@@ -25,9 +25,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.kit.db import READER, TransactionRequired, make_engine
 from services.kit.settings import Settings
-from services.share.crypto.blind import PREFIX_CAP, BlindIndex, normalise
+from services.share.crypto.blind import _MAX_CACHED_VOCABULARY, PREFIX_CAP, BlindIndex, normalise
 from services.share.crypto.datakeys import DataKeys, KeyDestroyed, UnknownDataKey
-from services.share.crypto.envelope import TamperedCiphertext, open_sealed, resource_aad, seal
+from services.share.crypto.envelope import SealingKey, TamperedCiphertext, open_sealed, resource_aad, seal
 from services.share.crypto.keyring import KekRotationRefused, KeyRing, UnknownKek
 from services.share.crypto.models import DataKey
 from services.share.models import ShareBase
@@ -78,6 +78,17 @@ def test_seal_round_trip(size: int) -> None:
     blob = seal(KEY, body, aad)
     assert open_sealed(KEY, blob, aad) == body
     assert seal(KEY, body, aad) != blob  # a fresh nonce every time
+
+
+def test_a_sealing_key_keeps_its_cipher_and_interoperates_with_plain_bytes() -> None:
+    key, aad = SealingKey(KEY), resource_aad("Patient", "p1", 1)
+    assert key.aead is key.aead  # built once
+    assert open_sealed(KEY, seal(key, b"body", aad), aad) == b"body"
+    assert open_sealed(key, seal(KEY, b"body", aad), aad) == b"body"
+    with pytest.raises(TamperedCiphertext):
+        open_sealed(SealingKey(bytes(32)), seal(key, b"body", aad), aad)
+    with pytest.raises(ValueError):
+        seal(SealingKey(bytes(16)), b"body", aad)
 
 
 def test_resource_aad_names_type_id_and_version() -> None:
@@ -399,6 +410,24 @@ def test_different_values_and_networks_give_different_tokens() -> None:
     assert BLIND.token("net-a", "山田") != BLIND.token("net-b", "山田")
     assert not BLIND.string_tokens("net-a", "やまだ") & BLIND.string_tokens("net-b", "やまだ")
     assert BLIND.token("net-a", "山田") != BlindIndex(bytes(32)).token("net-a", "山田")
+
+
+def test_vocabulary_tokens_are_the_tokens_remembered_within_a_bound() -> None:
+    blind = BlindIndex(bytes(range(32)))
+    assert blind.vocabulary_token("net-a", "tok:*|completed") == blind.token("net-a", "tok:*|completed")
+    assert blind.vocabulary_token("net-b", "tok:*|completed") == blind.token("net-b", "tok:*|completed")
+    for n in range(_MAX_CACHED_VOCABULARY + 10):
+        assert blind.vocabulary_token("net-a", f"tok:*|{n}") == blind.token("net-a", f"tok:*|{n}")
+    assert len(blind._vocabulary) <= _MAX_CACHED_VOCABULARY
+
+
+def test_identifiers_and_text_are_never_remembered() -> None:
+    from services.share.store.params import PARAMS
+
+    remembered = {(kind, p.name) for kind, ps in PARAMS.items() for p in ps.values() if p.vocabulary}
+    assert {("QuestionnaireResponse", "status"), ("QuestionnaireResponse", "questionnaire")} <= remembered
+    assert not {name for _, name in remembered} & {"identifier", "name", "family", "given", "address", "phone"}
+    assert all(p.kind in ("token", "uri") for ps in PARAMS.values() for p in ps.values() if p.vocabulary)
 
 
 def test_tokens_reveal_nothing_of_the_value() -> None:

@@ -26,6 +26,7 @@ SearchMode = Literal["prefix", "exact", "contains"]
 PREFIX_CAP = 64
 TOKEN_HEX_CHARS = 32
 _MAX_CACHED_NETWORKS = 1024
+_MAX_CACHED_VOCABULARY = 8192
 
 
 def _translation() -> dict[int, str | None]:
@@ -62,10 +63,22 @@ class BlindIndex:
         self._index_key = index_key
         # A keyed HMAC state per network, copied per token: about half the cost of keying HMAC afresh each time.
         self._network_macs: dict[str, hmac.HMAC] = {}
+        self._vocabulary: dict[tuple[str, str], str] = {}
 
     def token(self, network_id: str, value: str) -> str:
         """The token of one normalised value (identifiers, codes): equal inputs give equal tokens."""
         return _mac(self._network_mac(network_id), normalise(value))
+
+    def vocabulary_token(self, network_id: str, value: str) -> str:
+        """:meth:`token` of a value from a closed vocabulary (a status, a category, a questionnaire's canonical),
+        remembered: most resources repeat the same few, and each token costs an HMAC against cold caches. Never for
+        identifiers, names or text, which would then stay in memory beyond the request that brought them."""
+        cached = self._vocabulary.get((network_id, value))
+        if cached is None:
+            if len(self._vocabulary) >= _MAX_CACHED_VOCABULARY:
+                self._vocabulary.clear()
+            cached = self._vocabulary[(network_id, value)] = self.token(network_id, value)
+        return cached
 
     def string_tokens(self, network_id: str, value: str) -> set[str]:
         """Every token a FHIR string search (prefix, exact or contains) may look for in ``value``."""

@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.kit.db import TransactionRequired, utcnow, without_transaction
-from services.share.crypto.envelope import KEY_BYTES, open_sealed, seal
+from services.share.crypto.envelope import KEY_BYTES, SealingKey, open_sealed, seal
 from services.share.crypto.keyring import KeyRing
 from services.share.crypto.models import NETWORK_KEY_PATIENT, DataKey
 from services.share.store.statements import statements
@@ -254,7 +254,7 @@ class DataKeys:
         if row.destroyed_at is not None:
             raise KeyDestroyed(f"data key {row.id} was destroyed at {row.destroyed_at.isoformat()}")
         aad = _aad(row.id, row.network_id, row.patient_id)
-        return open_sealed(self.keyring.key(row.kek_version), row.wrapped, aad)
+        return SealingKey(open_sealed(self.keyring.key(row.kek_version), row.wrapped, aad))
 
     def _wrap(self, raw: bytes, key_id: str, owner: tuple[str, str], version: int) -> bytes:
         return seal(self.keyring.key(version), raw, _aad(key_id, *owner))

@@ -58,15 +58,16 @@ class Indexer:
         self, network_id: str, param: P.Param, values: list[Any]
     ) -> set[tuple[str | None, datetime | None, datetime | None]]:
         found: set[tuple[str | None, datetime | None, datetime | None]] = set()
+        token = self.blind.vocabulary_token if param.vocabulary else self.blind.token
         for value in values:
             if param.kind == "token":
                 for system, code in P.token_values(value):
-                    found |= {(self.blind.token(network_id, f"tok:{k}"), None, None) for k in token_keys(system, code)}
+                    found |= {(token(network_id, f"tok:{k}"), None, None) for k in token_keys(system, code)}
             elif param.kind == "string":
                 for text in P.string_values(value):
                     found |= {(t, None, None) for t in self.blind.string_tokens(network_id, text)}
             elif param.kind == "uri" and isinstance(value, str):
-                found |= {(self.blind.token(network_id, f"uri:{k}"), None, None) for k in uri_keys(value)}
+                found |= {(token(network_id, f"uri:{k}"), None, None) for k in uri_keys(value)}
             elif param.kind == "reference":
                 target = reference_target(value)
                 if target:

@@ -21,6 +21,12 @@ class Param:
     paths: tuple[str, ...]
     targets: tuple[str, ...] = ()  # reference: the resource types it may point to (for _include)
 
+    @property
+    def vocabulary(self) -> bool:
+        """Whether its values come from a closed vocabulary (codes, canonicals), not identifying anyone: their
+        blind-index tokens may be remembered (BlindIndex.vocabulary_token)."""
+        return self.kind in ("token", "uri") and self.name != "identifier"
+
 
 def _p(name: str, kind: str, *paths: str, targets: tuple[str, ...] = ()) -> Param:
     return Param(name, kind, paths, targets)
