@@ -22,10 +22,12 @@ admin = typer.Typer(help="Network administration.", no_args_is_help=True)
 demo = typer.Typer(help="The demo network (fictitious data only).", no_args_is_help=True)
 keys = typer.Typer(help="Encryption keys of the share service.", no_args_is_help=True)
 patient = typer.Typer(help="Patient-level operations.", no_args_is_help=True)
+audit = typer.Typer(help="The audit trail of the share service.", no_args_is_help=True)
 app.add_typer(admin, name="admin")
 app.add_typer(demo, name="demo")
 app.add_typer(keys, name="keys")
 app.add_typer(patient, name="patient")
+app.add_typer(audit, name="audit")
 console = Console()
 
 DataDir = Annotated[
@@ -415,6 +417,24 @@ def erase(
         f"Patient/{patient_id} erased: {result.resources} resource(s) unreadable; "
         f"audit record AuditEvent/{result.audit_event_id}"
     )
+
+
+@audit.command("verify")
+def audit_verify(data_dir: DataDir = None) -> None:
+    """Walk the audit log's hash chain; report the first broken link (exit 1) or that it is intact."""
+    from services.share.audit.chain import verify
+
+    ctx = _share_context(load_settings(data_dir))
+    try:
+        with ctx.db.transaction() as db:
+            verdict = verify(db)
+    finally:
+        ctx.db.dispose()
+    console.print(f"{verdict.checked} chained audit record(s) checked; {verdict.pending} not chained yet")
+    console.print(f"chain head: record {verdict.head_seq}, digest {verdict.head_digest}")
+    if not verdict.intact:
+        raise fail(f"the audit chain is broken at record {verdict.seq}: {verdict.problem}")
+    console.print("[green]the audit chain is intact[/green]")
 
 
 def main() -> None:

@@ -1,0 +1,59 @@
+"""Writing the audit trail: one appended row per access (services/share/audit/models.py).
+
+The AuditEvent itself is sealed under the network's data key, like a resource body, and bound to its row's
+network, agent and time; the chain (chain.py) makes any later change to the row visible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
+
+from services.share.audit.models import AuditEntry
+from services.share.crypto.datakeys import DataKeys
+from services.share.crypto.envelope import open_sealed, seal
+
+ACTIONS = frozenset("CRUDE")
+OUTCOMES = frozenset({"0", "4", "8", "12"})
+
+
+@dataclass(frozen=True)
+class Access:
+    """One access to record: who (``agent``), in which network, about which patient ("" for none)."""
+
+    network_id: str
+    agent: str
+    patient_id: str
+    action: str  # C R U D E
+    outcome: str  # 0 success, 4 minor failure (a refusal), 8 serious, 12 major
+
+
+def event_aad(network_id: str, agent: str, recorded: datetime) -> bytes:
+    return f"renkei:audit:v1:{network_id}:{agent}:{recorded.astimezone(UTC).isoformat()}".encode()
+
+
+class AuditTrail:
+    def __init__(self, keys: DataKeys) -> None:
+        self.keys = keys
+
+    def record(self, db: Session, access: Access, event: dict[str, Any], *, recorded: datetime | None = None) -> None:
+        """Append one row in the caller's transaction (one INSERT; no lock, no read of other rows)."""
+        if access.action not in ACTIONS or access.outcome not in OUTCOMES:
+            raise ValueError(f"not an AuditEvent action/outcome: {access.action!r}/{access.outcome!r}")
+        recorded = recorded or datetime.now(UTC)
+        key_id, key = self.keys.key_for(db, access.network_id, None)
+        sealed = seal(key, orjson.dumps(event), event_aad(access.network_id, access.agent, recorded))
+        db.execute(insert(AuditEntry).values(
+            network_id=access.network_id, recorded=recorded, agent=access.agent, patient_id=access.patient_id,
+            action=access.action, outcome=access.outcome, data_key_id=key_id, event=sealed,
+        ))
+
+    def event(self, db: Session, row: AuditEntry) -> dict[str, Any]:
+        """The AuditEvent a row holds, decrypted (raises TamperedCiphertext if it was moved or altered)."""
+        key = self.keys.unwrap(db, row.data_key_id)
+        return dict(orjson.loads(open_sealed(key, row.event, event_aad(row.network_id, row.agent, row.recorded))))

@@ -1,0 +1,224 @@
+"""The audit log's hash chain on SQLite and PostgreSQL: an intact log verifies; a row altered, deleted, moved,
+cut off the end or slipped into the past is found, at the first broken link; PostgreSQL itself refuses changes.
+
+Tampering goes around the application on purpose, as someone with database access would (on PostgreSQL with the
+append-only trigger switched off for the session, as only a superuser can).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, Executable, delete, select, text, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.kit.db import make_engine
+from services.kit.migrate import upgrade
+from services.share.audit.chain import Verdict, chain_pending, verify
+from services.share.audit.models import AuditEntry
+from services.share.audit.trail import Access, AuditTrail
+from services.share.crypto.datakeys import DataKeys
+from services.share.crypto.envelope import TamperedCiphertext
+from services.share.crypto.keyring import KeyRing
+from tests.infra import PostgresDatabases
+from tests.test_share_crypto import key_settings
+
+ROWS = 12
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "postgresql":
+        databases: PostgresDatabases = request.getfixturevalue("pg_databases")
+        url = databases.create("audit")
+    else:
+        url = f"sqlite:///{tmp_path / 'share.db'}"
+    engine = make_engine(url)
+    upgrade("share", engine)  # the migrations, so PostgreSQL's append-only trigger is there too
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@pytest.fixture
+def trail(tmp_path: Path) -> AuditTrail:
+    return AuditTrail(DataKeys(KeyRing.load(key_settings(tmp_path))))
+
+
+def event(n: int) -> dict[str, object]:
+    return {"resourceType": "AuditEvent", "action": "R", "outcome": "0", "entity": [{"what": {"reference": f"x/{n}"}}]}
+
+
+def write(sessions: sessionmaker[Session], trail: AuditTrail, count: int = ROWS, network: str = "net-a") -> None:
+    for n in range(count):
+        with sessions() as db:
+            trail.record(db, Access(network, f"user-{n % 3}", f"patient-{n % 4}", "R", "0"), event(n))
+            db.commit()
+
+
+def chain(sessions: sessionmaker[Session], **options: object) -> int:
+    with sessions() as db:
+        linked = chain_pending(db, **options)  # type: ignore[arg-type]
+        db.commit()
+    return linked
+
+
+def verdict(sessions: sessionmaker[Session]) -> Verdict:
+    with sessions() as db:
+        return verify(db)
+
+
+def tamper(engine: Engine, *statements: Executable) -> None:
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SET LOCAL session_replication_role = replica"))  # triggers off
+        for statement in statements:
+            connection.execute(statement)
+
+
+def renumber(seq: int, to: int) -> Executable:
+    return update(AuditEntry).where(AuditEntry.seq == seq).values(seq=to)
+
+
+@pytest.fixture
+def chained(sessions: sessionmaker[Session], trail: AuditTrail) -> list[int]:
+    write(sessions, trail)
+    assert chain(sessions) == ROWS
+    with sessions() as db:
+        return list(db.scalars(select(AuditEntry.seq).order_by(AuditEntry.seq)))
+
+
+def test_an_intact_log_verifies(sessions: sessionmaker[Session], trail: AuditTrail, chained: list[int]) -> None:
+    found = verdict(sessions)
+    assert found.intact, found.problem
+    assert (found.checked, found.pending, found.head_seq) == (ROWS, 0, chained[-1])
+    write(sessions, trail, 3)  # the chain goes on from its head
+    assert verdict(sessions).pending == 3
+    assert chain(sessions) == 3
+    again = verdict(sessions)
+    assert again.intact and again.checked == ROWS + 3 and again.head_digest != found.head_digest
+
+
+@pytest.mark.parametrize("column", ["agent", "patient_id", "outcome", "event", "recorded"])
+def test_an_altered_row_is_found(engine: Engine, sessions: sessionmaker[Session], chained: list[int],
+                                 column: str) -> None:
+    target = chained[5]
+    with sessions() as db:
+        row = db.get(AuditEntry, target)
+        assert row is not None
+    changed = {"agent": "someone-else", "patient_id": "patient-9", "outcome": "4", "event": row.event + b"!",
+               "recorded": row.recorded - timedelta(hours=1)}[column]
+    tamper(engine, update(AuditEntry).where(AuditEntry.seq == target).values({column: changed}))
+    found = verdict(sessions)
+    assert not found.intact and found.seq == target and "altered" in (found.problem or "")
+    assert found.checked == 5
+
+
+def test_a_deleted_row_is_found(engine: Engine, sessions: sessionmaker[Session], chained: list[int]) -> None:
+    tamper(engine, delete(AuditEntry).where(AuditEntry.seq == chained[4]))
+    found = verdict(sessions)
+    assert not found.intact and found.seq == chained[5] and "deleted or moved" in (found.problem or "")
+
+
+def test_reordered_rows_are_found(engine: Engine, sessions: sessionmaker[Session], chained: list[int]) -> None:
+    first, second = chained[3], chained[4]
+    tamper(engine, renumber(first, -1), renumber(second, first), renumber(-1, second))
+    found = verdict(sessions)
+    assert not found.intact and found.seq == first
+
+
+def test_rows_cut_off_the_end_are_found(engine: Engine, sessions: sessionmaker[Session], chained: list[int]) -> None:
+    tamper(engine, delete(AuditEntry).where(AuditEntry.seq >= chained[-2]))
+    found = verdict(sessions)
+    assert not found.intact and "removed from its end" in (found.problem or "")
+
+
+def test_a_row_slipped_into_the_past_is_found(engine: Engine, sessions: sessionmaker[Session],
+                                              trail: AuditTrail, chained: list[int]) -> None:
+    with sessions() as db:
+        trail.record(db, Access("net-a", "intruder", "patient-1", "R", "0"), event(99))
+        db.commit()
+        forged = db.scalars(select(AuditEntry).where(AuditEntry.agent == "intruder")).one()
+    tamper(engine, renumber(forged.seq, 0))
+    found = verdict(sessions)
+    assert not found.intact and found.seq == 0 and "behind the chain's head" in (found.problem or "")
+
+
+def test_the_chainer_waits_at_a_gap_until_it_settles(engine: Engine, sessions: sessionmaker[Session],
+                                                      trail: AuditTrail, chained: list[int]) -> None:
+    write(sessions, trail, 2)
+    with sessions() as db:
+        late = list(db.scalars(select(AuditEntry).where(AuditEntry.digest.is_(None)).order_by(AuditEntry.seq)))
+    # A gap before the last row, as a transaction still open (or rolled back) leaves one.
+    tamper(engine, renumber(late[-1].seq, late[-1].seq + 5))
+    assert chain(sessions) == 1  # up to the gap: its seq may still commit
+    assert chain(sessions, now=datetime.now(UTC) + timedelta(minutes=5)) == 1  # long settled: rolled back
+    found = verdict(sessions)
+    assert found.intact and found.checked == ROWS + 2
+
+
+def test_each_event_is_sealed_to_its_row(sessions: sessionmaker[Session], trail: AuditTrail,
+                                         chained: list[int]) -> None:
+    with sessions() as db:
+        first, second = (db.get(AuditEntry, seq) for seq in chained[:2])
+        assert first is not None and second is not None
+        assert trail.event(db, first) == event(0)
+        assert b"x/0" not in first.event  # sealed, not plain JSON
+        first.event = second.event  # a body moved to another row does not open there
+        with pytest.raises(TamperedCiphertext):
+            trail.event(db, first)
+        db.rollback()
+
+
+@pytest.mark.postgres
+def test_postgresql_refuses_changes_to_chained_rows(pg_databases: PostgresDatabases, tmp_path: Path) -> None:
+    engine = make_engine(pg_databases.create("audit_trigger"))
+    upgrade("share", engine)
+    sessions = sessionmaker(engine)
+    write(sessions, AuditTrail(DataKeys(KeyRing.load(key_settings(tmp_path)))), 3)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE audit_log SET prev_seq = 0, digest = '\\x00' WHERE seq = "
+                                "(SELECT min(seq) FROM audit_log)"))  # what the chainer does: allowed once
+    for statement in ("UPDATE audit_log SET agent = 'x' WHERE digest IS NOT NULL",
+                      "UPDATE audit_log SET digest = '\\x01' WHERE digest IS NOT NULL",
+                      "UPDATE audit_log SET agent = 'x' WHERE digest IS NULL",
+                      "DELETE FROM audit_log"):
+        with pytest.raises(DBAPIError, match="append-only"), engine.begin() as connection:
+            connection.execute(text(statement))
+    engine.dispose()
+
+
+def test_networks_share_one_chain(sessions: sessionmaker[Session], trail: AuditTrail) -> None:
+    for network in ("net-a", f"net-{uuid.uuid4().hex[:6]}"):
+        write(sessions, trail, 3, network)
+    assert chain(sessions) == 6
+    assert verdict(sessions).intact
+
+
+def test_the_verify_command_reports_an_intact_chain_and_then_the_first_broken_link(tmp_path: Path) -> None:
+    from services.cli import migrate_all
+    from services.kit.settings import Settings
+    from services.share.context import ShareContext
+    from tests.test_cli import run
+
+    settings = Settings(data_dir=tmp_path / "data")
+    migrate_all(settings)
+    ctx = ShareContext.build(settings)
+    write(ctx.db.sessions, AuditTrail(ctx.store.keys), 5)
+    chain(ctx.db.sessions)
+    ctx.db.dispose()
+    intact = run(["audit", "verify"], tmp_path / "data")
+    assert intact.returncode == 0, intact.stdout + intact.stderr
+    assert "5 chained audit record(s) checked" in intact.stdout and "intact" in intact.stdout
+    tamper(ctx.db.engine, delete(AuditEntry).where(AuditEntry.seq == 2))
+    broken = run(["audit", "verify"], tmp_path / "data")
+    assert broken.returncode == 1 and "broken at record 3" in broken.stdout
