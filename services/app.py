@@ -7,6 +7,8 @@ not code.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,6 +25,7 @@ from services.kit.errors import RenkeiError
 from services.kit.logging import configure_logging
 from services.kit.settings import Settings
 from services.kit.tokens import InvalidToken, challenge_header
+from services.share.audit.chainer import chain_forever
 from services.share.context import ShareContext
 from services.share.fhir.batch import router as fhir_batch
 from services.share.fhir.endpoints import authenticated as fhir_authenticated
@@ -45,9 +48,16 @@ def create_app(
             with auth_ctx.db.transaction() as session:
                 auth_ctx.signer.ensure_key(session)
             app.state.auth = auth_ctx
+        chainer = None
         if share:
             app.state.share = ShareContext.build(settings, plaintext_baseline=plaintext_baseline)
+            if settings.audit_chain_interval_seconds > 0:
+                chainer = asyncio.create_task(chain_forever(app.state.share, settings.audit_chain_interval_seconds))
         yield
+        if chainer is not None:
+            chainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await chainer
         if share:
             await app.state.share.verifier.jwks.close()
             app.state.share.close()

@@ -7,13 +7,14 @@ append-only trigger switched off for the session, as only a superuser can).
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, Executable, delete, select, text, update
+from sqlalchemy import Engine, Executable, delete, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,7 +26,7 @@ from services.share.audit.trail import Access, AuditTrail
 from services.share.crypto.datakeys import DataKeys
 from services.share.crypto.envelope import TamperedCiphertext
 from services.share.crypto.keyring import KeyRing
-from tests.infra import PostgresDatabases
+from tests.infra import LiveServer, PostgresDatabases
 from tests.test_share_crypto import key_settings
 
 ROWS = 12
@@ -222,3 +223,19 @@ def test_the_verify_command_reports_an_intact_chain_and_then_the_first_broken_li
     tamper(ctx.db.engine, delete(AuditEntry).where(AuditEntry.seq == 2))
     broken = run(["audit", "verify"], tmp_path / "data")
     assert broken.returncode == 1 and "broken at record 3" in broken.stdout
+
+
+def test_the_service_chains_what_is_appended_in_the_background(server: LiveServer) -> None:
+    ctx = server.app.state.share
+    network = f"net-{uuid.uuid4().hex[:6]}"
+    write(ctx.db.sessions, AuditTrail(ctx.store.keys), 4, network)
+    deadline = time.monotonic() + 20  # the chainer runs every audit_chain_interval_seconds (2 s by default)
+    while True:
+        with ctx.db.sessions() as db:
+            unchained = db.scalar(select(func.count()).select_from(AuditEntry)
+                                  .where(AuditEntry.network_id == network, AuditEntry.digest.is_(None)))
+            found = verify(db)
+        if unchained == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert unchained == 0 and found.intact, found.problem

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     # transactions, 3 beat 2 in six alternating runs of 1M-resource mixed load, by 7% on average, and 4 lost).
     # Scale with processes instead (`renkei serve --workers N`).
     db_threads: int = Field(default=3, ge=1, le=64)
+    # How often the share service links newly appended audit records into the hash chain (0: never; then only
+    # another instance does). Rows wait unchained at most this long, plus 30 s behind a gap in their sequence.
+    audit_chain_interval_seconds: float = Field(default=2.0, ge=0)
 
     # Key material. The master key encrypts TOTP secrets and signing keys at rest in the auth database;
     # when unset it is read from (or generated into) ``<data_dir>/keys/auth-master.key`` with mode 0600.

@@ -50,9 +50,14 @@ def link(previous_digest: bytes, previous_seq: int, row: AuditEntry) -> bytes:
 
 def chain_pending(db: Session, *, now: datetime | None = None, settle_seconds: float = SETTLE_SECONDS,
                   batch: int = 2000) -> int:
-    """Link the committed rows after the head, in seq order; returns how many. The caller commits."""
-    if db.get_bind().dialect.name == "postgresql":
-        db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CHAIN_LOCK})
+    """Link the committed rows after the head, in seq order; returns how many. The caller commits.
+
+    On PostgreSQL one chainer works at a time, across every process: another finding the lock taken does nothing.
+    """
+    locked = db.get_bind().dialect.name != "postgresql" or db.scalar(
+        text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _CHAIN_LOCK})
+    if not locked:
+        return 0
     head = db.get(AuditChainHead, HEAD_ID)
     previous_seq, previous_digest = (head.last_seq, head.digest) if head else (0, GENESIS)
     settled = (now or datetime.now(UTC)) - timedelta(seconds=settle_seconds)
