@@ -27,7 +27,7 @@ from services.kit.db import READER, TransactionRequired, make_engine
 from services.kit.settings import Settings
 from services.share.crypto.blind import _MAX_CACHED_VOCABULARY, PREFIX_CAP, BlindIndex, normalise
 from services.share.crypto.datakeys import DataKeys, KeyDestroyed, UnknownDataKey
-from services.share.crypto.envelope import SealingKey, TamperedCiphertext, open_sealed, resource_aad, seal
+from services.share.crypto.envelope import TamperedCiphertext, open_sealed, resource_aad, seal, sealer
 from services.share.crypto.keyring import KekRotationRefused, KeyRing, UnknownKek
 from services.share.crypto.models import DataKey
 from services.share.models import ShareBase
@@ -80,15 +80,31 @@ def test_seal_round_trip(size: int) -> None:
     assert seal(KEY, body, aad) != blob  # a fresh nonce every time
 
 
-def test_a_sealing_key_keeps_its_cipher_and_interoperates_with_plain_bytes() -> None:
-    key, aad = SealingKey(KEY), resource_aad("Patient", "p1", 1)
-    assert key.aead is key.aead  # built once
-    assert open_sealed(KEY, seal(key, b"body", aad), aad) == b"body"
-    assert open_sealed(key, seal(KEY, b"body", aad), aad) == b"body"
+def test_a_sealer_interoperates_with_plain_bytes() -> None:
+    ready, aad = sealer(KEY), resource_aad("Patient", "p1", 1)
+    assert open_sealed(KEY, seal(ready, b"body", aad), aad) == b"body"
+    assert open_sealed(ready, seal(KEY, b"body", aad), aad) == b"body"
     with pytest.raises(TamperedCiphertext):
-        open_sealed(SealingKey(bytes(32)), seal(key, b"body", aad), aad)
+        open_sealed(sealer(bytes(32)), seal(ready, b"body", aad), aad)
     with pytest.raises(ValueError):
-        seal(SealingKey(bytes(16)), b"body", aad)
+        sealer(bytes(16))
+
+
+def test_sealers_are_kept_for_a_few_keys_and_forgotten_with_the_key(keyring: KeyRing,
+                                                                    sessions: sessionmaker[Session]) -> None:
+    keys, network = DataKeys(keyring, sealer_cache_size=2), net()
+    with sessions() as db:
+        found = {p: keys.key_for(db, network, p) for p in ("p1", "p2", "p3")}
+        db.commit()
+    first = keys.sealer(*found["p1"])
+    assert keys.sealer(*found["p1"]) is first  # kept
+    keys.sealer(*found["p2"]), keys.sealer(*found["p3"])
+    assert keys.sealer(*found["p1"]) is not first  # bounded: the oldest went
+    again = keys.sealer(*found["p1"])
+    with sessions() as db:
+        keys.destroy(db, network, "p1")
+        db.commit()
+    assert keys.sealer(*found["p1"]) is not again  # evicted with its key
 
 
 def test_resource_aad_names_type_id_and_version() -> None:

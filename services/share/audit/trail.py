@@ -47,7 +47,8 @@ class AuditTrail:
             raise ValueError(f"not an AuditEvent action/outcome: {access.action!r}/{access.outcome!r}")
         recorded = recorded or datetime.now(UTC)
         key_id, key = self.keys.key_for(db, access.network_id, None)
-        sealed = seal(key, orjson.dumps(event), event_aad(access.network_id, access.agent, recorded))
+        sealed = seal(self.keys.sealer(key_id, key), orjson.dumps(event),
+                      event_aad(access.network_id, access.agent, recorded))
         db.execute(insert(AuditEntry).values(
             network_id=access.network_id, recorded=recorded, agent=access.agent, patient_id=access.patient_id,
             action=access.action, outcome=access.outcome, data_key_id=key_id, event=sealed,

@@ -25,6 +25,7 @@ from collections.abc import Callable, Hashable
 from datetime import datetime
 from typing import Any, Generic, NamedTuple, TypeVar
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import event, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -32,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.kit.db import TransactionRequired, utcnow, without_transaction
-from services.share.crypto.envelope import KEY_BYTES, SealingKey, open_sealed, seal
+from services.share.crypto.envelope import KEY_BYTES, open_sealed, seal, sealer
 from services.share.crypto.keyring import KeyRing
 from services.share.crypto.models import NETWORK_KEY_PATIENT, DataKey
 from services.share.store.statements import statements
@@ -103,10 +104,23 @@ class _Cache(Generic[K, V]):
 
 
 class DataKeys:
-    def __init__(self, keyring: KeyRing, *, cache_size: int = 10_000, cache_ttl_seconds: float = 60.0) -> None:
+    def __init__(self, keyring: KeyRing, *, cache_size: int = 10_000, cache_ttl_seconds: float = 60.0,
+                 sealer_cache_size: int = 256) -> None:
         self.keyring = keyring
         self._keys: _Cache[str, bytes] = _Cache(cache_size, cache_ttl_seconds)
         self._owners: _Cache[tuple[str, str], str] = _Cache(cache_size, cache_ttl_seconds)
+        self._sealers: _Cache[str, AESGCM] = _Cache(sealer_cache_size, cache_ttl_seconds)
+
+    def sealer(self, key_id: str, raw: bytes) -> AESGCM | bytes:
+        """What seals under this key (envelope.sealer), kept for the keys written to most recently only: a
+        patient's team writes to them again and again, while at 2.5 kB each the cache of every key would weigh
+        25 MB per process."""
+        found = self._sealers.get(key_id)
+        if found is None:
+            epoch = self._sealers.epoch
+            found = sealer(raw)
+            self._sealers.put(key_id, found, epoch)
+        return found
 
     def key_for(self, db: Session, network_id: str, patient_id: str | None) -> tuple[str, bytes]:
         """The (id, key) that seals this patient's resources (``patient_id`` None: the network's own key).
@@ -254,7 +268,7 @@ class DataKeys:
         if row.destroyed_at is not None:
             raise KeyDestroyed(f"data key {row.id} was destroyed at {row.destroyed_at.isoformat()}")
         aad = _aad(row.id, row.network_id, row.patient_id)
-        return SealingKey(open_sealed(self.keyring.key(row.kek_version), row.wrapped, aad))
+        return open_sealed(self.keyring.key(row.kek_version), row.wrapped, aad)
 
     def _wrap(self, raw: bytes, key_id: str, owner: tuple[str, str], version: int) -> bytes:
         return seal(self.keyring.key(version), raw, _aad(key_id, *owner))
@@ -265,6 +279,7 @@ class DataKeys:
 
     def _evict(self, key_id: str, owner: tuple[str, str]) -> None:
         self._keys.evict(key_id)
+        self._sealers.evict(key_id)
         self._owners.evict(owner)
 
 

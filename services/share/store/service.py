@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import orjson
 import structlog
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Table, delete, select
 from sqlalchemy.orm import Session
 
@@ -53,9 +54,9 @@ class IntegrityFailure(RenkeiError):
 
 
 class Cipher(Protocol):
-    def seal(self, key: bytes, plaintext: bytes, aad: bytes) -> bytes: ...
+    def seal(self, key: bytes | AESGCM, plaintext: bytes, aad: bytes) -> bytes: ...
 
-    def open(self, key: bytes, blob: bytes, aad: bytes) -> bytes: ...
+    def open(self, key: bytes | AESGCM, blob: bytes, aad: bytes) -> bytes: ...
 
 
 class AeadCipher:
@@ -352,7 +353,8 @@ class ResourceStore:
                 "data_key_id": key_id,
                 "deleted": False,
                 "method": method,
-                "body": self.cipher.seal(key, plaintext, resource_aad(resource_type, resource_id, version)),
+                "body": self.cipher.seal(self.keys.sealer(key_id, key), plaintext,
+                                         resource_aad(resource_type, resource_id, version)),
                 "last_updated": now,
                 "author": caller.subject,
             },
