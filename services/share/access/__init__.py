@@ -1,0 +1,1 @@
+"""Access decisions: care teams, consent, role permissions, break-the-glass (the [access] issue)."""
