@@ -55,9 +55,16 @@ class Participant:
 
 @dataclass(frozen=True)
 class ConsentState:
+    """The patient's consent to sharing within the team, all their active Consents together."""
+
     active: bool
+    organizations: frozenset[str] | None = None  # None: every organisation of the team; else these only
     excluded_organizations: frozenset[str] = frozenset()
     withheld_labels: frozenset[str] = frozenset()
+
+    def covers(self, organization: str) -> bool:
+        return self.active and organization not in self.excluded_organizations and (
+            self.organizations is None or organization in self.organizations)
 
 
 NO_CONSENT = ConsentState(active=False)
@@ -121,8 +128,8 @@ def decide(matrix: Matrix, principal: Principal, facts: PatientFacts, request: R
     if request.sheet_kind is not None and request.sheet_kind not in sheets:
         return glass or deny(f"a {principal.profession} may not {_verb(request.action)} {request.sheet_kind} sheets")
     consent = facts.consent
-    if consent_required and (not consent.active or principal.organization in consent.excluded_organizations):
-        why = "no active consent" if not consent.active else "the consent excludes this organisation"
+    if consent_required and not consent.covers(principal.organization):
+        why = "no active consent" if not consent.active else "the consent does not cover this organisation"
         return Decision(True, f"{why}: only what this organisation wrote", Basis.OWN_ORGANIZATION,
                         permissions.labels)
     withheld = consent.withheld_labels if consent.active else frozenset()

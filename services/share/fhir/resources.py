@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from services.kit.db import TransactionRequired
 from services.kit.errors import BadRequest, NotFound, RenkeiError
 from services.kit.tokens import Principal
+from services.share.access.projection import PROJECTED
 from services.share.fhir import binary, bundles
 from services.share.fhir.negotiation import bounded_body, check_content_type, documented_headers, optional_headers
 from services.share.fhir.responses import FhirResponse, operation_outcome
@@ -236,8 +237,10 @@ async def create(resource_type: str, request: Request, ctx: Context, principal: 
 def _single_statement(ctx: Context, resource_type: str, if_none_exist: str | None, idempotency_key: str | None) -> bool:
     """Whether a create is likely one statement (statements.py: the version, head and index rows together), which
     then commits by itself: the BEGIN and COMMIT round trips were a fifth of a create's database time. Not when it
-    checks a condition or records an idempotency key first, nor for a Patient, whose data key is always new."""
-    return ctx.db.single_statement_writes and resource_type != "Patient" and not if_none_exist and not idempotency_key
+    checks a condition or records an idempotency key first, nor for a Patient, whose data key is always new, nor for
+    what access decisions read (a CareTeam, a Consent: their rows in services/share/access/models.py change too)."""
+    return (ctx.db.single_statement_writes and resource_type != "Patient" and resource_type not in PROJECTED
+            and not if_none_exist and not idempotency_key)
 
 
 def create_in(ctx: Context, db: Session, principal: Principal, resource_type: str, raw: bytes, body: dict[str, Any],

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from services.kit.db import utcnow
 from services.kit.errors import BadRequest, Conflict, NotFound, RenkeiError
+from services.share.access.projection import PROJECTED, project
 from services.share.crypto.datakeys import DataKeys, KeyDestroyed
 from services.share.crypto.envelope import TamperedCiphertext, open_sealed, resource_aad, seal
 from services.share.store.audit_records import store_audit_event
@@ -165,6 +166,8 @@ class ResourceStore:
                 SearchEntry.resource_type == resource_type, SearchEntry.resource_id == resource_id
             )
         )
+        if resource_type in PROJECTED:
+            project(db, caller.network_id, resource_type, resource_id, head.patient_id, None)
         return Stored(resource_type, resource_id, head.version, now, True, "DELETE", b"")
 
     # Reads --------------------------------------------------------------------------------------------
@@ -399,4 +402,6 @@ class ResourceStore:
             raise Conflict(f"Patient/{patient_id} changed while this was written; retry", code="write_conflict")
         if check is not None:
             known.add(check)
+        if resource_type in PROJECTED:  # what access decisions read changes with this version, in this transaction
+            project(db, caller.network_id, resource_type, resource_id, patient_id, body)
         return stored

@@ -1,0 +1,58 @@
+"""What access decisions read, kept beside the resources they come from (services/share/access/projection.py):
+each CareTeam's participants and each Consent's terms, as ids, codes and dates only — never patient data.
+
+The resources stay the record (encrypted, versioned); these rows are rewritten in the same transaction as every
+version of them, so a decision never waits for a decryption, and a revoked consent or an ended participation
+counts from the very next request.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from services.kit.db import UTCDateTime
+from services.share.base import ShareBase
+
+
+class TeamParticipant(ShareBase):
+    """One participant of one CareTeam (its position in ``CareTeam.participant``)."""
+
+    __tablename__ = "care_team_participants"
+    __table_args__ = (Index("ix_care_team_participants_patient", "network_id", "patient_id"),)
+
+    care_team_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    network_id: Mapped[str] = mapped_column(String(64))
+    patient_id: Mapped[str] = mapped_column(String(64))
+    team_status: Mapped[str] = mapped_column(String(20))  # the CareTeam's status: only "active" teams count
+    kind: Mapped[str] = mapped_column(String(20))  # practitioner | organization | practitioner-role
+    member_id: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(64))  # a care-team-role code, "" when none is given
+    start: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    end: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ConsentTerms(ShareBase):
+    """One Consent's terms for sharing within the care team."""
+
+    __tablename__ = "consent_terms"
+    __table_args__ = (Index("ix_consent_terms_patient", "network_id", "patient_id"),)
+
+    consent_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    network_id: Mapped[str] = mapped_column(String(64))
+    patient_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(20))  # Consent.status: only "active" counts
+    start: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    end: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # null: every organisation of the team (network-wide consent); else the organisations it names
+    organizations: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    excluded_organizations: Mapped[list[str]] = mapped_column(JSON)
+    withheld_labels: Mapped[list[str]] = mapped_column(JSON)
+
+    def terms(self) -> dict[str, Any]:
+        return {"organizations": self.organizations, "excluded": self.excluded_organizations,
+                "withheld": self.withheld_labels}
