@@ -26,7 +26,7 @@ from services.share.access.decision import (
     Request,
     decide,
 )
-from services.share.access.matrix import SHEET_KINDS, MatrixError, load_matrix
+from services.share.access.matrix import MatrixError, load_matrix
 from services.share.store.types import READ_ONLY, SUPPORTED
 
 SCHEMAS = REPO_ROOT / "schemas"
@@ -82,7 +82,8 @@ def test_every_profession_has_a_row_and_audit_events_are_never_written() -> None
     professions = {c["code"] for c in json.loads((SCHEMAS / "codesystems" / "profession.json").read_text())["concept"]}
     assert set(MATRIX.professions) == professions
     assert all("AuditEvent" not in permissions.write for permissions in MATRIX.professions.values())
-    assert MATRIX.of("physician").sheets_read == SHEET_KINDS
+    assert MATRIX.of("physician").sheets_read == MATRIX.sheet_kinds == {
+        "AdmissionInfo", "DischargeSheet", "EmergencySheet", "AcpRecord", "DailyCareNote"}
     assert MATRIX.of("care-worker").labels == {"general", "medication", "care"}
     assert MATRIX.of("astronaut").read == frozenset()  # unknown professions get nothing
 

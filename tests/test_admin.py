@@ -20,10 +20,12 @@ from sqlalchemy import update
 from services.auth.clients.models import SystemClient as SystemClientRow
 from services.auth.directory.models import Network as NetworkRow
 from services.auth.directory.models import Organization, User
+from services.auth.directory.schemas import DEFAULT_PURPOSE
 from tests.infra import PASSWORD, LiveServer, Network, make_network
 from tests.test_clients import ClientKey, SystemClient
 
-DEFAULT_SETTINGS = {"mfa_required": True, "consent_required": True, "team_join_approvals": ["invitee", "organization"]}
+DEFAULT_SETTINGS = {"mfa_required": True, "consent_required": True, "team_join_approvals": ["invitee", "organization"],
+                    "purpose": DEFAULT_PURPOSE, "responsible_party": None, "contact": None}
 
 # Helpers -------------------------------------------------------------------------------------------------
 

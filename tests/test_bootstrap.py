@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from services.auth.directory.models import Network, Organization, User
-from services.auth.directory.schemas import BootstrapFile
+from services.auth.directory.schemas import DEFAULT_PURPOSE, BootstrapFile
 from services.kit.errors import BadRequest, Conflict
 from tests.infra import PASSWORD, LiveServer, bootstrap
 
@@ -89,7 +89,8 @@ def test_settings_default_when_absent(server: LiveServer) -> None:
         net = db.get(Network, data["network"]["id"])
         assert net is not None
         assert net.settings == {"mfa_required": True, "consent_required": True,
-                                "team_join_approvals": ["invitee", "organization"]}
+                                "team_join_approvals": ["invitee", "organization"], "purpose": DEFAULT_PURPOSE,
+                                "responsible_party": None, "contact": None}
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,10 @@ FHIR_ID = r"^[A-Za-z0-9\-\.]{1,64}$"
 USERNAME = r"^[A-Za-z0-9_\-\.@]{1,150}$"
 
 Approval = Literal["invitee", "organization", "patient"]
+DEFAULT_PURPOSE = ("患者・利用者が住み慣れた地域で療養を続けられるよう、"
+                   "医療・介護の関係者が必要な情報を共有し連携するため "
+                   "(so that the medical and care professionals of a patient's team can share what they need to care "
+                   "for the patient at home)")
 
 
 class NetworkSettings(BaseModel):
@@ -21,6 +25,11 @@ class NetworkSettings(BaseModel):
     mfa_required: bool = Field(True, description="Clinical users must use a second factor (MHLW guideline 6th ed.).")
     consent_required: bool = True
     team_join_approvals: list[Approval] = Field(default_factory=lambda: list[Approval](["invitee", "organization"]))
+    # What joint use (共同利用) must publish beside the shared items and the partners (the public joint-use page).
+    purpose: str = Field(DEFAULT_PURPOSE, min_length=1, max_length=1000)
+    responsible_party: str | None = Field(None, min_length=1, max_length=300,
+                                          description="The party responsible for the shared data (name, address).")
+    contact: str | None = Field(None, min_length=1, max_length=300, description="Where patients ask or object.")
 
 
 class NetworkSettingsPatch(BaseModel):
@@ -29,6 +38,9 @@ class NetworkSettingsPatch(BaseModel):
     mfa_required: bool | None = None
     consent_required: bool | None = None
     team_join_approvals: list[Approval] | None = None
+    purpose: str | None = Field(None, min_length=1, max_length=1000)
+    responsible_party: str | None = Field(None, min_length=1, max_length=300)
+    contact: str | None = Field(None, min_length=1, max_length=300)
 
 
 class NetworkIn(BaseModel):

@@ -20,7 +20,7 @@ from services.share.store.types import READ_ONLY, SUPPORTED
 
 SENSITIVITY_LABEL = "urn:renkei:codesystem:sensitivity-label"
 CARE_TEAM_ROLE = "urn:renkei:codesystem:care-team-role"
-SHEET_KINDS = frozenset({"AdmissionInfo", "DischargeSheet", "EmergencySheet", "AcpRecord", "DailyCareNote"})
+SHEET_KIND = "urn:renkei:codesystem:sheet-kind"
 
 Names = list[Annotated[str, Field(min_length=1)]]
 
@@ -91,6 +91,7 @@ class Matrix:
     network_admins_manage: bool
     break_glass: BreakGlassRule
     labels: frozenset[str]
+    sheet_kinds: frozenset[str]
 
     def of(self, profession: str | None) -> Permissions:
         """A profession's permissions; one the matrix does not know gets none."""
@@ -116,6 +117,7 @@ def load_matrix(schemas_dir: Path) -> Matrix:
 def _expand(raw: _MatrixFile, schemas_dir: Path) -> Matrix:
     systems = load_code_systems(schemas_dir)
     labels = frozenset(systems[SENSITIVITY_LABEL].concepts)
+    sheet_kinds = frozenset(systems[SHEET_KIND].concepts)
     professions = frozenset(code_system(schemas_dir, PROFESSION).concepts)
     roles = frozenset(systems[CARE_TEAM_ROLE].concepts)
     kinds = frozenset(SUPPORTED)
@@ -143,8 +145,8 @@ def _expand(raw: _MatrixFile, schemas_dir: Path) -> Matrix:
         profession: Permissions(
             read=names(row.read, kinds, f"professions.{profession}.read"),
             write=names(row.write, kinds, f"professions.{profession}.write") & writable,
-            sheets_read=names(row.sheets_read, SHEET_KINDS, f"professions.{profession}.sheets_read"),
-            sheets_write=names(row.sheets_write, SHEET_KINDS, f"professions.{profession}.sheets_write"),
+            sheets_read=names(row.sheets_read, sheet_kinds, f"professions.{profession}.sheets_read"),
+            sheets_write=names(row.sheets_write, sheet_kinds, f"professions.{profession}.sheets_write"),
             labels=names(row.labels, labels, f"professions.{profession}.labels"),
         )
         for profession, row in raw.professions.items()
@@ -159,10 +161,11 @@ def _expand(raw: _MatrixFile, schemas_dir: Path) -> Matrix:
             professions=names(glass.professions, professions, "break_glass.professions"),
             hours=glass.hours,
             read=names(glass.read, kinds, "break_glass.read"),
-            sheets=names(glass.sheets, SHEET_KINDS, "break_glass.sheets"),
+            sheets=names(glass.sheets, sheet_kinds, "break_glass.sheets"),
             labels=names(glass.labels, labels, "break_glass.labels"),
         ),
         labels=labels,
+        sheet_kinds=sheet_kinds,
     )
 
 
