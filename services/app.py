@@ -25,6 +25,7 @@ from services.kit.errors import RenkeiError
 from services.kit.logging import configure_logging
 from services.kit.settings import Settings
 from services.kit.tokens import InvalidToken, challenge_header
+from services.share.access.break_glass import router as fhir_operations
 from services.share.audit.chainer import chain_forever
 from services.share.context import ShareContext
 from services.share.fhir.batch import router as fhir_batch
@@ -75,6 +76,7 @@ def create_app(
     # Routes are matched in order: the FHIR API, which takes nearly all requests, is tried first.
     if share:
         app.include_router(fhir_public)
+        app.include_router(fhir_operations)  # before /fhir/{type}/{id}, which would take Patient/{id}/$op
         app.include_router(fhir_resources)
         app.include_router(fhir_batch)
         app.include_router(fhir_authenticated)

@@ -210,8 +210,12 @@ def make_network(server: LiveServer, *, mfa_required: bool = False, clients: lis
                        "admin": admin}
         if has_totp:
             users[role]["totp_secret"] = pyotp.random_base32()
-    for extra in extra_users or []:
-        users[extra.pop("role")] = extra
+    for extra in extra_users or []:  # an "organization" may be one of the keys above (clinic, hospital …)
+        extra = dict(extra)
+        role = extra.pop("role")
+        users[role] = {"id": f"{role}-{tag}", "username": f"{role}-{tag}", "password": PASSWORD,
+                       "name": f"テスト {role}", "admin": False, **extra}
+        users[role]["organization"] = orgs.get(users[role]["organization"], users[role]["organization"])
     data = {
         "network": {"id": f"net-{tag}", "name": f"テスト連携ネットワーク {tag}",
                     "settings": {"mfa_required": mfa_required}},

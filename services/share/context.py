@@ -11,6 +11,8 @@ from typing import TypeVar
 
 from services.kit.db import Database
 from services.kit.settings import Settings
+from services.share.access.matrix import Matrix, load_matrix
+from services.share.audit.trail import AuditTrail
 from services.share.blobs.store import BlobStore, FilesystemBlobStore
 from services.share.crypto.blind import BlindIndex
 from services.share.crypto.datakeys import DataKeys
@@ -32,6 +34,8 @@ class ShareContext:
     store: ResourceStore
     search: SearchRunner
     blobs: BlobStore
+    matrix: Matrix
+    audit: AuditTrail
     _db_threads: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
     async def run(self, work: Callable[[], T]) -> T:
@@ -71,4 +75,6 @@ class ShareContext:
             store=store,
             search=SearchRunner(blind),
             blobs=FilesystemBlobStore(settings.resolved_blob_dir),
+            matrix=load_matrix(settings.schemas_dir),
+            audit=AuditTrail(store.keys),
         )

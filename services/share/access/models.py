@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Index, Integer, String
+from sqlalchemy import JSON, BigInteger, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.kit.db import UTCDateTime
@@ -56,3 +56,24 @@ class ConsentTerms(ShareBase):
     def terms(self) -> dict[str, Any]:
         return {"organizations": self.organizations, "excluded": self.excluded_organizations,
                 "withheld": self.withheld_labels}
+
+
+class BreakGlassGrant(ShareBase):
+    """An emergency user's time-limited access to one patient outside the team (POST Patient/{id}/$break-glass).
+    Its reason lives in the audit trail (``audit_seq``), sealed like every audit record."""
+
+    __tablename__ = "break_glass_grants"
+    __table_args__ = (
+        Index("ix_break_glass_grants_patient", "network_id", "patient_id", "subject"),
+        Index("ix_break_glass_grants_granted", "network_id", "granted_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    network_id: Mapped[str] = mapped_column(String(64))
+    patient_id: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(200))
+    organization: Mapped[str] = mapped_column(String(64))
+    profession: Mapped[str] = mapped_column(String(64))
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    audit_seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from services.share.access.decision import ConsentState, Participant, PatientFacts
 from services.share.access.matrix import CARE_TEAM_ROLE, SENSITIVITY_LABEL
-from services.share.access.models import ConsentTerms, TeamParticipant
+from services.share.access.models import BreakGlassGrant, ConsentTerms, TeamParticipant
 from services.share.store.params import date_range
 from services.share.store.types import reference_target
 
@@ -81,8 +81,10 @@ def consent_terms(network_id: str, consent_id: str, patient_id: str, body: dict[
     }
 
 
-def patient_facts(db: Session, network_id: str, patient_id: str, now: datetime) -> PatientFacts:
-    """The patient's team (participants of their active CareTeams) and their consent, as of ``now``."""
+def patient_facts(db: Session, network_id: str, patient_id: str, now: datetime,
+                  subject: str | None = None) -> PatientFacts:
+    """The patient's team (participants of their active CareTeams) and their consent, as of ``now``; with
+    ``subject``, that user's unexpired break-the-glass grant for the patient too."""
     team = tuple(
         Participant(row.kind, row.member_id, row.role, row.start, row.end, approved=True)
         for row in db.scalars(select(TeamParticipant).where(
@@ -92,7 +94,16 @@ def patient_facts(db: Session, network_id: str, patient_id: str, now: datetime) 
     terms = [row for row in db.scalars(select(ConsentTerms).where(
         ConsentTerms.network_id == network_id, ConsentTerms.patient_id == patient_id,
         ConsentTerms.status == "active")) if _current(row.start, row.end, now)]
-    return PatientFacts(network_id, patient_id, team, combined_consent(terms))
+    glass = break_glass_until(db, network_id, patient_id, subject, now) if subject else None
+    return PatientFacts(network_id, patient_id, team, combined_consent(terms), glass)
+
+
+def break_glass_until(db: Session, network_id: str, patient_id: str, subject: str, now: datetime) -> datetime | None:
+    """When this user's latest unexpired break-the-glass grant for this patient ends; None without one."""
+    ends = db.scalars(select(BreakGlassGrant.expires_at).where(
+        BreakGlassGrant.network_id == network_id, BreakGlassGrant.patient_id == patient_id,
+        BreakGlassGrant.subject == subject, BreakGlassGrant.expires_at > now))
+    return max(ends, default=None)
 
 
 def combined_consent(terms: list[ConsentTerms]) -> ConsentState:

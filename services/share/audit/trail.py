@@ -41,18 +41,19 @@ class AuditTrail:
     def __init__(self, keys: DataKeys) -> None:
         self.keys = keys
 
-    def record(self, db: Session, access: Access, event: dict[str, Any], *, recorded: datetime | None = None) -> None:
-        """Append one row in the caller's transaction (one INSERT; no lock, no read of other rows)."""
+    def record(self, db: Session, access: Access, event: dict[str, Any], *, recorded: datetime | None = None) -> int:
+        """Append one row in the caller's transaction (one INSERT; no lock, no read of other rows); its seq."""
         if access.action not in ACTIONS or access.outcome not in OUTCOMES:
             raise ValueError(f"not an AuditEvent action/outcome: {access.action!r}/{access.outcome!r}")
         recorded = recorded or datetime.now(UTC)
         key_id, key = self.keys.key_for(db, access.network_id, None)
         sealed = seal(self.keys.sealer(key_id, key), orjson.dumps(event),
                       event_aad(access.network_id, access.agent, recorded))
-        db.execute(insert(AuditEntry).values(
+        seq: int = db.execute(insert(AuditEntry).values(
             network_id=access.network_id, recorded=recorded, agent=access.agent, patient_id=access.patient_id,
             action=access.action, outcome=access.outcome, data_key_id=key_id, event=sealed,
-        ))
+        ).returning(AuditEntry.seq)).scalar_one()
+        return seq
 
     def event(self, db: Session, row: AuditEntry) -> dict[str, Any]:
         """The AuditEvent a row holds, decrypted (raises TamperedCiphertext if it was moved or altered)."""
