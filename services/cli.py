@@ -23,11 +23,13 @@ demo = typer.Typer(help="The demo network (fictitious data only).", no_args_is_h
 keys = typer.Typer(help="Encryption keys of the share service.", no_args_is_help=True)
 patient = typer.Typer(help="Patient-level operations.", no_args_is_help=True)
 audit = typer.Typer(help="The audit trail of the share service.", no_args_is_help=True)
+access = typer.Typer(help="Access rules: the permission matrix.", no_args_is_help=True)
 app.add_typer(admin, name="admin")
 app.add_typer(demo, name="demo")
 app.add_typer(keys, name="keys")
 app.add_typer(patient, name="patient")
 app.add_typer(audit, name="audit")
+app.add_typer(access, name="access")
 console = Console()
 
 DataDir = Annotated[
@@ -435,6 +437,27 @@ def audit_verify(data_dir: DataDir = None) -> None:
     if not verdict.intact:
         raise fail(f"the audit chain is broken at record {verdict.seq}: {verdict.problem}")
     console.print("[green]the audit chain is intact[/green]")
+
+
+@access.command("check-matrix")
+def check_matrix(
+    schemas_dir: Annotated[Path | None, typer.Argument(help="A schemas directory (default: the configured).")] = None,
+) -> None:
+    """Validate schemas/access/permissions.json against the code systems; print what each profession may do."""
+    from services.share.access.matrix import MatrixError, load_matrix
+
+    directory = schemas_dir or Settings().schemas_dir
+    try:
+        matrix = load_matrix(directory)
+    except (MatrixError, OSError, KeyError) as error:
+        raise fail(f"the permission matrix in {directory} is not usable: {error}") from None
+    table = Table("profession", "reads", "writes", "sheets read", "sheets written", "labels")
+    for profession, row in sorted(matrix.professions.items()):
+        table.add_row(profession, str(len(row.read)), str(len(row.write)), ", ".join(sorted(row.sheets_read)),
+                      ", ".join(sorted(row.sheets_write)), ", ".join(sorted(row.labels)))
+    console.print(table)
+    console.print(f"[green]permission matrix {matrix.version} is valid[/green]; break-the-glass: "
+                  f"{', '.join(sorted(matrix.break_glass.professions))} for {matrix.break_glass.hours:g} h")
 
 
 def main() -> None:

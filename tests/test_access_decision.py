@@ -216,3 +216,17 @@ def test_system_clients_only_for_patients_of_their_organisation() -> None:
     outside = decide(MATRIX, client("system/*.cruds", organization="org-x"), facts(member("organization", ORG)),
                      Request("Patient", Action.READ), now=NOW)
     assert not outside.allowed and outside.hidden
+
+
+def test_the_check_command_accepts_the_matrix_and_names_a_broken_entry(tmp_path: Path) -> None:
+    from tests.test_cli import run
+
+    good = run(["access", "check-matrix"], tmp_path / "data")
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "is valid" in good.stdout and "care-worker" in good.stdout
+
+    def unknown_label(data: dict[str, Any]) -> None:
+        data["professions"]["clerk"]["labels"].append("gossip")
+
+    bad = run(["access", "check-matrix", str(edited_schemas(tmp_path, unknown_label))], tmp_path / "data")
+    assert bad.returncode == 1 and "professions.clerk.labels" in bad.stdout and "gossip" in bad.stdout
