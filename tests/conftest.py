@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -37,6 +38,15 @@ def pg_databases() -> Iterator[PostgresDatabases]:
     databases = PostgresDatabases()
     yield databases
     databases.drop_all()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database for one test: an SQLite file, then a PostgreSQL database of its own."""
+    if request.param == "postgresql":
+        databases: PostgresDatabases = request.getfixturevalue("pg_databases")
+        return databases.create("fresh")
+    return f"sqlite:///{tmp_path / 'test.db'}"
 
 
 def _migrated(url: str, service: str) -> str:

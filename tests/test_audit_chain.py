@@ -32,14 +32,9 @@ from tests.test_share_crypto import key_settings
 ROWS = 12
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "postgresql":
-        databases: PostgresDatabases = request.getfixturevalue("pg_databases")
-        url = databases.create("audit")
-    else:
-        url = f"sqlite:///{tmp_path / 'share.db'}"
-    engine = make_engine(url)
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
     upgrade("share", engine)  # the migrations, so PostgreSQL's append-only trigger is there too
     yield engine
     engine.dispose()

@@ -4,7 +4,6 @@ without a transaction around them while transactions stay transactions."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
@@ -48,13 +47,9 @@ def test_without_the_idle_ping_the_dead_connection_reaches_the_request(dead_conn
         connection.execute(text("SELECT 1"))
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'reading.db'}"
-    else:
-        url = request.getfixturevalue("pg_databases").create("reading")
-    found = Database(url)
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    found = Database(database_url)
     with found.transaction() as session:
         session.execute(text("CREATE TABLE notes (body TEXT)"))
     yield found

@@ -31,7 +31,6 @@ from services.share.crypto.envelope import TamperedCiphertext, open_sealed, reso
 from services.share.crypto.keyring import KekRotationRefused, KeyRing, UnknownKek
 from services.share.crypto.models import DataKey
 from services.share.models import ShareBase
-from tests.infra import PostgresDatabases
 
 KEY = bytes(range(32))
 
@@ -46,14 +45,9 @@ def keyring(tmp_path: Path) -> KeyRing:
     return KeyRing.load(key_settings(tmp_path))
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "postgresql":
-        databases: PostgresDatabases = request.getfixturevalue("pg_databases")
-        url = databases.create("crypto")
-    else:
-        url = f"sqlite:///{tmp_path / 'share.db'}"
-    engine = make_engine(url)
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
     ShareBase.metadata.create_all(engine)
     yield engine
     engine.dispose()
