@@ -61,6 +61,7 @@ def create_app(
                 await chainer
         if share:
             await app.state.share.verifier.jwks.close()
+            await app.state.share.policies.close()
             app.state.share.close()
         if auth:
             app.state.auth.db.dispose()

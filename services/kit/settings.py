@@ -62,6 +62,8 @@ class Settings(BaseSettings):
 
     # The share service's view of the identity service. Unset means "this deployment's own auth service".
     share_jwks_url: str | None = None
+    share_auth_url: str | None = None  # where it reads each network's sharing policy (default: beside the JWKS)
+    network_policy_ttl_seconds: float = Field(default=30.0, ge=0)
     share_token_issuer: str | None = None
     share_token_audience: str | None = None
     jwks_min_refresh_seconds: float = 10.0
@@ -117,6 +119,11 @@ class Settings(BaseSettings):
     @property
     def jwks_url(self) -> str:
         return self.share_jwks_url or f"{self.public_url}/auth/jwks.json"
+
+    @property
+    def auth_url(self) -> str:
+        """The identity service's base (``…/auth``) as the share service reaches it."""
+        return self.share_auth_url or self.jwks_url.rsplit("/", 1)[0]
 
     @property
     def expected_issuer(self) -> str:

@@ -12,6 +12,7 @@ from typing import TypeVar
 from services.kit.db import Database
 from services.kit.settings import Settings
 from services.share.access.matrix import Matrix, load_matrix
+from services.share.access.policy import NetworkPolicies
 from services.share.audit.trail import AuditTrail
 from services.share.blobs.store import BlobStore, FilesystemBlobStore
 from services.share.crypto.blind import BlindIndex
@@ -36,6 +37,7 @@ class ShareContext:
     blobs: BlobStore
     matrix: Matrix
     audit: AuditTrail
+    policies: NetworkPolicies
     _db_threads: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
     async def run(self, work: Callable[[], T]) -> T:
@@ -77,4 +79,5 @@ class ShareContext:
             blobs=FilesystemBlobStore(settings.resolved_blob_dir),
             matrix=load_matrix(settings.schemas_dir),
             audit=AuditTrail(store.keys),
+            policies=NetworkPolicies(settings.auth_url, ttl_seconds=settings.network_policy_ttl_seconds),
         )

@@ -1,4 +1,4 @@
-"""The public joint-use (共同利用) notice of a network, generated from live data.
+"""What a network publishes: its joint-use (共同利用) notice, generated from live data, and its access policy.
 
 Sharing special-care personal information among a patient's team as joint use requires publishing, in advance,
 the items shared, who shares them, for what purpose, and who is responsible (個人情報保護法 第27条第5項第3号).
@@ -7,6 +7,10 @@ organisations as they are now, and the purpose, responsible party and contact fr
 
 ``GET /auth/networks/{id}/joint-use`` answers HTML to a browser and JSON to ``Accept: application/json``; it needs
 no login, and names organisations only — never a person.
+
+``GET /auth/networks/{id}/policy`` is the part of the network's settings that says how sharing works (consent
+required, the approvals a new team participant needs): the share service reads it over HTTP
+(services/share/access/policy.py), and anyone may, as it is what the notice promises.
 """
 
 from __future__ import annotations
@@ -36,6 +40,13 @@ def joint_use_notice(network_id: str, request: Request, ctx: Context, db: DbSess
     if "application/json" in request.headers.get("accept", ""):
         return JSONResponse(notice)
     return HTMLResponse(render(notice))
+
+
+@router.get("/{network_id}/policy", summary="The network's sharing policy: consent, joining a care team")
+def network_policy(network_id: str, ctx: Context, db: DbSession) -> dict[str, Any]:
+    settings = Directory(ctx).settings_of(db, network_id)
+    return {"network": network_id, "consent_required": settings.consent_required,
+            "team_join_approvals": settings.team_join_approvals}
 
 
 def joint_use(ctx: Any, db: Any, network_id: str) -> dict[str, Any]:
