@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import event
 
 from tests.fhir_helpers import FHIR_JSON, create, created_id, patient, response
-from tests.infra import LiveServer, make_network
+from tests.infra import LiveServer, Network, make_network
 
 
 def test_create_then_read(server: LiveServer, http: httpx.Client, auth: dict[str, str]) -> None:
@@ -231,3 +231,19 @@ def test_creates_skip_the_transaction_only_where_one_statement_writes_them(
         event.remove(db.engine, "begin", begun)
     assert in_patient == 1 and in_keyed == 1
     assert in_sheet == (0 if db.single_statement_writes else 1)
+
+
+def test_only_network_administrators_read_the_audit_trail(server: LiveServer, network: Network) -> None:
+    http, physician, admin = server.client(), network.bearer("physician"), network.bearer("admin")
+    for path in ("/fhir/AuditEvent", "/fhir/AuditEvent/_history", "/fhir/AuditEvent/x", "/fhir/AuditEvent/x/_history",
+                 "/fhir/AuditEvent/x/_history/1"):
+        refused = http.get(path, headers=physician)
+        assert refused.status_code == 403 and refused.json()["resourceType"] == "OperationOutcome", path
+    searched = http.post("/fhir/AuditEvent/_search", headers={**physician,
+                         "Content-Type": "application/x-www-form-urlencoded"}, content=b"")
+    assert searched.status_code == 403
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET", "url": "AuditEvent"}}]}
+    answered = http.post("/fhir", json=batch, headers={**physician, **FHIR_JSON}).json()
+    assert answered["entry"][0]["response"]["status"].startswith("403")
+    assert http.get("/fhir/AuditEvent", headers=admin).status_code == 200
+    assert http.get("/fhir/AuditEvent/x", headers=admin).status_code == 404

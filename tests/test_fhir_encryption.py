@@ -115,7 +115,8 @@ def test_a_ciphertext_moved_to_another_row_is_refused(server: LiveServer, networ
     assert answer.json()["issue"][0]["details"]["coding"][0]["code"] == "integrity_failure"
     assert SECRETS["family"] not in answer.text
     # The refusal is audited.
-    events = http.get("/fhir/AuditEvent", headers=auth).json().get("entry", [])
+    assert http.get("/fhir/AuditEvent", headers=auth).status_code == 403  # the audit trail is for administrators
+    events = http.get("/fhir/AuditEvent", headers=network.bearer("admin")).json().get("entry", [])
     refused = [e["resource"] for e in events if e["resource"]["subtype"][0]["code"] == "integrity-failure"]
     assert [r["entity"][0]["what"]["reference"] for r in refused] == [f"Patient/{other}/_history/1"]
     assert refused[0]["outcome"] == "8"
@@ -155,7 +156,7 @@ def test_patient_erase_crypto_shreds(server: LiveServer, network: Network) -> No
     assert http.get("/fhir/Patient", params={"identifier": SECRETS["identifier"]}, headers=auth).json().get(
         "entry", []) == []
     assert http.get(f"/fhir/Patient/{keep}", headers=auth).status_code == 200
-    audit = http.get("/fhir/AuditEvent", headers=auth).json()
+    audit = http.get("/fhir/AuditEvent", headers=network.bearer("admin")).json()
     assert any(e["resource"]["entity"][0]["what"]["reference"] == f"Patient/{pid}" for e in audit["entry"])
     assert _cli(server, "patient", "erase", "no-such-patient", "--yes").returncode == 1
     # Nothing more can be written for an erased patient.

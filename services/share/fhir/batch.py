@@ -271,7 +271,7 @@ def _run(ctx: Context, db: Session, principal: Principal, entry: Entry, prefer: 
         return Result(resource_response(ctx, item, 200, prefer), item)
     if entry.method == "DELETE":
         return Result(delete_response(ctx, db, principal, entry.resource_type, entry.resource_id or ""))
-    resource_type = resource_type_of(entry.resource_type)
+    resource_type = resource_type_of(entry.resource_type, reader=principal)
     if entry.query is not None:
         return Result(run_search(ctx, db, principal, resource_type, S.parse(resource_type, entry.query)))
     resource_id = checked_id(entry.resource_id or "")

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from sqlalchemy.orm import Session
 
 from services.kit.db import TransactionRequired
-from services.kit.errors import BadRequest, NotFound, RenkeiError
+from services.kit.errors import BadRequest, Forbidden, NotFound, RenkeiError
 from services.kit.tokens import Principal
 from services.share.access.projection import PROJECTED
 from services.share.fhir import binary, bundles
@@ -23,7 +23,7 @@ from services.share.security.deps import Context, CurrentPrincipal
 from services.share.store import search as S
 from services.share.store.models import IdempotencyRecord
 from services.share.store.service import Caller, Stored
-from services.share.store.types import READ_ONLY, SUPPORTED
+from services.share.store.types import ADMINISTRATORS_ONLY, READ_ONLY, SUPPORTED
 from services.share.store.validation import MAX_BODY_BYTES, parse_resource
 
 router = APIRouter(prefix="/fhir", tags=["fhir"], dependencies=[Depends(binary.negotiate)])
@@ -45,12 +45,16 @@ def caller_of(principal: Principal) -> Caller:
     return Caller(network_id=principal.network, subject=f"{principal.kind}:{principal.subject}")
 
 
-def resource_type_of(resource_type: str, write: bool = False) -> str:
+def resource_type_of(resource_type: str, write: bool = False, reader: Principal | None = None) -> str:
+    """``resource_type`` if this server supports it (for writing: if clients may write it); with ``reader``, if that
+    caller may read it at all — the audit trail is for network administrators only."""
     if resource_type not in SUPPORTED:
         raise NotFound(f"{resource_type} is not supported by this server; see /fhir/metadata",
                        code="unsupported_resource")
     if write and resource_type in READ_ONLY:
         raise MethodNotAllowed(f"{resource_type} is written by the server only")
+    if reader is not None and resource_type in ADMINISTRATORS_ONLY and not reader.is_admin:
+        raise Forbidden(f"{resource_type} is for network administrators only")
     return resource_type
 
 
@@ -134,13 +138,13 @@ async def _on_db_thread(ctx: Context, session: Callable[[], AbstractContextManag
 @router.get("/{resource_type}")
 async def search_get(resource_type: str, request: Request, ctx: Context, principal: CurrentPrincipal) -> Response:
     items = list(request.query_params.multi_items())
-    resource_type_of(resource_type)
+    resource_type_of(resource_type, reader=principal)
     return await searching(ctx, principal, resource_type, S.parse(resource_type, items))
 
 
 @router.post("/{resource_type}/_search")
 async def search_post(resource_type: str, request: Request, ctx: Context, principal: CurrentPrincipal) -> Response:
-    resource_type_of(resource_type)
+    resource_type_of(resource_type, reader=principal)
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
     if content_type != "application/x-www-form-urlencoded":
         raise BadRequest("POST _search takes application/x-www-form-urlencoded parameters", code="invalid_search")
@@ -173,14 +177,14 @@ def history_response(ctx: Context, db: Session, principal: Principal, resource_t
 
 @router.get("/{resource_type}/_history")
 async def type_history(resource_type: str, request: Request, ctx: Context, principal: CurrentPrincipal) -> Response:
-    resource_type_of(resource_type)
+    resource_type_of(resource_type, reader=principal)
     return await in_transaction(ctx, lambda db: history_response(ctx, db, principal, resource_type, None, request))
 
 
 @router.get("/{resource_type}/{resource_id}/_history")
 async def instance_history(resource_type: str, resource_id: str, request: Request, ctx: Context,
                            principal: CurrentPrincipal) -> Response:
-    resource_type_of(resource_type)
+    resource_type_of(resource_type, reader=principal)
     checked_id(resource_id)
     return await in_transaction(
         ctx, lambda db: history_response(ctx, db, principal, resource_type, resource_id, request))
@@ -195,7 +199,7 @@ async def read(resource_type: str, resource_id: str, request: Request, ctx: Cont
     checked_id(resource_id)
     if resource_type == "Binary":  # the content itself, or the resource with it (binary.py)
         return await in_transaction(ctx, lambda db: binary.read(request, ctx, db, principal, resource_id))
-    resource_type_of(resource_type)
+    resource_type_of(resource_type, reader=principal)
     caller = caller_of(principal)
     return await reading(ctx, lambda db: resource_response(ctx, ctx.store.read(db, caller, resource_type, resource_id)))
 
@@ -208,7 +212,7 @@ async def vread(resource_type: str, resource_id: str, version: str, request: Req
     checked_id(resource_id)
     if resource_type == "Binary":
         return await in_transaction(ctx, lambda db: binary.read(request, ctx, db, principal, resource_id, int(version)))
-    resource_type_of(resource_type)
+    resource_type_of(resource_type, reader=principal)
     caller = caller_of(principal)
     return await reading(
         ctx, lambda db: resource_response(ctx, ctx.store.vread(db, caller, resource_type, resource_id, int(version))))

@@ -30,6 +30,8 @@ SUPPORTED = (
 )
 # AuditEvents are written by the server itself (the [access] issue), never through the API.
 READ_ONLY = frozenset({"AuditEvent"})
+# Types only network administrators read (the audit trail: who looked at whom).
+ADMINISTRATORS_ONLY = frozenset({"AuditEvent"})
 
 # The element that puts a resource in a patient's compartment (and so under that patient's data key).
 COMPARTMENT_ELEMENT = {
