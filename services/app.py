@@ -27,6 +27,7 @@ from services.kit.settings import Settings
 from services.kit.tokens import InvalidToken, challenge_header
 from services.share.access.break_glass import router as fhir_operations
 from services.share.audit.chainer import chain_forever
+from services.share.audit.report import router as fhir_access_report
 from services.share.context import ShareContext
 from services.share.fhir.batch import router as fhir_batch
 from services.share.fhir.endpoints import authenticated as fhir_authenticated
@@ -78,6 +79,7 @@ def create_app(
     if share:
         app.include_router(fhir_public)
         app.include_router(fhir_operations)  # before /fhir/{type}/{id}, which would take Patient/{id}/$op
+        app.include_router(fhir_access_report)
         app.include_router(fhir_resources)
         app.include_router(fhir_batch)
         app.include_router(fhir_authenticated)
