@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.auth.app import auth_router
@@ -126,6 +126,15 @@ def install_error_handlers(app: FastAPI) -> None:
         if _is_fhir(request):
             return outcome_response(409, message, code="write_conflict")
         return JSONResponse({"error": "conflict", "error_description": message}, status_code=409)
+
+    @app.exception_handler(DataError)
+    async def unstorable_value(request: Request, error: DataError) -> Response:
+        # The database refused a value the request carried (PostgreSQL stores no NUL character in text); the
+        # transaction was rolled back whole. Input validation should have said so first: this is the safety net.
+        message = "a value in this request cannot be stored or searched for (a NUL character?); nothing was written"
+        if _is_fhir(request):
+            return outcome_response(400, message, code="invalid_value")
+        return JSONResponse({"error": "invalid_request", "error_description": message}, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
