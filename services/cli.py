@@ -422,18 +422,29 @@ def erase(
 
 
 @audit.command("verify")
-def audit_verify(data_dir: DataDir = None) -> None:
+def audit_verify(
+    data_dir: DataDir = None,
+    anchor: Annotated[list[str] | None, typer.Option(
+        "--anchor", help="SEQ:DIGEST printed by an earlier verification and kept elsewhere (repeatable).")] = None,
+) -> None:
     """Walk the audit log's hash chain; report the first broken link (exit 1) or that it is intact."""
     from services.share.audit.chain import verify
 
+    anchors: dict[int, str] = {}
+    for given in anchor or []:
+        seq, _, digest = given.partition(":")
+        if not seq.isdigit() or len(digest) != 64:
+            raise fail(f"--anchor takes SEQ:DIGEST as verification prints it, not {given!r}")
+        anchors[int(seq)] = digest
     ctx = _share_context(load_settings(data_dir))
     try:
         with ctx.db.transaction() as db:
-            verdict = verify(db)
+            verdict = verify(db, anchors=anchors)
     finally:
         ctx.db.dispose()
     console.print(f"{verdict.checked} chained audit record(s) checked; {verdict.pending} not chained yet")
     console.print(f"chain head: record {verdict.head_seq}, digest {verdict.head_digest}")
+    console.print(f"anchor to keep: {verdict.head_seq}:{verdict.head_digest}")
     if not verdict.intact:
         raise fail(f"the audit chain is broken at record {verdict.seq}: {verdict.problem}")
     console.print("[green]the audit chain is intact[/green]")

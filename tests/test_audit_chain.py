@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.kit.db import make_engine
 from services.kit.migrate import upgrade
 from services.share.audit.chain import Verdict, chain_pending, verify
-from services.share.audit.models import AuditEntry
+from services.share.audit.models import AuditChainHead, AuditEntry
 from services.share.audit.trail import Access, AuditTrail
 from services.share.crypto.datakeys import DataKeys
 from services.share.crypto.envelope import TamperedCiphertext
@@ -215,6 +215,9 @@ def test_the_verify_command_reports_an_intact_chain_and_then_the_first_broken_li
     intact = run(["audit", "verify"], tmp_path / "data")
     assert intact.returncode == 0, intact.stdout + intact.stderr
     assert "5 chained audit record(s) checked" in intact.stdout and "intact" in intact.stdout
+    anchor = next(line.split()[-1] for line in intact.stdout.splitlines() if line.startswith("anchor to keep"))
+    assert run(["audit", "verify", "--anchor", anchor], tmp_path / "data").returncode == 0
+    assert run(["audit", "verify", "--anchor", "5:nonsense"], tmp_path / "data").returncode == 1
     tamper(ctx.db.engine, delete(AuditEntry).where(AuditEntry.seq == 2))
     broken = run(["audit", "verify"], tmp_path / "data")
     assert broken.returncode == 1 and "broken at record 3" in broken.stdout
@@ -234,3 +237,21 @@ def test_the_service_chains_what_is_appended_in_the_background(server: LiveServe
             break
         time.sleep(0.2)
     assert unchained == 0 and found.intact, found.problem
+
+
+def test_a_log_rewritten_whole_no_longer_matches_its_anchors(engine: Engine, sessions: sessionmaker[Session],
+                                                             chained: list[int]) -> None:
+    kept = verdict(sessions)
+    anchors = {kept.head_seq: kept.head_digest}
+    with sessions() as db:
+        assert verify(db, anchors=anchors).intact
+    # Someone with the database to themselves alters a row and recomputes every digest and the head.
+    tamper(engine, update(AuditEntry).where(AuditEntry.seq == chained[2]).values(agent="someone-else"),
+           update(AuditEntry).values(digest=None, prev_seq=None), delete(AuditChainHead))
+    assert chain(sessions) == ROWS
+    assert verdict(sessions).intact  # self-consistent again …
+    with sessions() as db:
+        found = verify(db, anchors=anchors)
+    assert not found.intact and found.seq == kept.head_seq and "rewritten" in (found.problem or "")
+    with sessions() as db:
+        assert "no longer in the chain" in (verify(db, anchors={10_000: "00" * 32}).problem or "")

@@ -96,8 +96,11 @@ class Verdict:
         return self.problem is None
 
 
-def verify(db: Session, *, batch: int = 1000) -> Verdict:
-    """Walk the chained rows in seq order, recomputing each digest from the first row on."""
+def verify(db: Session, *, batch: int = 1000, anchors: dict[int, str] | None = None) -> Verdict:
+    """Walk the chained rows in seq order, recomputing each digest from the first row on. ``anchors``: digests
+    (hex) kept elsewhere from earlier verifications, by the seq they ended at — a log rewritten whole, every
+    digest recomputed, no longer matches them."""
+    anchors = dict(anchors or {})
     head = db.get(AuditChainHead, HEAD_ID)
     head_seq, head_digest = (head.last_seq, head.digest) if head else (0, GENESIS)
     expected_seq, expected_digest, checked = 0, GENESIS, 0
@@ -117,6 +120,13 @@ def verify(db: Session, *, batch: int = 1000) -> Verdict:
             return verdict(f"row {row.seq} does not match its digest: it was altered (or rows before it were)",
                            row.seq)
         expected_seq, expected_digest, checked = row.seq, digest, checked + 1
+        anchored = anchors.pop(row.seq, None)
+        if anchored is not None and anchored.lower() != digest.hex():
+            return verdict(f"the chain up to row {row.seq} differs from the digest kept for it: the log was "
+                           "rewritten", row.seq)
+    if anchors:
+        missing = min(anchors)
+        return verdict(f"row {missing}, for which a digest was kept, is no longer in the chain", missing)
     if (expected_seq, expected_digest) != (head_seq, head_digest):
         return verdict(f"the chain ends at row {expected_seq} but its head records row {head_seq}: rows were "
                        "removed from its end, or the head was altered", expected_seq)
