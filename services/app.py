@@ -114,27 +114,20 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> Response:
         problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in error.errors()]
-        message = "; ".join(problems) or "invalid request"
-        if _is_fhir(request):
-            return outcome_response(400, message, code="invalid_request")
-        return JSONResponse({"error": "invalid_request", "error_description": message}, status_code=400)
+        return _refusal(request, 400, "; ".join(problems) or "invalid request", "invalid_request")
 
     @app.exception_handler(IntegrityError)
     async def write_conflict(request: Request, error: IntegrityError) -> Response:
         # Two writers raced for the same version or key; the loser's transaction was rolled back whole.
         message = "a concurrent change conflicted with this request; nothing was written — retry it"
-        if _is_fhir(request):
-            return outcome_response(409, message, code="write_conflict")
-        return JSONResponse({"error": "conflict", "error_description": message}, status_code=409)
+        return _refusal(request, 409, message, "write_conflict", oauth_error="conflict")
 
     @app.exception_handler(DataError)
     async def unstorable_value(request: Request, error: DataError) -> Response:
         # The database refused a value the request carried (PostgreSQL stores no NUL character in text); the
         # transaction was rolled back whole. Input validation should have said so first: this is the safety net.
         message = "a value in this request cannot be stored or searched for (a NUL character?); nothing was written"
-        if _is_fhir(request):
-            return outcome_response(400, message, code="invalid_value")
-        return JSONResponse({"error": "invalid_request", "error_description": message}, status_code=400)
+        return _refusal(request, 400, message, "invalid_value", oauth_error="invalid_request")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
@@ -145,6 +138,13 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=error.status_code,
             headers=error.headers,
         )
+
+
+def _refusal(request: Request, status: int, message: str, code: str, *, oauth_error: str | None = None) -> Response:
+    """An OperationOutcome under /fhir, OAuth-style JSON (``oauth_error``, else ``code``) elsewhere."""
+    if _is_fhir(request):
+        return outcome_response(status, message, code=code)
+    return JSONResponse({"error": oauth_error or code, "error_description": message}, status_code=status)
 
 
 def app_from_environment() -> FastAPI:
