@@ -247,3 +247,15 @@ def test_only_network_administrators_read_the_audit_trail(server: LiveServer, ne
     assert answered["entry"][0]["response"]["status"].startswith("403")
     assert http.get("/fhir/AuditEvent", headers=admin).status_code == 200
     assert http.get("/fhir/AuditEvent/x", headers=admin).status_code == 404
+
+
+def test_the_capability_statement_names_the_operations_and_where_each_network_publishes_its_policy(
+    server: LiveServer, http: httpx.Client
+) -> None:
+    statement = http.get("/fhir/metadata").json()
+    rest = statement["rest"][0]
+    patient_ops = next(r for r in rest["resource"] if r["type"] == "Patient")["operation"]
+    assert {op["name"] for op in patient_ops} == {"break-glass", "access-report"}
+    assert all("operation" not in r for r in rest["resource"] if r["type"] != "Patient")
+    assert f"{server.base_url}/auth/networks/{{network}}/policy" in rest["documentation"]
+    assert "consent_required" in rest["documentation"]

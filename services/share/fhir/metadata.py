@@ -35,7 +35,11 @@ def capability_statement(settings: Settings, published: str) -> dict[str, Any]:
             {
                 "mode": "server",
                 "documentation": "Access tokens from the Renkei identity service (ES256 JWTs; see the SMART "
-                "configuration). Every interaction except this statement requires a token.",
+                "configuration). Every interaction except this statement requires a token. Sharing follows each "
+                "network's published policy — whether the patient's consent is required (consent_required, on by "
+                f"default; a network may turn it off) and which approvals a new care-team participant needs — at "
+                f"{settings.auth_url}/networks/{{network}}/policy, and its joint-use notice at "
+                f"{settings.auth_url}/networks/{{network}}/joint-use. AuditEvents are for network administrators.",
                 "security": {
                     "cors": False,
                     "service": [
@@ -92,7 +96,20 @@ def _resource_capability(resource_type: str) -> dict[str, Any]:
         "searchInclude": [f"{resource_type}:{name}" for name in references],
         "searchRevInclude": reverse,
         "searchParam": search,
+        **({"operation": _OPERATIONS[resource_type]} if resource_type in _OPERATIONS else {}),
     }
+
+
+# Instance operations beyond FHIR's own (services/share/access/break_glass.py, services/share/audit/report.py).
+_OPERATIONS = {
+    "Patient": [
+        {"name": "break-glass", "definition": "urn:renkei:operation:break-glass",
+         "documentation": "Emergency access outside the care team: a Parameters resource with a 'reason'; for the "
+                          "professions the permission matrix names, for a limited time, audited."},
+        {"name": "access-report", "definition": "urn:renkei:operation:access-report",
+         "documentation": "Who accessed this patient's data, and when (network administrators)."},
+    ],
+}
 
 
 def smart_configuration(settings: Settings) -> dict[str, Any]:
