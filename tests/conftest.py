@@ -78,6 +78,12 @@ def network(server: LiveServer) -> Network:
 
 
 @pytest.fixture
+def emergency(server: LiveServer) -> Network:
+    """A network whose members include an ambulance crew member (profession ems)."""
+    return make_network(server, extra_users=[{"role": "crew", "organization": "hospital", "profession": "ems"}])
+
+
+@pytest.fixture
 def http(server: LiveServer) -> httpx.Client:
     """An HTTP client of the live server (posing as its own client address)."""
     return server.client()

@@ -7,12 +7,7 @@ import httpx
 import pytest
 
 from tests.fhir_helpers import FHIR_JSON, create, created_id, patient
-from tests.infra import LiveServer, Network, make_network
-
-
-@pytest.fixture
-def emergency(server: LiveServer) -> Network:
-    return make_network(server, extra_users=[{"role": "crew", "organization": "hospital", "profession": "ems"}])
+from tests.infra import LiveServer, Network
 
 
 def break_glass(http: httpx.Client, network: Network, pid: str, reason: str) -> None:

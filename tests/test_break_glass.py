@@ -12,23 +12,13 @@ import pytest
 from services.share.access.projection import patient_facts
 from services.share.audit.chain import chain_pending, verify
 from tests.fhir_helpers import FHIR_JSON, create, created_id, patient
-from tests.infra import LiveServer, Network, make_network
+from tests.infra import LiveServer, Network
 
 REASON = "救急搬送中、意識レベル低下。既往歴と服薬の確認のため"
 
 
 def reason(*texts: Any) -> dict[str, Any]:
     return {"resourceType": "Parameters", "parameter": [{"name": "reason", "valueString": t} for t in texts]}
-
-
-@pytest.fixture
-def emergency(server: LiveServer) -> Network:
-    """A network whose members include an ambulance crew member (profession ems)."""
-    return make_network(server, extra_users=[{"role": "crew", "organization": "hospital", "profession": "ems"}])
-
-
-def bearer(network: Network, role: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {network.login(role)['access_token']}"}
 
 
 def ask(http: httpx.Client, headers: dict[str, str], pid: str, body: Any) -> httpx.Response:
@@ -38,9 +28,9 @@ def ask(http: httpx.Client, headers: dict[str, str], pid: str, body: Any) -> htt
 def test_a_crew_member_gets_a_limited_grant_that_is_flagged_and_listed(
     server: LiveServer, http: httpx.Client, emergency: Network
 ) -> None:
-    pid = created_id(create(http, bearer(emergency, "physician"), patient()))
+    pid = created_id(create(http, emergency.bearer("physician"), patient()))
     before = datetime.now(UTC)
-    answer = ask(http, bearer(emergency, "crew"), pid, reason(REASON))
+    answer = ask(http, emergency.bearer("crew"), pid, reason(REASON))
     assert answer.status_code == 200, answer.text
     values = {p["name"]: p for p in answer.json()["parameter"]}
     expires = datetime.fromisoformat(values["expires"]["valueInstant"])
@@ -55,7 +45,7 @@ def test_a_crew_member_gets_a_limited_grant_that_is_flagged_and_listed(
     assert now.break_glass_until is not None and abs((now.break_glass_until - expires).total_seconds()) < 1
     assert later.break_glass_until is None and others.break_glass_until is None
 
-    uses = http.get("/fhir/$break-glass-uses", headers=bearer(emergency, "admin"))
+    uses = http.get("/fhir/$break-glass-uses", headers=emergency.bearer("admin"))
     assert uses.status_code == 200, uses.text
     events = [entry["resource"] for entry in uses.json()["entry"]]
     assert len(events) == 1
@@ -72,24 +62,24 @@ def test_a_crew_member_gets_a_limited_grant_that_is_flagged_and_listed(
 
 @pytest.mark.parametrize("role", ["nurse", "care_manager", "clerk"])
 def test_other_professions_may_not_break_the_glass(http: httpx.Client, emergency: Network, role: str) -> None:
-    pid = created_id(create(http, bearer(emergency, "physician"), patient()))
-    answer = ask(http, bearer(emergency, role), pid, reason(REASON))
+    pid = created_id(create(http, emergency.bearer("physician"), patient()))
+    answer = ask(http, emergency.bearer(role), pid, reason(REASON))
     assert answer.status_code == 403 and answer.json()["resourceType"] == "OperationOutcome"
 
 
 @pytest.mark.parametrize("body", [reason(), reason(""), reason("  "), reason("a", "b"), reason(7),
                                   {"resourceType": "Patient"}, ["reason"], reason("x" * 1001)])
 def test_a_missing_or_malformed_reason_is_refused(http: httpx.Client, emergency: Network, body: Any) -> None:
-    pid = created_id(create(http, bearer(emergency, "physician"), patient()))
-    answer = ask(http, bearer(emergency, "crew"), pid, body)
+    pid = created_id(create(http, emergency.bearer("physician"), patient()))
+    answer = ask(http, emergency.bearer("crew"), pid, body)
     assert answer.status_code == 400 and answer.json()["resourceType"] == "OperationOutcome"
 
 
 def test_unknown_and_other_networks_patients_are_not_found(server: LiveServer, http: httpx.Client,
                                                            emergency: Network, network: Network) -> None:
-    theirs = created_id(create(http, bearer(network, "physician"), patient()))
-    crew = bearer(emergency, "crew")
+    theirs = created_id(create(http, network.bearer("physician"), patient()))
+    crew = emergency.bearer("crew")
     for pid in (theirs, "no-such-patient"):
         answer = ask(http, crew, pid, reason(REASON))
         assert answer.status_code == 404, answer.text
-    assert http.get("/fhir/$break-glass-uses", headers=bearer(emergency, "admin")).json()["total"] == 0
+    assert http.get("/fhir/$break-glass-uses", headers=emergency.bearer("admin")).json()["total"] == 0

@@ -11,6 +11,8 @@ import orjson
 PROFESSION = "urn:renkei:codesystem:profession"
 ORGANIZATION_TYPE = "urn:renkei:codesystem:organization-type"
 CARE_TEAM_ROLE = "urn:renkei:codesystem:care-team-role"
+SENSITIVITY_LABEL = "urn:renkei:codesystem:sensitivity-label"
+SHEET_KIND = "urn:renkei:codesystem:sheet-kind"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from services.auth.context import AuthContext
 from services.auth.deps import Context, DbSession
 from services.auth.directory.models import Organization
 from services.auth.directory.service import Directory
@@ -29,8 +31,6 @@ from services.kit import codes
 
 router = APIRouter(prefix="/networks", tags=["public"])
 
-SENSITIVITY_LABEL = "urn:renkei:codesystem:sensitivity-label"
-SHEET_KIND = "urn:renkei:codesystem:sheet-kind"
 NOT_SET = "未登録 (not yet registered by the network's administrator)"
 
 
@@ -49,7 +49,7 @@ def network_policy(network_id: str, ctx: Context, db: DbSession) -> dict[str, An
             "team_join_approvals": settings.team_join_approvals}
 
 
-def joint_use(ctx: Any, db: Any, network_id: str) -> dict[str, Any]:
+def joint_use(ctx: AuthContext, db: Session, network_id: str) -> dict[str, Any]:
     directory = Directory(ctx)
     network = directory.network(db, network_id)
     settings = directory.settings_of(db, network_id)
@@ -60,9 +60,9 @@ def joint_use(ctx: Any, db: Any, network_id: str) -> dict[str, Any]:
     return {
         "network": {"id": network.id, "name": network.name},
         "items": [{"code": c.code, "ja": c.display_ja, "en": c.display_en}
-                  for c in systems[SENSITIVITY_LABEL].concepts.values()],
+                  for c in systems[codes.SENSITIVITY_LABEL].concepts.values()],
         "sheets": [{"code": c.code, "ja": c.display_ja, "en": c.display_en}
-                   for c in systems[SHEET_KIND].concepts.values()],
+                   for c in systems[codes.SHEET_KIND].concepts.values()],
         "organizations": [{"id": o.id, "name": o.name, "type": o.type,
                            "type_ja": org_types.concepts[o.type].display_ja if o.type in org_types else o.type}
                           for o in organizations],

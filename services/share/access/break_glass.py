@@ -25,6 +25,7 @@ from services.share.audit.models import AuditEntry
 from services.share.audit.trail import Access
 from services.share.context import ShareContext
 from services.share.fhir.negotiation import bounded_body, check_content_type
+from services.share.fhir.resources import in_transaction
 from services.share.fhir.responses import FhirResponse
 from services.share.security.deps import Context, CurrentPrincipal
 from services.share.store.statements import statements
@@ -40,10 +41,10 @@ _EMERGENCY = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "c
 async def break_glass(patient_id: str, request: Request, ctx: Context, principal: CurrentPrincipal) -> Response:
     check_content_type(request)
     reason = _reason(await bounded_body(request, 64 * 1024))
-    grant = await ctx.run(lambda: _grant_in_transaction(ctx, principal, patient_id, reason))
+    found = await in_transaction(ctx, lambda db: grant(ctx, db, principal, patient_id, reason))
     return FhirResponse({"resourceType": "Parameters", "parameter": [
-        {"name": "grant", "valueString": grant.id},
-        {"name": "expires", "valueInstant": grant.expires_at.isoformat(timespec="seconds")},
+        {"name": "grant", "valueString": found.id},
+        {"name": "expires", "valueInstant": found.expires_at.isoformat(timespec="seconds")},
         {"name": "scope", "valueString": ", ".join(sorted(ctx.matrix.break_glass.sheets))},
     ]})
 
@@ -52,7 +53,7 @@ async def break_glass(patient_id: str, request: Request, ctx: Context, principal
 async def break_glass_uses(ctx: Context, principal: CurrentPrincipal) -> Response:
     if not principal.is_admin:
         raise Forbidden("only a network administrator may list break-the-glass uses")
-    events = await ctx.run(lambda: _uses(ctx, principal.network))
+    events = await in_transaction(ctx, lambda db: _uses(ctx, db, principal.network))
     return FhirResponse({"resourceType": "Bundle", "type": "searchset", "total": len(events),
                          "entry": [{"resource": event, "search": {"mode": "match"}} for event in events]})
 
@@ -74,11 +75,6 @@ def _reason(raw: bytes) -> str:
     return reasons[0].strip()
 
 
-def _grant_in_transaction(ctx: ShareContext, principal: Principal, patient_id: str, reason: str) -> BreakGlassGrant:
-    with ctx.db.transaction() as db:
-        return grant(ctx, db, principal, patient_id, reason)
-
-
 def grant(ctx: ShareContext, db: Session, principal: Principal, patient_id: str, reason: str,
           now: datetime | None = None) -> BreakGlassGrant:
     rule = ctx.matrix.break_glass
@@ -98,12 +94,11 @@ def grant(ctx: ShareContext, db: Session, principal: Principal, patient_id: str,
     return found
 
 
-def _uses(ctx: ShareContext, network_id: str) -> list[dict[str, Any]]:
-    with ctx.db.transaction() as db:
-        rows = db.scalars(select(AuditEntry).join(BreakGlassGrant, BreakGlassGrant.audit_seq == AuditEntry.seq)
-                          .where(BreakGlassGrant.network_id == network_id)
-                          .order_by(AuditEntry.recorded.desc()))
-        return [{**ctx.audit.event(db, row), "id": f"audit-{row.seq}"} for row in rows]
+def _uses(ctx: ShareContext, db: Session, network_id: str) -> list[dict[str, Any]]:
+    rows = db.scalars(select(AuditEntry).join(BreakGlassGrant, BreakGlassGrant.audit_seq == AuditEntry.seq)
+                      .where(BreakGlassGrant.network_id == network_id)
+                      .order_by(AuditEntry.recorded.desc()))
+    return [{**ctx.audit.event(db, row), "id": f"audit-{row.seq}"} for row in rows]
 
 
 def _event(principal: Principal, patient_id: str, reason: str, now: datetime, expires: datetime) -> dict[str, Any]:

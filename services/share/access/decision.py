@@ -50,7 +50,12 @@ class Participant:
     approved: bool  # every approval the network requires is in
 
     def active(self, now: datetime) -> bool:
-        return self.approved and (self.start is None or self.start <= now) and (self.end is None or now < self.end)
+        return self.approved and within(self.start, self.end, now)
+
+
+def within(start: datetime | None, end: datetime | None, now: datetime) -> bool:
+    """Whether ``now`` lies in the period [start, end), either end open when None."""
+    return (start is None or start <= now) and (end is None or now < end)
 
 
 @dataclass(frozen=True)
@@ -123,10 +128,11 @@ def decide(matrix: Matrix, principal: Principal, facts: PatientFacts, request: R
         return glass or deny("not a participant of this patient's care team", hidden=True)
     kinds = permissions.write if request.action.writes else permissions.read
     sheets = permissions.sheets_write if request.action.writes else permissions.sheets_read
+    verb = request.action.name.lower()
     if request.resource_type not in kinds:
-        return glass or deny(f"a {principal.profession} may not {_verb(request.action)} {request.resource_type}")
+        return glass or deny(f"a {principal.profession} may not {verb} {request.resource_type}")
     if request.sheet_kind is not None and request.sheet_kind not in sheets:
-        return glass or deny(f"a {principal.profession} may not {_verb(request.action)} {request.sheet_kind} sheets")
+        return glass or deny(f"a {principal.profession} may not {verb} {request.sheet_kind} sheets")
     consent = facts.consent
     if consent_required and not consent.covers(principal.organization):
         why = "no active consent" if not consent.active else "the consent does not cover this organisation"
@@ -181,8 +187,3 @@ def _scope_allows(scopes: list[str], resource_type: str, action: Action) -> bool
         if (letters == "read" and not action.writes) or (letters == "write" and action.writes):
             return True
     return False
-
-
-def _verb(action: Action) -> str:
-    return {Action.CREATE: "create", Action.READ: "read", Action.UPDATE: "update", Action.DELETE: "delete",
-            Action.SEARCH: "search"}[action]

@@ -15,12 +15,8 @@ from typing import Annotated
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from services.kit.codes import PROFESSION, code_system, load_code_systems
+from services.kit.codes import CARE_TEAM_ROLE, PROFESSION, SENSITIVITY_LABEL, SHEET_KIND, code_system, load_code_systems
 from services.share.store.types import READ_ONLY, SUPPORTED
-
-SENSITIVITY_LABEL = "urn:renkei:codesystem:sensitivity-label"
-CARE_TEAM_ROLE = "urn:renkei:codesystem:care-team-role"
-SHEET_KIND = "urn:renkei:codesystem:sheet-kind"
 
 Names = list[Annotated[str, Field(min_length=1)]]
 

@@ -22,8 +22,8 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from services.share.access.decision import ConsentState, Participant, PatientFacts
-from services.share.access.matrix import CARE_TEAM_ROLE, SENSITIVITY_LABEL
+from services.kit.codes import CARE_TEAM_ROLE, SENSITIVITY_LABEL
+from services.share.access.decision import ConsentState, Participant, PatientFacts, within
 from services.share.access.models import BreakGlassGrant, ConsentTerms, TeamParticipant
 from services.share.store.params import date_range
 from services.share.store.types import reference_target
@@ -93,7 +93,7 @@ def patient_facts(db: Session, network_id: str, patient_id: str, now: datetime,
     )
     terms = [row for row in db.scalars(select(ConsentTerms).where(
         ConsentTerms.network_id == network_id, ConsentTerms.patient_id == patient_id,
-        ConsentTerms.status == "active")) if _current(row.start, row.end, now)]
+        ConsentTerms.status == "active")) if within(row.start, row.end, now)]
     glass = break_glass_until(db, network_id, patient_id, subject, now) if subject else None
     return PatientFacts(network_id, patient_id, team, combined_consent(terms), glass)
 
@@ -117,10 +117,6 @@ def combined_consent(terms: list[ConsentTerms]) -> ConsentState:
         excluded_organizations=frozenset().union(*(t.excluded_organizations for t in terms)),
         withheld_labels=frozenset().union(*(t.withheld_labels for t in terms)),
     )
-
-
-def _current(start: datetime | None, end: datetime | None, now: datetime) -> bool:
-    return (start is None or start <= now) and (end is None or now < end)
 
 
 def _period(period: Any) -> tuple[datetime | None, datetime | None]:

@@ -12,10 +12,12 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from services.kit.errors import BadRequest, Forbidden
 from services.share.audit.models import AuditEntry
 from services.share.context import ShareContext
+from services.share.fhir.resources import in_transaction
 from services.share.fhir.responses import FhirResponse
 from services.share.security.deps import Context, CurrentPrincipal
 
@@ -29,7 +31,7 @@ async def access_report(patient_id: str, request: Request, ctx: Context, princip
     if not principal.is_admin:
         raise Forbidden("the access report is for network administrators only")
     count, cursor = _paging(request)
-    rows = await ctx.run(lambda: report(ctx, principal.network, patient_id, count, cursor))
+    rows = await in_transaction(ctx, lambda db: report(ctx, db, principal.network, patient_id, count, cursor))
     events = [event for _, event in rows]
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
                               "entry": [{"resource": event, "search": {"mode": "match"}} for event in events]}
@@ -40,15 +42,14 @@ async def access_report(patient_id: str, request: Request, ctx: Context, princip
     return FhirResponse(bundle)
 
 
-def report(ctx: ShareContext, network_id: str, patient_id: str, count: int,
+def report(ctx: ShareContext, db: Session, network_id: str, patient_id: str, count: int,
            cursor: int | None = None) -> list[tuple[int, dict[str, Any]]]:
     """(seq, AuditEvent) pairs, newest first; ``cursor``: only those older than that seq."""
-    with ctx.db.transaction() as db:
-        query = select(AuditEntry).where(AuditEntry.network_id == network_id, AuditEntry.patient_id == patient_id)
-        if cursor is not None:
-            query = query.where(AuditEntry.seq < cursor)
-        rows = db.scalars(query.order_by(AuditEntry.seq.desc()).limit(count))
-        return [(row.seq, {**ctx.audit.event(db, row), "id": f"audit-{row.seq}"}) for row in rows]
+    query = select(AuditEntry).where(AuditEntry.network_id == network_id, AuditEntry.patient_id == patient_id)
+    if cursor is not None:
+        query = query.where(AuditEntry.seq < cursor)
+    rows = db.scalars(query.order_by(AuditEntry.seq.desc()).limit(count))
+    return [(row.seq, {**ctx.audit.event(db, row), "id": f"audit-{row.seq}"}) for row in rows]
 
 
 def _paging(request: Request) -> tuple[int, int | None]:

@@ -6,7 +6,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Depends, Header, Request, Response
@@ -27,6 +27,7 @@ from services.share.store.types import ADMINISTRATORS_ONLY, READ_ONLY, SUPPORTED
 from services.share.store.validation import MAX_BODY_BYTES, parse_resource
 
 router = APIRouter(prefix="/fhir", tags=["fhir"], dependencies=[Depends(binary.negotiate)])
+T = TypeVar("T")
 _ID = re.compile(r"^[A-Za-z0-9\-\.]{1,64}$")
 _ETAG = re.compile(r'^(?:W/)?"?(\d+)"?$')
 
@@ -110,7 +111,7 @@ def run_search(ctx: Context, db: Session, principal: Principal, resource_type: s
     return FhirResponse(bundles.searchset(base, matches, included, links, total))
 
 
-async def in_transaction(ctx: Context, work: Callable[[Session], Response]) -> Response:
+async def in_transaction(ctx: Context, work: Callable[[Session], T]) -> T:
     """Run ``work`` in one transaction on one worker thread: the hot paths make a single thread hop, not one per
     dependency, and the transaction commits before the response goes out."""
     return await _on_db_thread(ctx, ctx.db.transaction, work)
@@ -127,8 +128,8 @@ async def reading(ctx: Context, work: Callable[[Session], Response]) -> Response
 
 
 async def _on_db_thread(ctx: Context, session: Callable[[], AbstractContextManager[Session]],
-                        work: Callable[[Session], Response]) -> Response:
-    def execute() -> Response:
+                        work: Callable[[Session], T]) -> T:
+    def execute() -> T:
         with session() as db:
             return work(db)
 
