@@ -142,10 +142,11 @@ def _load_demo(settings: Settings) -> None:
         Directory(ctx).bootstrap(db, BootstrapFile.model_validate(demo_module.demo_network(settings)))
     ctx.db.dispose()
     table = Table(title="Demo network (fictitious) — password for everyone: demo-password-2026")
-    for column in ("username", "profession", "organization"):
+    for column in ("username", "profession", "organization", "administers"):
         table.add_column(column)
     for user in orjson.loads(demo_module.DEMO_FILE.read_bytes())["users"]:
-        table.add_row(user["username"], user["profession"], user["organization"])
+        roles = [role for role, key in (("network", "admin"), ("organisation", "org_admin")) if user.get(key)]
+        table.add_row(user["username"], user["profession"], user["organization"], ", ".join(roles))
     console.print(table)
     console.print("Second factor: [bold]renkei demo code USERNAME[/bold] prints the current TOTP code.")
     console.print(
@@ -224,7 +225,7 @@ def list_users(network: str, data_dir: DataDir = None) -> None:
 
     ctx = _auth_context(load_settings(data_dir))
     with ctx.db.transaction() as db:
-        table = Table("id", "username", "name", "organization", "profession", "admin", "mfa", "disabled")
+        table = Table("id", "username", "name", "organization", "profession", "admin", "org admin", "mfa", "disabled")
         for u in Directory(ctx).users(db, network):
             table.add_row(
                 u.id,
@@ -233,6 +234,7 @@ def list_users(network: str, data_dir: DataDir = None) -> None:
                 u.organization_id,
                 u.profession,
                 str(u.is_admin),
+                str(u.org_admin),
                 str(u.totp_enabled),
                 str(u.disabled),
             )

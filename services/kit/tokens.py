@@ -38,6 +38,12 @@ class Principal:
     def is_admin(self) -> bool:
         return self.kind == "user" and "admin" in self.scopes
 
+    @property
+    def is_org_admin(self) -> bool:
+        """Administrator of ``organization`` only (scope ``org-admin``); a network administrator is not one by
+        virtue of that alone."""
+        return self.kind == "user" and "org-admin" in self.scopes
+
 
 def unverified_kid(token: str) -> str:
     try:

@@ -41,6 +41,7 @@ def user_out(user: User) -> UserOut:
         organization=user.organization_id,
         profession=user.profession,
         admin=user.is_admin,
+        org_admin=user.org_admin,
         disabled=user.disabled,
         mfa_enabled=user.totp_enabled,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Integer, LargeBinary, String
+from sqlalchemy import JSON, Boolean, ForeignKey, Integer, LargeBinary, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.auth.base import AuthBase
@@ -41,7 +41,10 @@ class User(AuthBase):
     username: Mapped[str] = mapped_column(String(150), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     profession: Mapped[str] = mapped_column(String(64))
+    # ``is_admin`` administers the whole network (token scope ``admin``); ``org_admin`` speaks for the user's own
+    # organisation only — e.g. approving a colleague's joining of a care team (token scope ``org-admin``).
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    org_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     password_hash: Mapped[str] = mapped_column(String(255))
     # TOTP secret sealed with the master key; ``totp_enabled`` only once the user has proved a code.

@@ -70,6 +70,7 @@ class UserIn(BaseModel):
     profession: str
     name: str = Field(min_length=1, max_length=200)
     admin: bool = False
+    org_admin: bool = False  # administrator of their own organisation (scope ``org-admin``), not of the network
 
     @field_validator("totp_secret")
     @classmethod
@@ -113,6 +114,7 @@ class UserPatch(BaseModel):
     organization: str | None = None
     profession: str | None = None
     admin: bool | None = None
+    org_admin: bool | None = None
     disabled: bool | None = None
     password: str | None = Field(None, min_length=8, max_length=1024, repr=False)
 
@@ -124,6 +126,7 @@ class UserOut(BaseModel):
     organization: str
     profession: str
     admin: bool
+    org_admin: bool
     disabled: bool
     mfa_enabled: bool
 

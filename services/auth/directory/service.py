@@ -139,6 +139,7 @@ class Directory:
                 name=data.name,
                 profession=data.profession,
                 is_admin=data.admin,
+                org_admin=data.org_admin,
                 disabled=False,
                 password_hash=self.ctx.passwords.hash(data.password),
                 totp_last_step=0,
@@ -158,6 +159,7 @@ class Directory:
             ("name", data.name),
             ("profession", data.profession),
             ("is_admin", data.admin),
+            ("org_admin", data.org_admin),
         ):
             if getattr(user, attr) != value:
                 setattr(user, attr, value)
@@ -184,9 +186,12 @@ class Directory:
 
     def patch_user(self, db: Session, network_id: str, user_id: str, patch: UserPatch) -> User:
         user = self.user(db, network_id, user_id)
-        if patch.organization is not None:
+        if patch.organization is not None and patch.organization != user.organization_id:
             self.organization_reference(db, network_id, patch.organization)
             user.organization_id = patch.organization
+            # Administering an organisation does not travel with the person: a move drops it unless the same
+            # request grants it for the new organisation.
+            user.org_admin = False
         if patch.profession is not None:
             self._check_profession(patch.profession)
             user.profession = patch.profession
@@ -194,6 +199,8 @@ class Directory:
             user.name = patch.name
         if patch.admin is not None:
             user.is_admin = patch.admin
+        if patch.org_admin is not None:
+            user.org_admin = patch.org_admin
         if patch.password is not None:
             user.password_hash = self.ctx.passwords.hash(patch.password)
             revoke_user_sessions(db, user.id, "password_changed")

@@ -102,6 +102,7 @@ def me(caller: CurrentUser, db: DbSession) -> dict[str, Any]:
         "organization": user.organization_id,
         "profession": user.profession,
         "admin": user.is_admin,
+        "org_admin": user.org_admin,
         "mfa_enabled": user.totp_enabled,
         "session": principal.session,
         "device": principal.device,

@@ -20,11 +20,13 @@ from services.kit.errors import BadRequest
 from services.kit.secrets import sha256_hex
 
 USER_SCOPE = "openid fhirUser user/*.cruds"
-ADMIN_SCOPE = "admin"
+ADMIN_SCOPE = "admin"  # network administrator
+ORG_ADMIN_SCOPE = "org-admin"  # administrator of the user's own organisation (the token's ``org`` claim)
 
 
 def user_claims(user: User, session: LoginSession) -> dict[str, Any]:
-    scope = USER_SCOPE + (f" {ADMIN_SCOPE}" if user.is_admin else "")
+    roles = [s for s, held in ((ADMIN_SCOPE, user.is_admin), (ORG_ADMIN_SCOPE, user.org_admin)) if held]
+    scope = " ".join([USER_SCOPE, *roles])
     claims: dict[str, Any] = {
         "sub": user.id,
         "kind": "user",
