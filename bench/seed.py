@@ -10,26 +10,34 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import insert
+
 from bench.fixtures import patient, sheet
 from services.kit.settings import Settings
+from services.share.access.models import ConsentTerms, TeamParticipant
 from services.share.context import ShareContext
 from services.share.store.service import Caller, Rows
 
 _COLUMNS = {
     "resource_versions": ("resource_type", "resource_id", "version", "network_id", "patient_id", "data_key_id",
-                          "body", "deleted", "method", "last_updated", "author"),
+                          "body", "deleted", "method", "last_updated", "author", "author_organization"),
     "resources": ("resource_type", "resource_id", "network_id", "patient_id", "version", "deleted", "last_updated"),
     "search_index": ("network_id", "resource_type", "resource_id", "param", "value", "date_low", "date_high"),
 }
 
 
-def _flush(session: Any, pending: list[Rows]) -> None:
+def _flush(session: Any, pending: list[Rows], teams: list[dict[str, Any]], consents: list[dict[str, Any]]) -> None:
     tables = {"resource_versions": [r.version for r in pending], "resources": [r.head for r in pending],
               "search_index": [row for r in pending for row in r.index]}
+    # What access decisions read (services/share/access/models.py): each patient's team, with the bench
+    # organisation in it, and their consent to sharing — so the benchmark's reads pass every check.
+    if teams:
+        session.execute(insert(TeamParticipant), teams)
+        session.execute(insert(ConsentTerms), consents)
+        teams.clear()
+        consents.clear()
     connection = session.connection()
     if connection.dialect.name != "postgresql":
-        from sqlalchemy import insert
-
         from services.share.store.models import ResourceHead, ResourceVersion
         from services.share.store.service import SEARCH_TABLE
 
@@ -48,11 +56,14 @@ def _flush(session: Any, pending: list[Rows]) -> None:
 
 def seed(settings: Settings, network_id: str, patients: int, heavy: int, sheets_heavy: int, sheets_light: int,
          progress: Callable[[int], None] | None = None, batch: int = 250,
-         plaintext: bool = False) -> tuple[list[str], list[str], list[str]]:
+         plaintext: bool = False, organization: str = "") -> tuple[list[str], list[str], list[str]]:
     """Create ``patients`` patients; the first ``heavy`` get ``sheets_heavy`` sheets each, the rest
-    ``sheets_light``. Returns (patient ids, heavy patient ids, a sample of sheet ids)."""
+    ``sheets_light``; each patient's team holds ``organization`` and the patient consents to sharing.
+    Returns (patient ids, heavy patient ids, a sample of sheet ids)."""
     ctx = ShareContext.build(settings, plaintext_baseline=plaintext)
-    caller = Caller(network_id, "user:bench-seed")
+    caller = Caller(network_id, "user:bench-seed", organization)
+    teams: list[dict[str, Any]] = []
+    consents: list[dict[str, Any]] = []
     patient_ids: list[str] = []
     sample: list[str] = []
     written = 0
@@ -63,6 +74,8 @@ def seed(settings: Settings, network_id: str, patients: int, heavy: int, sheets_
             stored, rows = ctx.store.prepare_new(session, caller, "Patient", patient(index))
             pending.append(rows)
             patient_ids.append(stored.resource_id)
+            teams.append(_participant(network_id, stored.resource_id, organization))
+            consents.append(_consent(network_id, stored.resource_id))
             for day in range(sheets_heavy if index < heavy else sheets_light):
                 created, rows = ctx.store.prepare_new(session, caller, "QuestionnaireResponse",
                                                       sheet(stored.resource_id, "bench-author", day))
@@ -72,17 +85,29 @@ def seed(settings: Settings, network_id: str, patients: int, heavy: int, sheets_
                 written += 1
             written += 1
             if index % batch == batch - 1:
-                _flush(session, pending)
+                _flush(session, pending, teams, consents)
                 session.commit()
                 pending = []
                 if progress:
                     progress(written)
-        _flush(session, pending)
+        _flush(session, pending, teams, consents)
         session.commit()
     finally:
         session.close()
         ctx.db.dispose()
     return patient_ids, patient_ids[:heavy], sample
+
+
+def _participant(network_id: str, patient_id: str, organization: str) -> dict[str, Any]:
+    return {"care_team_id": f"team-{patient_id}", "position": 0, "network_id": network_id, "patient_id": patient_id,
+            "team_status": "active", "kind": "organization", "member_id": organization, "role": "primary-physician",
+            "start": None, "end": None, "approved": True}
+
+
+def _consent(network_id: str, patient_id: str) -> dict[str, Any]:
+    return {"consent_id": f"consent-{patient_id}", "network_id": network_id, "patient_id": patient_id,
+            "status": "active", "start": None, "end": None, "organizations": None, "excluded_organizations": [],
+            "withheld_labels": []}
 
 
 if __name__ == "__main__":  # a quick speed check: python -m bench.seed

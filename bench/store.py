@@ -290,7 +290,8 @@ def main() -> None:
             tokens = {}
             for server, is_plain in ((renkei, False), (plain, True)):
                 network, tokens[server.mode] = prepare_renkei(server, scratch)
-                ids[server.mode] = seed(server.settings, network, 1000, 200, 20, 2, plaintext=is_plain)
+                ids[server.mode] = seed(server.settings, network, 1000, 200, 20, 2, plaintext=is_plain,
+                                       organization=f"{network}-clinic")
                 analyze(server.settings.resolved_share_database_url)
             bare.start()
 
@@ -321,6 +322,7 @@ def main() -> None:
             small = ids["renkei"]
             renkei_network = json.loads((scratch / "renkei-network.json").read_text())["network"]["id"]
             big = seed(renkei.settings, renkei_network, patients, heavy, 20, light,
+                       organization=f"{renkei_network}-clinic",
                        progress=lambda n: print(f"\r  seeded {n:,}", end="", flush=True))
             print(f"\r  seeded {patients + heavy * 20 + (patients - heavy) * light:,} resources "
                   f"in {time.perf_counter() - started:.0f} s", flush=True)

@@ -28,12 +28,14 @@ from services.kit.tokens import InvalidToken, challenge_header
 from services.share.access.break_glass import router as fhir_operations
 from services.share.audit.chainer import chain_forever
 from services.share.audit.report import router as fhir_access_report
+from services.share.audit.search import router as fhir_audit_events
 from services.share.context import ShareContext
 from services.share.fhir.batch import router as fhir_batch
 from services.share.fhir.endpoints import authenticated as fhir_authenticated
 from services.share.fhir.endpoints import public as fhir_public
 from services.share.fhir.resources import router as fhir_resources
 from services.share.fhir.responses import outcome_response
+from services.share.fhir.teams import router as fhir_teams
 
 
 def create_app(
@@ -80,6 +82,8 @@ def create_app(
         app.include_router(fhir_public)
         app.include_router(fhir_operations)  # before /fhir/{type}/{id}, which would take Patient/{id}/$op
         app.include_router(fhir_access_report)
+        app.include_router(fhir_teams)  # /fhir/$invitations, before /fhir/{type}
+        app.include_router(fhir_audit_events)  # the audit log as AuditEvents, before /fhir/{type}
         app.include_router(fhir_resources)
         app.include_router(fhir_batch)
         app.include_router(fhir_authenticated)

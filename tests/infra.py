@@ -198,7 +198,7 @@ ROLES = {
 
 
 def make_network(server: LiveServer, *, mfa_required: bool = False, clients: list[dict[str, Any]] | None = None,
-                 extra_users: list[dict[str, Any]] | None = None) -> Network:
+                 extra_users: list[dict[str, Any]] | None = None, settings: dict[str, Any] | None = None) -> Network:
     """Create a fresh network through the bootstrap service (the same code path as `renkei admin bootstrap`)."""
     tag = uuid.uuid4().hex[:8]
     orgs = {"clinic": f"clinic-{tag}", "station": f"station-{tag}", "office": f"office-{tag}",
@@ -218,7 +218,7 @@ def make_network(server: LiveServer, *, mfa_required: bool = False, clients: lis
         users[role]["organization"] = orgs.get(users[role]["organization"], users[role]["organization"])
     data = {
         "network": {"id": f"net-{tag}", "name": f"テスト連携ネットワーク {tag}",
-                    "settings": {"mfa_required": mfa_required}},
+                    "settings": {"mfa_required": mfa_required, **(settings or {})}},
         "organizations": [
             {"id": orgs["clinic"], "name": "テスト在宅クリニック", "type": "clinic"},
             {"id": orgs["station"], "name": "テスト訪問看護ステーション", "type": "visiting-nurse-station"},

@@ -7,13 +7,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from services.share.access.decision import PatientFacts
 from services.share.access.models import ConsentTerms, TeamParticipant
 from services.share.access.projection import patient_facts
 from tests.fhir_helpers import FHIR_JSON, create, created_id, patient
-from tests.infra import LiveServer, Network
+from tests.infra import LiveServer, Network, make_network
 
 ROLE = "urn:renkei:codesystem:care-team-role"
 LABEL = "urn:renkei:codesystem:sensitivity-label"
@@ -53,6 +54,12 @@ def consent(pid: str, status: str = "active", *, actors: list[str] = (), exclude
             "provision": provision}
 
 
+@pytest.fixture
+def network(server: LiveServer) -> Network:
+    """Here a manager's addition takes effect at once (no join approvals): this file is about the projection."""
+    return make_network(server, settings={"team_join_approvals": []})
+
+
 def facts(server: LiveServer, network: Network, pid: str) -> PatientFacts:
     with server.app.state.share.db.sessions() as db:
         return patient_facts(db, network.id, pid, NOW)
@@ -68,21 +75,21 @@ def test_a_care_team_becomes_its_participants_and_follows_every_change(
                      {"member": {"reference": f"Patient/{pid}"}})  # the patient in their own team: no access row
     team_id = created_id(create(http, auth, body))
     found = facts(server, network, pid)
-    assert {(p.kind, p.member, p.role) for p in found.team} == {
+    assert {(p.kind, p.member, p.role) for p in found.team} == {  # the registrant's team, and this one
         ("practitioner", doctor, "primary-physician"), ("organization", station, "visiting-nurse")}
-    assert all(p.active(NOW) for p in found.team)
+    assert all(p.active(NOW) for p in found.team), found.team
 
     ended = (NOW - timedelta(days=1)).date().isoformat()
     body = {**body, "id": team_id, "participant": [participant(f"Organization/{station}", "visiting-nurse", end=ended),
                                                    participant(f"Organization/{clinic}", "primary-physician")]}
     assert http.put(f"/fhir/CareTeam/{team_id}", json=body, headers={**auth, **FHIR_JSON}).status_code == 200
     by_member = {p.member: p for p in facts(server, network, pid).team}
-    assert set(by_member) == {station, clinic}
+    assert set(by_member) == {doctor, station, clinic}  # the doctor stays, in the team made at registration
     assert not by_member[station].active(NOW) and by_member[clinic].active(NOW)  # ending a period ends access
 
     suspended = {**body, "status": "suspended"}
     assert http.put(f"/fhir/CareTeam/{team_id}", json=suspended, headers={**auth, **FHIR_JSON}).status_code == 200
-    assert facts(server, network, pid).team == ()
+    assert [p.member for p in facts(server, network, pid).team] == [doctor]
     assert http.delete(f"/fhir/CareTeam/{team_id}", headers=auth).status_code == 204
     with server.app.state.share.db.sessions() as db:
         assert db.scalars(select(TeamParticipant).where(TeamParticipant.care_team_id == team_id)).all() == []
@@ -125,7 +132,7 @@ def test_a_batch_that_fails_leaves_no_team_behind(
     ]}
     answer = http.post("/fhir", json=bundle, headers={**auth, **FHIR_JSON})
     assert answer.status_code == 412, answer.text
-    assert facts(server, network, pid).team == ()
+    assert [p.member for p in facts(server, network, pid).team] == [network.user("physician")["id"]]
 
 
 def test_the_rows_hold_no_patient_data(

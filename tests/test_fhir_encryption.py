@@ -157,7 +157,8 @@ def test_patient_erase_crypto_shreds(server: LiveServer, network: Network) -> No
         "entry", []) == []
     assert http.get(f"/fhir/Patient/{keep}", headers=auth).status_code == 200
     audit = http.get("/fhir/AuditEvent", headers=network.bearer("admin")).json()
-    assert any(e["resource"]["entity"][0]["what"]["reference"] == f"Patient/{pid}" for e in audit["entry"])
+    assert any(e["resource"]["entity"][0]["what"].get("reference") == f"Patient/{pid}"
+               and e["resource"]["subtype"][0]["code"] == "patient-erase" for e in audit["entry"])
     assert _cli(server, "patient", "erase", "no-such-patient", "--yes").returncode == 1
     # Nothing more can be written for an erased patient.
     late = create(http, auth, response(pid))

@@ -26,6 +26,7 @@ ROLE = "urn:renkei:codesystem:care-team-role"
 def test_care_team_consent_params(http: httpx.Client, auth: dict[str, str], network: Network) -> None:
     pid = created_id(create(http, auth, patient()))
     doctor = network.user("physician")["id"]
+    (registered,) = found(http, auth, "CareTeam", patient=pid)  # the team registration made
     team = created_id(
         create(
             http,
@@ -47,8 +48,8 @@ def test_care_team_consent_params(http: httpx.Client, auth: dict[str, str], netw
         )
     )
     assert team in found(http, auth, "CareTeam", patient=pid, status="active")
-    assert found(http, auth, "CareTeam", patient=pid, status="active") == {team}
-    assert found(http, auth, "CareTeam", participant=f"Practitioner/{doctor}") == {team}
+    assert found(http, auth, "CareTeam", patient=pid, status="active") == {team, registered}
+    assert found(http, auth, "CareTeam", participant=f"Practitioner/{doctor}") == {team, registered}
     assert found(http, auth, "CareTeam", participant=f"Organization/{network.orgs['station']}") == {team}
     consent = created_id(
         create(

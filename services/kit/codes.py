@@ -56,3 +56,12 @@ def load_code_systems(schemas_dir: Path) -> dict[str, CodeSystemData]:
 
 def code_system(schemas_dir: Path, url: str) -> CodeSystemData:
     return load_code_systems(schemas_dir)[url]
+
+# A sheet section's sensitivity label (valueCoding from SENSITIVITY_LABEL), on Questionnaire and
+# QuestionnaireResponse items; readers whose profession may not see the label get the section withheld.
+SECTION_LABEL_EXTENSION = "urn:renkei:extension:sensitivity-label"
+# Marks a section removed from an answer because the reader may not see its label (valueCode: the label).
+WITHHELD_EXTENSION = "urn:renkei:extension:withheld"
+# meta.security of a resource with something withheld (HL7 v3 ObservationValue REDACTED).
+REDACTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "REDACTED",
+            "display": "redacted"}

@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from services.kit.db import Database
 from services.kit.settings import Settings
+from services.share.access.gate import Gate
 from services.share.access.matrix import Matrix, load_matrix
 from services.share.access.policy import NetworkPolicies
 from services.share.audit.trail import AuditTrail
@@ -38,6 +39,7 @@ class ShareContext:
     matrix: Matrix
     audit: AuditTrail
     policies: NetworkPolicies
+    gate: Gate
     _db_threads: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
     async def run(self, work: Callable[[], T]) -> T:
@@ -59,16 +61,21 @@ class ShareContext:
         self.db.dispose()
 
     @classmethod
-    def build(cls, settings: Settings, *, plaintext_baseline: bool = False) -> ShareContext:
-        """``plaintext_baseline`` stores bodies and index terms unencrypted: for bench/store.py's baseline only."""
+    def build(cls, settings: Settings, *, plaintext_baseline: bool = False, enforce_access: bool = True
+              ) -> ShareContext:
+        """``plaintext_baseline`` stores bodies and index terms unencrypted: for bench/store.py's baseline only;
+        ``enforce_access`` off serves everything to every caller: for bench/access.py's baseline only."""
         keyring = KeyRing.load(settings)
         blind = BlindIndex(keyring.index_key)
-        store = ResourceStore(DataKeys(keyring), Indexer(blind))
+        matrix = load_matrix(settings.schemas_dir)
+        policies = NetworkPolicies(settings.auth_url, ttl_seconds=settings.network_policy_ttl_seconds)
+        gate = Gate(matrix, policies, enforce=enforce_access)
+        store = ResourceStore(DataKeys(keyring), Indexer(blind), gate=gate)
         if plaintext_baseline:
             from services.share.store.baseline import PlainCipher, PlainIndex, PlainKeys
 
             blind = PlainIndex(keyring.index_key)
-            store = ResourceStore(PlainKeys(keyring), Indexer(blind), PlainCipher())
+            store = ResourceStore(PlainKeys(keyring), Indexer(blind), PlainCipher(), gate=gate)
         return cls(
             settings=settings,
             db=Database(settings.resolved_share_database_url),
@@ -77,7 +84,8 @@ class ShareContext:
             store=store,
             search=SearchRunner(blind),
             blobs=FilesystemBlobStore(settings.resolved_blob_dir),
-            matrix=load_matrix(settings.schemas_dir),
+            matrix=matrix,
             audit=AuditTrail(store.keys),
-            policies=NetworkPolicies(settings.auth_url, ttl_seconds=settings.network_policy_ttl_seconds),
+            policies=policies,
+            gate=gate,
         )

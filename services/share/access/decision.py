@@ -96,6 +96,8 @@ class Basis(StrEnum):
     OWN_ORGANIZATION = "own-organization"  # no consent: only what the reader's organisation wrote
     BREAK_GLASS = "break-glass"
     SYSTEM = "system"
+    DIRECTORY = "directory"  # a resource of no patient (an organisation, a template): the profession's row alone
+    ADMINISTRATION = "administration"  # a network administrator managing a team or identifying a patient
 
 
 @dataclass(frozen=True)
@@ -167,14 +169,14 @@ def _break_glass(matrix: Matrix, principal: Principal, facts: PatientFacts, requ
 
 
 def _system(principal: Principal, facts: PatientFacts, request: Request, now: datetime) -> Decision:
-    if not _scope_allows(principal.scopes, request.resource_type, request.action):
+    if not scope_allows(principal.scopes, request.resource_type, request.action):
         return deny(f"no scope for {request.resource_type}.{request.action.value}")
     if not any(p.kind == "organization" and p.member == principal.organization and p.active(now) for p in facts.team):
         return deny("the client's organisation is not in this patient's care team", hidden=True)
     return Decision(True, "system client of a team organisation", Basis.SYSTEM, frozenset({"*"}))
 
 
-def _scope_allows(scopes: list[str], resource_type: str, action: Action) -> bool:
+def scope_allows(scopes: list[str], resource_type: str, action: Action) -> bool:
     """SMART v2 ``system/<Type|*>.<cruds>`` (v1 ``.read``/``.write``/``.*`` understood too)."""
     for scope in scopes:
         context, _, rest = scope.partition("/")

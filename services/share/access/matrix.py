@@ -36,6 +36,9 @@ class _ProfessionRow(_Strict):
 class _Team(_Strict):
     managers: Names  # care-team role codes whose holders may change the team
     network_admins_manage: bool = True
+    # profession -> the care-team role its member takes in the team of a patient they register
+    registrant_roles: dict[str, str] = {}
+    registrant_default_role: str = "coordinator"
 
 
 class _BreakGlass(_Strict):
@@ -85,6 +88,7 @@ class Matrix:
     professions: dict[str, Permissions]
     team_managers: frozenset[str]
     network_admins_manage: bool
+    registrant_roles: dict[str, str]
     break_glass: BreakGlassRule
     labels: frozenset[str]
     sheet_kinds: frozenset[str]
@@ -153,6 +157,7 @@ def _expand(raw: _MatrixFile, schemas_dir: Path) -> Matrix:
         professions=expanded,
         team_managers=names(raw.team.managers, roles, "team.managers"),
         network_admins_manage=raw.team.network_admins_manage,
+        registrant_roles=_registrant_roles(raw.team, professions, roles),
         break_glass=BreakGlassRule(
             professions=names(glass.professions, professions, "break_glass.professions"),
             hours=glass.hours,
@@ -163,6 +168,16 @@ def _expand(raw: _MatrixFile, schemas_dir: Path) -> Matrix:
         labels=labels,
         sheet_kinds=sheet_kinds,
     )
+
+
+def _registrant_roles(team: _Team, professions: frozenset[str], roles: frozenset[str]) -> dict[str, str]:
+    """Every profession's role in the team of a patient they register (the default where none is named)."""
+    _require(set(team.registrant_roles) <= professions,
+             f"team.registrant_roles: unknown professions {sorted(set(team.registrant_roles) - professions)}")
+    named = {**{p: team.registrant_default_role for p in professions}, **team.registrant_roles}
+    unknown = sorted(set(named.values()) - roles)
+    _require(not unknown, f"team.registrant_roles: unknown roles {unknown}")
+    return named
 
 
 def _require(condition: bool, message: str) -> None:

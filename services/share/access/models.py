@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Index, Integer, String
+from sqlalchemy import JSON, BigInteger, Boolean, Index, Integer, String, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.kit.db import UTCDateTime
@@ -34,6 +34,8 @@ class TeamParticipant(ShareBase):
     role: Mapped[str] = mapped_column(String(64))  # a care-team-role code, "" when none is given
     start: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     end: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Every approval the network requires for joining is in (team_invitations); until then no access.
+    approved: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
 
 class ConsentTerms(ShareBase):
@@ -77,3 +79,32 @@ class BreakGlassGrant(ShareBase):
     granted_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     audit_seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+
+
+class TeamInvitation(ShareBase):
+    """A participant added to a CareTeam, and the approvals their joining still needs (the network's
+    ``team_join_approvals``: the invitee accepts, their organisation's administrator approves, the patient's
+    approval is recorded). Access starts when ``waiting_for`` is empty (services/share/access/invitations.py)."""
+
+    __tablename__ = "team_invitations"
+    __table_args__ = (
+        Index("ix_team_invitations_member", "care_team_id", "kind", "member_id", unique=True),
+        Index("ix_team_invitations_network", "network_id", "member_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    network_id: Mapped[str] = mapped_column(String(64))
+    care_team_id: Mapped[str] = mapped_column(String(64))
+    patient_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(20))  # practitioner | organization | practitioner-role
+    member_id: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(64))
+    invited_by: Mapped[str] = mapped_column(String(200))
+    invited_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    needs: Mapped[list[str]] = mapped_column(JSON)  # the approvals required when invited
+    # approval -> {"by": principal, "at": ISO time, "organization": …}
+    given: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    @property
+    def waiting_for(self) -> list[str]:
+        return [approval for approval in self.needs if approval not in self.given]

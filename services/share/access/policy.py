@@ -28,6 +28,7 @@ class NetworkPolicy:
 
 
 STRICTEST = NetworkPolicy()
+RETRY_SECONDS = 5.0
 
 
 class NetworkPolicies:
@@ -51,9 +52,17 @@ class NetworkPolicies:
                 policy = _parse(await self._fetch(network_id))
             except (httpx.HTTPError, ValueError, KeyError, TypeError) as error:
                 log.warning("network_policy_unavailable", network=network_id, error=type(error).__name__)
-                return known[1] if known is not None else STRICTEST
+                fallback = known[1] if known is not None else STRICTEST
+                # Asked again shortly, not by every request meanwhile (each would wait for the timeout).
+                self._known[network_id] = (time.monotonic() + min(self.ttl_seconds, RETRY_SECONDS), fallback)
+                return fallback
             self._known[network_id] = (time.monotonic() + self.ttl_seconds, policy)
             return policy
+
+    def current(self, network_id: str) -> NetworkPolicy:
+        """The policy last fetched (``of``), for synchronous work; the strictest before any fetch."""
+        known = self._known.get(network_id)
+        return known[1] if known is not None else STRICTEST
 
     async def _fetch(self, network_id: str) -> Any:
         if self._client is None:

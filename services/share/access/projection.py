@@ -24,23 +24,38 @@ from sqlalchemy.orm import Session
 
 from services.kit.codes import CARE_TEAM_ROLE, SENSITIVITY_LABEL
 from services.share.access.decision import ConsentState, Participant, PatientFacts, within
+from services.share.access.invitations import settle
 from services.share.access.models import BreakGlassGrant, ConsentTerms, TeamParticipant
 from services.share.store.params import date_range
 from services.share.store.types import reference_target
 
 PROJECTED = frozenset({"CareTeam", "Consent"})
+# Session.info entry: the PatientFacts decisions in this session have read (services/share/access/gate.py).
+FACTS_CACHE = "renkei.access.facts"
 _MEMBER_KINDS = {
     "Practitioner": "practitioner", "Organization": "organization", "PractitionerRole": "practitioner-role",
 }
 
 
 def project(db: Session, network_id: str, resource_type: str, resource_id: str, patient_id: str | None,
-            body: dict[str, Any] | None) -> None:
-    """Rewrite the rows of one CareTeam or Consent (``body`` None: it was deleted). In the caller's transaction."""
+            body: dict[str, Any] | None, *, approvals: tuple[str, ...] = (), actor: str = "") -> None:
+    """Rewrite the rows of one CareTeam or Consent (``body`` None: it was deleted). In the caller's transaction.
+
+    A participant new to the team holds access only once the ``approvals`` its network requires are in (an
+    invitation opened here, in ``actor``'s name); one already approved stays so across versions of the team."""
+    db.info.pop(FACTS_CACHE, None)  # decisions later in this session read the new rows
     if resource_type == "CareTeam":
+        approved_before = {(kind, member) for kind, member in db.execute(
+            select(TeamParticipant.kind, TeamParticipant.member_id).where(
+                TeamParticipant.care_team_id == resource_id, TeamParticipant.approved.is_(True)))}
         db.execute(delete(TeamParticipant).where(TeamParticipant.care_team_id == resource_id))
         rows = list(team_rows(network_id, resource_id, patient_id, body)) if body and patient_id else []
         if rows:
+            assert patient_id is not None
+            pending = settle(db, network_id, resource_id, patient_id, rows, approved_before,
+                                         approvals, actor)
+            for row in rows:
+                row["approved"] = (row["kind"], row["member_id"]) not in pending
             db.execute(insert(TeamParticipant), rows)
     elif resource_type == "Consent":
         db.execute(delete(ConsentTerms).where(ConsentTerms.consent_id == resource_id))
@@ -85,25 +100,33 @@ def patient_facts(db: Session, network_id: str, patient_id: str, now: datetime,
                   subject: str | None = None) -> PatientFacts:
     """The patient's team (participants of their active CareTeams) and their consent, as of ``now``; with
     ``subject``, that user's unexpired break-the-glass grant for the patient too."""
-    team = tuple(
-        Participant(row.kind, row.member_id, row.role, row.start, row.end, approved=True)
-        for row in db.scalars(select(TeamParticipant).where(
-            TeamParticipant.network_id == network_id, TeamParticipant.patient_id == patient_id,
-            TeamParticipant.team_status == "active"))
-    )
-    terms = [row for row in db.scalars(select(ConsentTerms).where(
-        ConsentTerms.network_id == network_id, ConsentTerms.patient_id == patient_id,
-        ConsentTerms.status == "active")) if within(row.start, row.end, now)]
-    glass = break_glass_until(db, network_id, patient_id, subject, now) if subject else None
-    return PatientFacts(network_id, patient_id, team, combined_consent(terms), glass)
+    return many_patient_facts(db, network_id, [patient_id], now, subject)[patient_id]
 
 
-def break_glass_until(db: Session, network_id: str, patient_id: str, subject: str, now: datetime) -> datetime | None:
-    """When this user's latest unexpired break-the-glass grant for this patient ends; None without one."""
-    ends = db.scalars(select(BreakGlassGrant.expires_at).where(
-        BreakGlassGrant.network_id == network_id, BreakGlassGrant.patient_id == patient_id,
-        BreakGlassGrant.subject == subject, BreakGlassGrant.expires_at > now))
-    return max(ends, default=None)
+def many_patient_facts(db: Session, network_id: str, patient_ids: list[str], now: datetime,
+                       subject: str | None = None) -> dict[str, PatientFacts]:
+    """patient_facts of several patients, in three queries whatever their number (a search page's patients)."""
+    wanted = sorted(set(patient_ids))
+    teams: dict[str, list[Participant]] = {p: [] for p in wanted}
+    for row in db.scalars(select(TeamParticipant).where(
+            TeamParticipant.network_id == network_id, TeamParticipant.patient_id.in_(wanted),
+            TeamParticipant.team_status == "active")):
+        teams[row.patient_id].append(Participant(row.kind, row.member_id, row.role, row.start, row.end,
+                                                 approved=row.approved))
+    terms: dict[str, list[ConsentTerms]] = {p: [] for p in wanted}
+    for term in db.scalars(select(ConsentTerms).where(
+            ConsentTerms.network_id == network_id, ConsentTerms.patient_id.in_(wanted),
+            ConsentTerms.status == "active")):
+        if within(term.start, term.end, now):
+            terms[term.patient_id].append(term)
+    glass: dict[str, datetime] = {}
+    if subject:
+        for grant_patient, expires in db.execute(select(BreakGlassGrant.patient_id, BreakGlassGrant.expires_at).where(
+                BreakGlassGrant.network_id == network_id, BreakGlassGrant.patient_id.in_(wanted),
+                BreakGlassGrant.subject == subject, BreakGlassGrant.expires_at > now)):
+            glass[grant_patient] = max(expires, glass.get(grant_patient, expires))
+    return {p: PatientFacts(network_id, p, tuple(teams[p]), combined_consent(terms[p]), glass.get(p))
+            for p in wanted}
 
 
 def combined_consent(terms: list[ConsentTerms]) -> ConsentState:

@@ -15,8 +15,10 @@ from sqlalchemy.orm import Session
 from services.kit.db import TransactionRequired
 from services.kit.errors import BadRequest, Forbidden, NotFound, RenkeiError
 from services.kit.tokens import Principal
+from services.share.access.gate import SEEN, Seen, seen
 from services.share.access.projection import PROJECTED
-from services.share.fhir import binary, bundles
+from services.share.fhir import auditing, binary, bundles
+from services.share.fhir.auditing import Interaction
 from services.share.fhir.negotiation import bounded_body, check_content_type, documented_headers, optional_headers
 from services.share.fhir.responses import FhirResponse, operation_outcome
 from services.share.security.deps import Context, CurrentPrincipal
@@ -43,7 +45,9 @@ class Unprocessable(RenkeiError):
 
 
 def caller_of(principal: Principal) -> Caller:
-    return Caller(network_id=principal.network, subject=f"{principal.kind}:{principal.subject}")
+    """The store's view of a request's caller: the store enforces their access on everything it serves."""
+    return Caller(network_id=principal.network, subject=f"{principal.kind}:{principal.subject}",
+                  organization=principal.organization, principal=principal)
 
 
 def resource_type_of(resource_type: str, write: bool = False, reader: Principal | None = None) -> str:
@@ -87,11 +91,16 @@ def resource_response(ctx: Context, item: Stored, status: int = 200, prefer: str
 def run_search(ctx: Context, db: Session, principal: Principal, resource_type: str, query: S.SearchQuery) -> Response:
     network = principal.network
     base = ctx.settings.fhir_base
+    decided, query.visible = ctx.gate.search_scope(db, principal, resource_type, S.patient_of(query))
+    if decided is not None and not decided.allowed:  # as for a patient who does not exist: nothing matches
+        seen(db).refused.append(decided.reason)
+        return FhirResponse({"resourceType": "Bundle", "type": "searchset", "total": 0,
+                             "link": [{"relation": "self", "url": f"{base}/{resource_type}?{urlencode(query.echo)}"}]})
     if query.summary_count or (query.count == 0 and query.want_total):
         body = {"resourceType": "Bundle", "type": "searchset", "total": ctx.search.total(db, network, query)}
         return FhirResponse(body)
     rows, more = ctx.search.page(db, network, query)
-    matches = ctx.store.open_current(db, [match.current for match, _ in rows])
+    matches = ctx.store.open_current(db, caller_of(principal), [match.current for match, _ in rows])
     matches = [m for m in matches if ctx.search.confirm(network, query, m.body)]
     included_keys = ctx.search.included(db, network, query, [(m.resource_type, m.resource_id) for m in matches])
     included = ctx.store.heads(db, caller_of(principal), included_keys)
@@ -111,29 +120,48 @@ def run_search(ctx: Context, db: Session, principal: Principal, resource_type: s
     return FhirResponse(bundles.searchset(base, matches, included, links, total))
 
 
-async def in_transaction(ctx: Context, work: Callable[[Session], T]) -> T:
+Audited = tuple[Principal, Interaction]
+
+
+async def in_transaction(ctx: Context, work: Callable[[Session], T], audit: Audited | None = None) -> T:
     """Run ``work`` in one transaction on one worker thread: the hot paths make a single thread hop, not one per
-    dependency, and the transaction commits before the response goes out."""
-    return await _on_db_thread(ctx, ctx.db.transaction, work)
+    dependency, and the transaction commits before the response goes out. With ``audit``, the interaction's
+    audit record is written with it (auditing.py)."""
+    return await _on_db_thread(ctx, ctx.db.transaction, work, audit)
 
 
-async def reading(ctx: Context, work: Callable[[Session], Response]) -> Response:
+async def reading(ctx: Context, work: Callable[[Session], Response], audit: Audited | None = None) -> Response:
     """Run a read by key, or a single-statement write, on a worker thread without a transaction around it
     (Database.reading). Work that finds it must write more (a new data key, an audit record on SQLite) stops before
     its first write and runs again in a transaction."""
     try:
-        return await _on_db_thread(ctx, ctx.db.reading, work)
+        return await _on_db_thread(ctx, ctx.db.reading, work, audit)
     except TransactionRequired:
-        return await in_transaction(ctx, work)
+        return await in_transaction(ctx, work, audit)
 
 
 async def _on_db_thread(ctx: Context, session: Callable[[], AbstractContextManager[Session]],
-                        work: Callable[[Session], T]) -> T:
+                        work: Callable[[Session], T], audit: Audited | None) -> T:
     def execute() -> T:
-        with session() as db:
-            return work(db)
+        notes = Seen()
+        try:
+            with session() as db:
+                db.info[SEEN] = notes
+                result = work(db)
+                if audit is not None:
+                    auditing.record(ctx.audit, db, audit[0], audit[1], notes, _status(result))
+                return result
+        except RenkeiError as error:
+            if audit is not None:  # the work's writes are gone (or kept, if it said so); its record is not
+                with ctx.db.transaction() as db:
+                    auditing.record(ctx.audit, db, audit[0], audit[1], notes, error.status_code, error.message)
+            raise
 
     return await ctx.run(execute)
+
+
+def _status(result: object) -> int:
+    return result.status_code if isinstance(result, Response) else 200
 
 
 @router.get("/{resource_type}")
@@ -158,7 +186,8 @@ async def searching(ctx: Context, principal: Principal, resource_type: str, quer
     """One patient's resources are found by key, without a transaction (Database.reading); any other search runs
     in a transaction, planned for its own values."""
     run = reading if S.one_patient(query) else in_transaction
-    return await run(ctx, lambda db: run_search(ctx, db, principal, resource_type, query))
+    return await run(ctx, lambda db: run_search(ctx, db, principal, resource_type, query),
+                     (principal, Interaction("E", "search-type", resource_type)))
 
 
 # History -----------------------------------------------------------------------------------------------
@@ -179,7 +208,8 @@ def history_response(ctx: Context, db: Session, principal: Principal, resource_t
 @router.get("/{resource_type}/_history")
 async def type_history(resource_type: str, request: Request, ctx: Context, principal: CurrentPrincipal) -> Response:
     resource_type_of(resource_type, reader=principal)
-    return await in_transaction(ctx, lambda db: history_response(ctx, db, principal, resource_type, None, request))
+    return await in_transaction(ctx, lambda db: history_response(ctx, db, principal, resource_type, None, request),
+                                (principal, Interaction("R", "history-type", resource_type)))
 
 
 @router.get("/{resource_type}/{resource_id}/_history")
@@ -188,7 +218,8 @@ async def instance_history(resource_type: str, resource_id: str, request: Reques
     resource_type_of(resource_type, reader=principal)
     checked_id(resource_id)
     return await in_transaction(
-        ctx, lambda db: history_response(ctx, db, principal, resource_type, resource_id, request))
+        ctx, lambda db: history_response(ctx, db, principal, resource_type, resource_id, request),
+        (principal, Interaction("R", "history-instance", f"{resource_type}/{resource_id}")))
 
 
 # Instance interactions ----------------------------------------------------------------------------------
@@ -198,11 +229,13 @@ async def instance_history(resource_type: str, resource_id: str, request: Reques
 async def read(resource_type: str, resource_id: str, request: Request, ctx: Context,
                principal: CurrentPrincipal) -> Response:
     checked_id(resource_id)
+    audit = (principal, Interaction("R", "read", f"{resource_type}/{resource_id}"))
     if resource_type == "Binary":  # the content itself, or the resource with it (binary.py)
-        return await in_transaction(ctx, lambda db: binary.read(request, ctx, db, principal, resource_id))
+        return await in_transaction(ctx, lambda db: binary.read(request, ctx, db, principal, resource_id), audit)
     resource_type_of(resource_type, reader=principal)
     caller = caller_of(principal)
-    return await reading(ctx, lambda db: resource_response(ctx, ctx.store.read(db, caller, resource_type, resource_id)))
+    return await reading(ctx, lambda db: resource_response(ctx, ctx.store.read(db, caller, resource_type, resource_id)),
+                         audit)
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{version}")
@@ -211,12 +244,15 @@ async def vread(resource_type: str, resource_id: str, version: str, request: Req
     if not version.isdigit():
         raise NotFound(f"version {version!r} is not known")
     checked_id(resource_id)
+    audit = (principal, Interaction("R", "vread", f"{resource_type}/{resource_id}/_history/{version}"))
     if resource_type == "Binary":
-        return await in_transaction(ctx, lambda db: binary.read(request, ctx, db, principal, resource_id, int(version)))
+        return await in_transaction(
+            ctx, lambda db: binary.read(request, ctx, db, principal, resource_id, int(version)), audit)
     resource_type_of(resource_type, reader=principal)
     caller = caller_of(principal)
     return await reading(
-        ctx, lambda db: resource_response(ctx, ctx.store.vread(db, caller, resource_type, resource_id, int(version))))
+        ctx, lambda db: resource_response(ctx, ctx.store.vread(db, caller, resource_type, resource_id, int(version))),
+        audit)
 
 
 @router.post("/{resource_type}", openapi_extra=documented_headers("Prefer", "If-None-Exist", "Idempotency-Key"))
@@ -236,7 +272,7 @@ async def create(resource_type: str, request: Request, ctx: Context, principal: 
         return create_in(ctx, db, principal, resource_type, raw, body, prefer, if_none_exist, idempotency_key)
 
     run = reading if _single_statement(ctx, resource_type, if_none_exist, idempotency_key) else in_transaction
-    return await run(ctx, work)
+    return await run(ctx, work, (principal, Interaction("C", "create", resource_type)))
 
 
 def _single_statement(ctx: Context, resource_type: str, if_none_exist: str | None, idempotency_key: str | None) -> bool:
@@ -315,14 +351,16 @@ async def update(resource_type: str, resource_id: str, request: Request, ctx: Co
     body = parse_resource(raw, resource_type)  # CPU work: not on a database thread (see create)
     caller = caller_of(principal)
     return await in_transaction(ctx, lambda db: resource_response(
-        ctx, ctx.store.update(db, caller, resource_type, resource_id, body, expected), 200, prefer))
+        ctx, ctx.store.update(db, caller, resource_type, resource_id, body, expected), 200, prefer),
+        (principal, Interaction("U", "update", f"{resource_type}/{resource_id}")))
 
 
 @router.delete("/{resource_type}/{resource_id}")
 async def remove(resource_type: str, resource_id: str, ctx: Context, principal: CurrentPrincipal) -> Response:
     resource_type_of(resource_type, write=True)
     checked_id(resource_id)
-    return await in_transaction(ctx, lambda db: delete_response(ctx, db, principal, resource_type, resource_id))
+    return await in_transaction(ctx, lambda db: delete_response(ctx, db, principal, resource_type, resource_id),
+                                (principal, Interaction("D", "delete", f"{resource_type}/{resource_id}")))
 
 
 def delete_response(ctx: Context, db: Session, principal: Principal, resource_type: str, resource_id: str) -> Response:

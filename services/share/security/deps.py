@@ -28,7 +28,10 @@ class BearerPrincipal(HTTPBearer):
 
     async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
         ctx: ShareContext = request.app.state.share
-        return await ctx.verifier.authenticate(request.headers.get("authorization"))
+        principal = await ctx.verifier.authenticate(request.headers.get("authorization"))
+        # The network's sharing policy, for the access decisions this request makes (usually remembered).
+        await ctx.policies.of(principal.network)
+        return principal
 
 
 current_principal = BearerPrincipal(bearerFormat="JWT", scheme_name="bearer", auto_error=False,

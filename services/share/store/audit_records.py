@@ -1,7 +1,7 @@
 """AuditEvents the store writes about itself (erasures, integrity failures).
 
-They live under the network's key, outside any patient compartment, so they outlast what they describe. The
-[access] issue's audit trail builds on the same resource.
+They go to the audit log (services/share/audit/), sealed under the network's key, outside any patient's
+compartment, so they outlast what they describe.
 """
 
 from __future__ import annotations

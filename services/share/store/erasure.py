@@ -12,9 +12,10 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from services.kit.errors import NotFound
+from services.share.audit.trail import Access
 from services.share.store.audit_records import store_audit_event
 from services.share.store.models import ResourceHead, ResourceVersion, SearchEntry
-from services.share.store.service import ERASED, Caller, ResourceStore
+from services.share.store.service import ERASED, ResourceStore
 
 
 @dataclass(frozen=True)
@@ -59,5 +60,5 @@ def erase_patient(store: ResourceStore, db: Session, patient_id: str, actor: str
     record = store_audit_event(
         "patient-erase", "患者データ消去 (crypto-shred)", f"Patient/{patient_id}", actor, action="D", outcome="0"
     )
-    event = store.create(db, Caller(network_id, actor), "AuditEvent", record)
-    return Erasure(network_id, patient_id, int(count), event.resource_id)
+    seq = store.trail.record(db, Access(network_id, actor, patient_id, "D", "0"), record)
+    return Erasure(network_id, patient_id, int(count), f"audit-{seq}")

@@ -51,6 +51,9 @@ class ResourceVersion(ShareBase):
     method: Mapped[str] = mapped_column(String(8))  # POST, PUT or DELETE, for history entries
     last_updated: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     author: Mapped[str] = mapped_column(String(200))
+    # The author's organisation: without the patient's consent, an organisation sees only what its own members
+    # wrote (services/share/access/gate.py).
+    author_organization: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
 
 class SearchEntry(ShareBase):

@@ -64,6 +64,8 @@ class SearchQuery:
     includes: list[tuple[str, str]] = field(default_factory=list)
     revincludes: list[tuple[str, str]] = field(default_factory=list)
     echo: list[tuple[str, str]] = field(default_factory=list)  # the query as given, for paging links
+    # Set by the access gate for a search across patients: only resources of patients the caller may see.
+    visible: ColumnElement[bool] | None = None
 
 
 def bad(message: str, parameter: str) -> BadRequest:
@@ -197,6 +199,14 @@ def one_patient(query: SearchQuery) -> bool:
                for f in query.filters)
 
 
+def patient_of(query: SearchQuery) -> str | None:
+    """The patient id a one-patient search is confined to (``patient=Patient/x``, ``patient=x``), else None."""
+    if not one_patient(query):
+        return None
+    value = next(f.values[0] for f in query.filters if f.name == "patient" and f.kind == "reference")
+    return value.split("/_history/")[0].rstrip("/").rsplit("/", 1)[-1]
+
+
 def _patient_timeline(query: SearchQuery) -> bool:
     """True for the first page of ``patient=<id>`` alone, newest first (by _lastUpdated)."""
     return (len(query.filters) == 1 and one_patient(query) and query.sort == "_lastUpdated" and query.descending
@@ -219,6 +229,8 @@ class SearchRunner:
             ResourceHead.resource_type == query.resource_type,
             ResourceHead.deleted.is_(False),
         ]
+        if query.visible is not None:
+            conditions.append(query.visible)
         for item in query.filters:
             conditions.append(or_(*(self._one(network_id, query.resource_type, item, v) for v in item.values)))
         return conditions

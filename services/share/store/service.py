@@ -7,7 +7,7 @@ hand back those bytes untouched — a read never re-parses or re-serialises a re
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -19,7 +19,12 @@ from sqlalchemy.orm import Session
 
 from services.kit.db import utcnow
 from services.kit.errors import BadRequest, Conflict, NotFound, RenkeiError
+from services.kit.tokens import Principal
+from services.share.access import registration
+from services.share.access.decision import Action, Decision, deny
+from services.share.access.gate import Gate
 from services.share.access.projection import PROJECTED, project
+from services.share.audit.trail import Access, AuditTrail
 from services.share.crypto.datakeys import DataKeys, KeyDestroyed
 from services.share.crypto.envelope import TamperedCiphertext, open_sealed, resource_aad, seal
 from services.share.store.audit_records import store_audit_event
@@ -73,6 +78,10 @@ class Caller:
 
     network_id: str
     subject: str
+    organization: str = ""  # recorded as each version's author organisation
+    # The person or system acting, whose access the store enforces (services/share/access/gate.py); None for the
+    # server's own work (an integrity audit, an erasure, a bulk load).
+    principal: Principal | None = None
 
 
 @dataclass(frozen=True)
@@ -96,10 +105,14 @@ class Stored:
 
 
 class ResourceStore:
-    def __init__(self, keys: DataKeys, indexer: Indexer, cipher: Cipher | None = None) -> None:
+    def __init__(self, keys: DataKeys, indexer: Indexer, cipher: Cipher | None = None, gate: Gate | None = None
+                 ) -> None:
         self.keys = keys
         self.indexer = indexer
         self.cipher = cipher or AeadCipher()
+        self.trail = AuditTrail(keys)  # for what the store records of itself (an integrity failure, an erasure)
+        # Every caller with a principal passes the access decision here, on every path (access/gate.py).
+        self.gate = gate
 
     # Writes -------------------------------------------------------------------------------------------
 
@@ -110,7 +123,14 @@ class ResourceStore:
         resource_id = resource_id or uuid.uuid4().hex
         # The patient's existence is checked by the insert itself (_write), not by a query of its own.
         patient_id = self._compartment(db, caller, resource_type, resource_id, body, verify=False)
-        return self._write(db, caller, resource_type, resource_id, 1, patient_id, body, "POST", head=None)
+        if self.gate is not None:
+            self.gate.check_write(db, caller.principal, resource_type, Action.CREATE, patient_id or "", body)
+        stored = self._write(db, caller, resource_type, resource_id, 1, patient_id, body, "POST", head=None)
+        if resource_type == "Patient" and self.gate is not None and caller.principal is not None:
+            # The registrant is the first of the new patient's team (access/registration.py).
+            team = registration.first_team(self.gate.matrix, caller.principal, resource_id)
+            self.create(db, replace(caller, principal=None), "CareTeam", team)
+        return stored
 
     def update(
         self,
@@ -122,6 +142,7 @@ class ResourceStore:
         if_match: int | None,
     ) -> Stored:
         head = self._head(db, caller, resource_type, resource_id, for_update=True)
+        self._check_change(db, caller, head, Action.UPDATE, body)
         if if_match is not None and if_match != head.version:
             raise PreconditionFailed(f"{resource_type}/{resource_id} is at version {head.version}, not {if_match}")
         if body.get("id") not in (None, resource_id):
@@ -138,6 +159,7 @@ class ResourceStore:
     def delete(self, db: Session, caller: Caller, resource_type: str, resource_id: str) -> Stored | None:
         """Delete (a new, empty version); deleting what is already deleted changes nothing."""
         head = self._head(db, caller, resource_type, resource_id, for_update=True)
+        self._check_change(db, caller, head, Action.DELETE, None)
         if head.deleted:
             return None
         if resource_type == "Patient":
@@ -159,6 +181,7 @@ class ResourceStore:
                 method="DELETE",
                 last_updated=now,
                 author=caller.subject,
+                author_organization=caller.organization,
             )
         )
         db.execute(
@@ -177,18 +200,20 @@ class ResourceStore:
         row = statements(db).current(db, caller.network_id, resource_type, resource_id)
         if row is None:
             raise NotFound(f"{resource_type}/{resource_id} is not known")
+        decision = self.gate.check_read(db, caller.principal, row) if self.gate else None
         if row.deleted:
             raise Gone(f"{resource_type}/{resource_id} has been deleted")
-        return self.open(db, row)
+        return self._shaped(db, caller, decision, self.open(db, row))
 
     def vread(self, db: Session, caller: Caller, resource_type: str, resource_id: str, version: int) -> Stored:
         row = statements(db).version(db, resource_type, resource_id, version)
         if row is None or row.network_id != caller.network_id:
             raise NotFound(f"{resource_type}/{resource_id}/_history/{version} is not known")
+        decision = self.gate.check_read(db, caller.principal, row) if self.gate else None
         stored = self.open(db, row)
         if stored.deleted:
             raise Gone(f"{resource_type}/{resource_id} version {version} is a deletion")
-        return stored
+        return self._shaped(db, caller, decision, stored)
 
     def history(
         self,
@@ -202,6 +227,10 @@ class ResourceStore:
         """Versions newest first; for a type, of every resource of that type in the caller's network."""
         if resource_id is not None:
             self._head(db, caller, resource_type, resource_id)
+            if self.gate is not None and caller.principal is not None:
+                current = statements(db).current(db, caller.network_id, resource_type, resource_id)
+                if current is not None:
+                    self.gate.check_read(db, caller.principal, current)  # decided on the resource as it stands
         query = select(ResourceVersion).where(
             ResourceVersion.network_id == caller.network_id, ResourceVersion.resource_type == resource_type
         )
@@ -215,7 +244,7 @@ class ResourceStore:
         rows = list(db.scalars(query))
         if before is not None:
             rows = [r for r in rows if (r.last_updated, r.resource_id, r.version) < before][:count]
-        return [self.open(db, row, tolerate_erased=True) for row in rows]
+        return self._visible(db, caller, rows, tolerate_erased=True)
 
     def heads(self, db: Session, caller: Caller, keys: list[tuple[str, str]]) -> list[Stored]:
         """Current versions of the given (type, id) pairs that exist and are not deleted, in the given order."""
@@ -224,17 +253,49 @@ class ResourceStore:
         # One query for all of them: a search page must not cost a round trip per resource.
         current = statements(db).currents(db, caller.network_id, keys)
         rows = {(row.resource_type, row.resource_id): row for row in current}
-        return self.open_current(db, [rows[key] for key in keys if key in rows])
+        return self.open_current(db, caller, [rows[key] for key in keys if key in rows])
 
-    def open_current(self, db: Session, rows: list[VersionRow]) -> list[Stored]:
-        """Current versions, decrypted, in the given order; those whose patient was erased are left out."""
+    def open_current(self, db: Session, caller: Caller, rows: list[VersionRow]) -> list[Stored]:
+        """Current versions the caller may see, decrypted and shaped for them, in the given order; those whose
+        patient was erased are left out."""
+        return self._visible(db, caller, rows)
+
+    def _visible(self, db: Session, caller: Caller, rows: list[Any], tolerate_erased: bool = False) -> list[Stored]:
+        decisions = self.gate.readable(db, caller.principal, rows) if self.gate else [None] * len(rows)
         found: list[Stored] = []
-        for row in rows:
+        for row, decision in zip(rows, decisions, strict=True):
+            if self.gate is not None and decision is None:
+                continue
             try:
-                found.append(self.open(db, row))
+                stored = self.open(db, row, tolerate_erased=tolerate_erased)
             except Gone:
                 continue
+            body = self.gate.shape(db, caller.principal, decision, row.resource_type, stored.body) \
+                if self.gate is not None and not stored.deleted else stored.body
+            if body is not None:
+                found.append(stored if body is stored.body else replace(stored, body=body))
         return found
+
+    def _shaped(self, db: Session, caller: Caller, decision: Decision | None, stored: Stored) -> Stored:
+        """One resource as the caller may see it: sections they may not see withheld; refused if nothing is."""
+        if self.gate is None or stored.deleted:
+            return stored
+        body = self.gate.shape(db, caller.principal, decision, stored.resource_type, stored.body)
+        if body is None:
+            self.gate.refuse(db, deny("this kind of sheet is not shared with your profession"),
+                             f"{stored.resource_type}/{stored.resource_id}")
+            raise AssertionError("refuse raises")  # pragma: no cover
+        return stored if body is stored.body else replace(stored, body=body)
+
+    def _check_change(self, db: Session, caller: Caller, head: ResourceHead, action: Action,
+                      body: dict[str, Any] | None) -> None:
+        """Refuse an update or delete the caller may not make: decided on the resource as it stands (its
+        patient, its author's organisation), and on the new body (its sheet kind)."""
+        if self.gate is None or caller.principal is None:
+            return
+        self.gate.check_write(db, caller.principal, head.resource_type, action, head.patient_id, body,
+                              current=lambda: statements(db).current(db, caller.network_id, head.resource_type,
+                                                                     head.resource_id))
 
     def open(self, db: Session, row: ResourceVersion | VersionRow, tolerate_erased: bool = False) -> Stored:
         """Decrypt one version. A ciphertext that fails to authenticate is refused and logged, never served."""
@@ -275,7 +336,7 @@ class ResourceStore:
             action="R",
             outcome="8",
         )
-        self.create(db, Caller(row.network_id, "system:integrity-check"), "AuditEvent", record)
+        self.trail.record(db, Access(row.network_id, "integrity-check", row.patient_id, "R", "8"), record)
 
     def _head(
         self, db: Session, caller: Caller, resource_type: str, resource_id: str, for_update: bool = False
@@ -360,6 +421,7 @@ class ResourceStore:
                                          resource_aad(resource_type, resource_id, version)),
                 "last_updated": now,
                 "author": caller.subject,
+                "author_organization": caller.organization,
             },
             head={**owner, "version": version, "deleted": False, "last_updated": now},
             index=self.indexer.entries(caller.network_id, resource_type, resource_id, body),
@@ -403,5 +465,7 @@ class ResourceStore:
         if check is not None:
             known.add(check)
         if resource_type in PROJECTED:  # what access decisions read changes with this version, in this transaction
-            project(db, caller.network_id, resource_type, resource_id, patient_id, body)
+            approvals = self.gate.join_approvals(caller.network_id) if self.gate and caller.principal else ()
+            project(db, caller.network_id, resource_type, resource_id, patient_id, body, approvals=approvals,
+                    actor=caller.subject)
         return stored

@@ -27,7 +27,7 @@ from services.kit.db import TransactionRequired, without_transaction
 
 VERSION_COLUMNS = (
     "resource_type", "resource_id", "version", "network_id", "patient_id", "data_key_id", "body", "deleted",
-    "method", "last_updated", "author",
+    "method", "last_updated", "author", "author_organization",
 )
 HEAD_COLUMNS = ("resource_type", "resource_id", "network_id", "patient_id", "version", "deleted", "last_updated")
 INDEX_COLUMNS = ("network_id", "resource_type", "resource_id", "param", "value", "date_low", "date_high")
@@ -49,6 +49,7 @@ class VersionRow(NamedTuple):
     method: str
     last_updated: datetime
     author: str
+    author_organization: str
     # Its data key's row (id, network, patient, KEK version, wrapped key, destroyed at), read in the same
     # statement where that was cheap: a cold key then costs an unwrap, not a query of its own.
     wrapped_key: tuple[Any, ...] | None = None
@@ -82,7 +83,8 @@ _KEY_SELECT = "k.id, k.network_id, k.patient_id, k.kek_version, k.wrapped, k.des
 _PG_TYPES = {
     "resource_type": "varchar", "resource_id": "varchar", "version": "integer", "network_id": "varchar",
     "patient_id": "varchar", "data_key_id": "varchar", "body": "bytea", "deleted": "boolean", "method": "varchar",
-    "last_updated": "timestamptz", "author": "varchar", "param": "varchar", "value": "varchar",
+    "last_updated": "timestamptz", "author": "varchar", "author_organization": "varchar",
+    "param": "varchar", "value": "varchar",
     "date_low": "timestamptz", "date_high": "timestamptz",
 }
 
@@ -259,9 +261,9 @@ class Statements:
         return row[at], row[at + 1], row[at + 2], row[at + 3], bytes(row[at + 4]), destroyed
 
     def _version(self, row: Sequence[Any]) -> VersionRow:
-        key = self._key(row, 11) if len(row) > 11 and row[11] is not None else None
+        key = self._key(row, 12) if len(row) > 12 and row[12] is not None else None
         return VersionRow(row[0], row[1], row[2], row[3], row[4], row[5], bytes(row[6]), bool(row[7]), row[8],
-                          self.dialect.time_out(row[9]), row[10], key)
+                          self.dialect.time_out(row[9]), row[10], row[11], key)
 
     @contextmanager
     def _cursor(self, db: Session, flush: bool = True) -> Iterator[Any]:

@@ -1,0 +1,84 @@
+"""One audit record per interaction: who (user or system client, organisation, device), what (the interaction and
+its target), which patients it touched, and how it ended — allowed or refused (services/share/audit/).
+
+The store's access decisions note what they saw on the session (access/gate.py ``Seen``); the runners in
+resources.py call ``record`` when the work is done, in the same transaction as the work, or — when the work
+failed and its writes rolled back — in a transaction of its own, so that every refusal is on the record too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from services.kit.tokens import Principal
+from services.share.access.gate import Seen
+from services.share.audit.trail import Access, AuditTrail
+
+_REST = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
+         "display": "RESTful Operation"}
+_INTERACTION = "http://hl7.org/fhir/restful-interaction"
+ORGANIZATION_EXTENSION = "urn:renkei:extension:organization"
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """What a request does: ``action`` C/R/U/D/E, ``kind`` a restful-interaction code (read, search-type …) or an
+    operation's name, ``what`` the target (``Type/id``, ``Type`` for a search or create)."""
+
+    action: str
+    kind: str
+    what: str
+
+
+def outcome_of(status: int) -> str:
+    """AuditEvent.outcome: 0 success, 4 minor failure (a refusal, a bad request), 8 serious failure."""
+    return "0" if status < 400 else "4" if status < 500 else "8"
+
+
+def record(trail: AuditTrail, db: Session, principal: Principal, interaction: Interaction, seen: Seen,
+           status: int = 200, reason: str | None = None) -> None:
+    """Append the interaction's audit record: one row per patient it touched (so each patient's access report
+    finds it), one row without a patient when it touched none."""
+    now = datetime.now(UTC)
+    outcome = outcome_of(status)
+    event = _event(principal, interaction, seen, now, outcome, reason)
+    for patient_id in sorted(seen.patients) or [""]:
+        trail.record(db, Access(principal.network, principal.subject, patient_id, interaction.action, outcome),
+                     event, recorded=now)
+
+
+def _event(principal: Principal, interaction: Interaction, seen: Seen, now: datetime, outcome: str,
+           reason: str | None) -> dict[str, Any]:
+    who = (f"Practitioner/{principal.subject}" if principal.kind == "user" else f"Device/{principal.subject}")
+    agent: dict[str, Any] = {
+        "requestor": True, "who": {"reference": who},
+        "extension": [{"url": ORGANIZATION_EXTENSION,
+                       "valueReference": {"reference": f"Organization/{principal.organization}"}}],
+    }
+    if principal.profession:
+        agent["role"] = [{"text": principal.profession}]
+    agents = [agent]
+    if principal.device:
+        agents.append({"requestor": False, "who": {"reference": f"Device/{principal.device}"},
+                       "type": {"text": "device"}})
+    entities: list[dict[str, Any]] = [{"what": {"reference": interaction.what}} if "/" in interaction.what
+                                      else {"what": {"display": interaction.what}}]
+    entities += [{"what": {"reference": f"Patient/{patient}"}, "detail": [{"type": "basis", "valueString": basis}]}
+                 for patient, basis in sorted(seen.patients.items())]
+    withheld = seen.withheld_resources + seen.withheld_sections
+    if withheld:
+        entities[0]["detail"] = [{"type": "withheld-resources", "valueString": str(seen.withheld_resources)},
+                                 {"type": "withheld-sections", "valueString": str(seen.withheld_sections)}]
+    event: dict[str, Any] = {
+        "resourceType": "AuditEvent", "type": _REST,
+        "subtype": [{"system": _INTERACTION, "code": interaction.kind}],
+        "action": interaction.action, "recorded": now.isoformat(timespec="milliseconds"), "outcome": outcome,
+        "agent": agents, "source": {"observer": {"display": "Renkei share service"}}, "entity": entities,
+    }
+    if reason or seen.refused:
+        event["outcomeDesc"] = reason or seen.refused[-1]
+    return event
