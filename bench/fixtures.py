@@ -44,5 +44,31 @@ def sheet(patient_id: str, author_id: str, day: int) -> dict[str, Any]:
     }
 
 
+LABEL_SYSTEM = "urn:renkei:codesystem:sensitivity-label"
+SECTION_LABEL = "urn:renkei:extension:sensitivity-label"
+DAILY_SECTIONS = ["general", "care", "medication", "medical", "nursing", "mental-health"]
+
+
+def daily_note(patient_id: str, author_id: str, day: int) -> dict[str, Any]:
+    """A daily care note of about 3 KB whose sections carry sensitivity labels (some of which a care worker may
+    not see: bench/access.py's redaction)."""
+    sections = []
+    for label in DAILY_SECTIONS:
+        items = [_item(f"{label}.q{q}", f"{label} 項目{q} 本日の様子・服薬・処置",
+                       {"valueString": "午前中は穏やかに過ごす。昼食は全量摂取、服薬確認済み。夕方に軽い咳あり。"})
+                 for q in range(3)]
+        sections.append({"linkId": label, "text": label, "item": items,
+                         "extension": [{"url": SECTION_LABEL, "valueCoding": {"system": LABEL_SYSTEM, "code": label}}]})
+    return {
+        "resourceType": "QuestionnaireResponse",
+        "questionnaire": "urn:renkei:questionnaire:DailyCareNote|1.0.0",
+        "status": "completed",
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "author": {"reference": f"Practitioner/{author_id}"},
+        "authored": f"2026-{1 + day % 12:02d}-{1 + day % 28:02d}T{day % 24:02d}:00:00+09:00",
+        "item": sections,
+    }
+
+
 def pick(rng: random.Random, items: list[str]) -> str:
     return items[rng.randrange(len(items))]

@@ -35,6 +35,7 @@ class Workload:
     reads: list[str] = field(default_factory=list)  # QuestionnaireResponse ids
     author: str = "bench-author"
     path: str = "/fhir/QuestionnaireResponse"
+    count: int = 20  # a search page's size
 
 
 def _requests(work: Workload) -> dict[str, Request]:
@@ -52,7 +53,7 @@ def _requests(work: Workload) -> dict[str, Request]:
         return f"GET {work.path}/{rng.choice(work.reads)} HTTP/1.1\r\n{common}\r\n".encode()
 
     def search(rng: random.Random) -> bytes:
-        query = urlencode({"patient": rng.choice(work.search_patients), "_count": "20"})
+        query = urlencode({"patient": rng.choice(work.search_patients), "_count": str(work.count)})
         return f"GET {work.path}?{query} HTTP/1.1\r\n{common}\r\n".encode()
 
     return {"create": create, "read": read, "search": search}

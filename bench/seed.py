@@ -20,7 +20,8 @@ from services.share.store.service import Caller, Rows
 
 _COLUMNS = {
     "resource_versions": ("resource_type", "resource_id", "version", "network_id", "patient_id", "data_key_id",
-                          "body", "deleted", "method", "last_updated", "author", "author_organization"),
+                          "body", "deleted", "method", "last_updated", "author", "author_organization",
+                          "layout"),
     "resources": ("resource_type", "resource_id", "network_id", "patient_id", "version", "deleted", "last_updated"),
     "search_index": ("network_id", "resource_type", "resource_id", "param", "value", "date_low", "date_high"),
 }
@@ -56,7 +57,8 @@ def _flush(session: Any, pending: list[Rows], teams: list[dict[str, Any]], conse
 
 def seed(settings: Settings, network_id: str, patients: int, heavy: int, sheets_heavy: int, sheets_light: int,
          progress: Callable[[int], None] | None = None, batch: int = 250,
-         plaintext: bool = False, organization: str = "") -> tuple[list[str], list[str], list[str]]:
+         plaintext: bool = False, organization: str = "",
+         make_sheet: Callable[[str, str, int], dict[str, Any]] = sheet) -> tuple[list[str], list[str], list[str]]:
     """Create ``patients`` patients; the first ``heavy`` get ``sheets_heavy`` sheets each, the rest
     ``sheets_light``; each patient's team holds ``organization`` and the patient consents to sharing.
     Returns (patient ids, heavy patient ids, a sample of sheet ids)."""
@@ -78,7 +80,7 @@ def seed(settings: Settings, network_id: str, patients: int, heavy: int, sheets_
             consents.append(_consent(network_id, stored.resource_id))
             for day in range(sheets_heavy if index < heavy else sheets_light):
                 created, rows = ctx.store.prepare_new(session, caller, "QuestionnaireResponse",
-                                                      sheet(stored.resource_id, "bench-author", day))
+                                                      make_sheet(stored.resource_id, "bench-author", day))
                 pending.append(rows)
                 if len(sample) < 20000 and written % 7 == 0:
                     sample.append(created.resource_id)

@@ -3,6 +3,7 @@
     python bench/servers.py renkei  PORT WORKERS    the real application (encrypted store)
     python bench/servers.py plain   PORT WORKERS    the same application storing plain JSON (the baseline)
     python bench/servers.py bare    PORT WORKERS    a bare FastAPI endpoint inserting the JSON bytes, nothing else
+    python bench/servers.py unchecked PORT WORKERS  the real application with access checks and audit off
 
 All read their configuration from RENKEI_* variables like `renkei serve` (the bare endpoint only its database
 URL), and all are served alike, as `renkei serve --workers N` serves: worker processes (services/serving.py)
@@ -82,6 +83,13 @@ def plain() -> "FastAPI":
     from services.kit.settings import Settings
 
     return create_app(Settings(), plaintext_baseline=True)
+
+
+def unchecked() -> "FastAPI":
+    from services.app import create_app
+    from services.kit.settings import Settings
+
+    return create_app(Settings(), enforce_access=False)
 
 
 def bare() -> "FastAPI":

@@ -39,9 +39,11 @@ from services.share.fhir.teams import router as fhir_teams
 
 
 def create_app(
-    settings: Settings | None = None, *, auth: bool = True, share: bool = True, plaintext_baseline: bool = False
+    settings: Settings | None = None, *, auth: bool = True, share: bool = True, plaintext_baseline: bool = False,
+    enforce_access: bool = True,
 ) -> FastAPI:
-    """The application; ``plaintext_baseline`` (unencrypted storage) exists only for bench/store.py."""
+    """The application; ``plaintext_baseline`` (unencrypted storage) exists only for bench/store.py, and
+    ``enforce_access`` off (no access decisions, no audit) only for bench/access.py's baseline."""
     settings = settings or Settings()
     configure_logging()
 
@@ -54,7 +56,8 @@ def create_app(
             app.state.auth = auth_ctx
         chainer = None
         if share:
-            app.state.share = ShareContext.build(settings, plaintext_baseline=plaintext_baseline)
+            app.state.share = ShareContext.build(settings, plaintext_baseline=plaintext_baseline,
+                                                 enforce_access=enforce_access)
             if settings.audit_chain_interval_seconds > 0:
                 chainer = asyncio.create_task(chain_forever(app.state.share, settings.audit_chain_interval_seconds))
         yield

@@ -20,7 +20,7 @@ import orjson
 from sqlalchemy import ColumnElement, and_, or_, select, union_all
 from sqlalchemy.orm import Session
 
-from services.kit.codes import REDACTED, SECTION_LABEL_EXTENSION, SENSITIVITY_LABEL, WITHHELD_EXTENSION
+from services.kit.codes import REDACTED, SENSITIVITY_LABEL
 from services.kit.errors import BadRequest, Forbidden, NotFound
 from services.kit.tokens import Principal
 from services.share.access.decision import (
@@ -33,6 +33,7 @@ from services.share.access.decision import (
     deny,
     scope_allows,
 )
+from services.share.access.layout import marker, parsed_layout, section_label, sheet_kind
 from services.share.access.matrix import Matrix
 from services.share.access.models import BreakGlassGrant, TeamParticipant
 from services.share.access.policy import NetworkPolicies
@@ -66,6 +67,7 @@ class Seen:
 
     patients: dict[str, str] = field(default_factory=dict)
     refused: list[str] = field(default_factory=list)  # the reasons, in order
+    refused_patients: set[str] = field(default_factory=set)  # patients of this network a refusal was about
     withheld_resources: int = 0
     withheld_sections: int = 0
 
@@ -160,7 +162,7 @@ class Gate:
             raise BadRequest(f"Patient/{patient_id} is not known; the patient must exist first",
                              code="unknown_patient")
         if not found.allowed:
-            self.refuse(db, found, resource_type)
+            self.refuse(db, found, resource_type, patient_id)
         seen(db).served(patient_id, found)
 
     def check_read(self, db: Session, principal: Principal | None, row: Row) -> Decision | None:
@@ -169,7 +171,7 @@ class Gate:
             return None
         found = self._readable(db, principal, row, self.facts(db, principal, _patients([row])))
         if not found.allowed:
-            self.refuse(db, found, f"{row.resource_type}/{row.resource_id}")
+            self.refuse(db, found, f"{row.resource_type}/{row.resource_id}", row.patient_id)
         seen(db).served(row.patient_id, found)
         return found
 
@@ -181,8 +183,16 @@ class Gate:
         facts = self.facts(db, principal, _patients(rows))
         found: list[Decision | None] = []
         notes = seen(db)
+        # A page holds many resources of few patients: one decision per patient and kind, then each row's author.
+        decided: dict[tuple[str, str], Decision] = {}
         for row in rows:
-            decision = self._readable(db, principal, row, facts)
+            key = (row.patient_id, row.resource_type)
+            decision = decided.get(key)
+            if decision is None:
+                decision = decided[key] = self._kind_decision(db, principal, row, facts)
+            if decision.allowed and decision.only_own_organization \
+                    and row.author_organization != principal.organization:
+                decision = _NOT_OWN
             if decision.allowed:
                 notes.served(row.patient_id, decision)
                 found.append(decision)
@@ -192,36 +202,56 @@ class Gate:
         return found
 
     def _readable(self, db: Session, principal: Principal, row: Row, facts: dict[str, PatientFacts]) -> Decision:
-        if not row.patient_id or (row.resource_type in ADMINISTRATORS_ONLY and principal.is_admin):
-            return self.decision(db, principal, row.resource_type, Action.READ, row.patient_id)
-        found = self._decide(principal, facts[row.patient_id], row.resource_type, Action.READ, None)
+        found = self._kind_decision(db, principal, row, facts)
         if found.allowed and found.only_own_organization and row.author_organization != principal.organization:
-            return deny("without the patient's consent, only what this organisation wrote", hidden=True)
+            return _NOT_OWN
         return found
 
+    def _kind_decision(self, db: Session, principal: Principal, row: Row, facts: dict[str, PatientFacts]
+                       ) -> Decision:
+        """The decision on reading this patient's resources of this kind (whoever wrote them)."""
+        if not row.patient_id or (row.resource_type in ADMINISTRATORS_ONLY and principal.is_admin):
+            return self.decision(db, principal, row.resource_type, Action.READ, row.patient_id)
+        return self._decide(principal, facts[row.patient_id], row.resource_type, Action.READ, None)
+
     def shape(self, db: Session, principal: Principal | None, decision: Decision | None, resource_type: str,
-              body: bytes) -> bytes | None:
-        """The body as this reader may see it: None if the sheet kind is not theirs; sections whose label they
-        may not see removed, with a marker. Bodies with nothing to check are returned untouched, unparsed."""
+              body: bytes, layout: bytes | None = None) -> bytes | None:
+        """The body as this reader may see it: None if the sheet kind is not theirs, or the resource carries a
+        label they may not see; sections whose label they may not see withheld, with a marker. A sheet is
+        cut by its stored layout (layout.py); bodies with nothing to check are returned untouched, unparsed."""
         if principal is None or decision is None or not self.enforce or "*" in decision.labels:
             return body
         if resource_type != "QuestionnaireResponse" and b"urn:renkei:codesystem:sensitivity-label" not in body:
             return body
-        permissions = self.matrix.of(principal.profession)
-        sheets = self.matrix.break_glass.sheets if decision.basis is Basis.BREAK_GLASS else permissions.sheets_read
-        whole_labels = decision.labels >= self.matrix.labels
-        if resource_type == "QuestionnaireResponse" and whole_labels and sheets >= self.matrix.sheet_kinds:
-            return body
+        sheets = (self.matrix.break_glass.sheets if decision.basis is Basis.BREAK_GLASS
+                  else self.matrix.of(principal.profession).sheets_read)
+        if layout is None:
+            return self._shape_parsed(db, decision, sheets, resource_type, body)
+        found = parsed_layout(layout)
+        if found.kind is not None and found.kind in self.matrix.sheet_kinds and found.kind not in sheets:
+            seen(db).withheld_resources += 1
+            return None
+        if b"urn:renkei:codesystem:sensitivity-label" in body[found.meta[0]:found.meta[1]] and not all(
+                label in decision.labels for label in found.labels_of_resource(body)):
+            seen(db).withheld_resources += 1
+            return None
+        shaped, withheld = found.withhold(body, decision.labels)
+        seen(db).withheld_sections += withheld
+        return shaped
+
+    def _shape_parsed(self, db: Session, decision: Decision, sheets: frozenset[str], resource_type: str,
+                      body: bytes) -> bytes | None:
+        """``shape`` for a body without a layout (any other labelled resource): parsed, cut, serialised."""
         resource = orjson.loads(body)
         if resource_type == "QuestionnaireResponse":
-            kind = sheet_kind_of(resource_type, resource)
-            if kind is not None and kind not in sheets:
+            kind = sheet_kind(resource)
+            if kind is not None and kind in self.matrix.sheet_kinds and kind not in sheets:
                 seen(db).withheld_resources += 1
                 return None
         if not _labels_visible(resource.get("meta"), decision.labels):
             seen(db).withheld_resources += 1
             return None
-        if whole_labels or not isinstance(resource.get("item"), list):
+        if not isinstance(resource.get("item"), list):
             return body
         kept, withheld = _redact(resource["item"], decision.labels)
         if not withheld:
@@ -232,9 +262,12 @@ class Gate:
         meta["security"] = [*(meta.get("security") or []), REDACTED]
         return orjson.dumps(resource)
 
-    def refuse(self, db: Session, decision: Decision, what: str) -> None:
+    def refuse(self, db: Session, decision: Decision, what: str, patient_id: str = "") -> None:
         """Raise the refusal; the audit record of the interaction notes it (services/share/fhir/auditing.py)."""
-        seen(db).refused.append(decision.reason)
+        notes = seen(db)
+        notes.refused.append(decision.reason)
+        if patient_id:
+            notes.refused_patients.add(patient_id)
         if decision.hidden:
             raise NotFound(f"{what} is not known")
         raise Forbidden(f"{decision.reason}", code="access_denied")
@@ -269,18 +302,11 @@ class Gate:
 
 
 _UNRESTRICTED = Decision(True, "the server's own work", Basis.SYSTEM, frozenset({"*"}))
+_NOT_OWN = deny("without the patient's consent, only what this organisation wrote", hidden=True)
 
 
 def sheet_kind_of(resource_type: str, body: dict[str, Any] | None) -> str | None:
-    """A QuestionnaireResponse's sheet kind: its template's name, from the ``questionnaire`` canonical
-    (``…/Questionnaire/DischargeSheet|1.0``, ``urn:…:DischargeSheet``)."""
-    if resource_type != "QuestionnaireResponse" or not body:
-        return None
-    canonical = body.get("questionnaire")
-    if not isinstance(canonical, str) or not canonical:
-        return None
-    bare = canonical.split("|", 1)[0].rstrip("/")
-    return bare.rsplit("/", 1)[-1].rsplit(":", 1)[-1] or None
+    return sheet_kind(body) if resource_type == "QuestionnaireResponse" else None
 
 
 def _labels_visible(meta: Any, visible: frozenset[str]) -> bool:
@@ -295,26 +321,13 @@ def _redact(items: list[Any], visible: frozenset[str]) -> tuple[list[Any], int]:
     kept: list[Any] = []
     withheld = 0
     for item in items:
-        label = _section_label(item)
+        label = section_label(item)
         if label is None or label in visible:
             kept.append(item)
-            continue
-        withheld += 1
-        kept.append({"linkId": item.get("linkId"),
-                     "text": "（閲覧権限のない項目のため非表示 / withheld: not visible to your role）",
-                     "extension": [{"url": WITHHELD_EXTENSION, "valueCode": label}]})
+        else:
+            withheld += 1
+            kept.append(orjson.loads(marker(label, item.get("linkId"))))
     return kept, withheld
-
-
-def _section_label(item: Any) -> str | None:
-    if not isinstance(item, dict):
-        return None
-    for extension in item.get("extension") or []:
-        if isinstance(extension, dict) and extension.get("url") == SECTION_LABEL_EXTENSION:
-            coding = extension.get("valueCoding") or {}
-            if isinstance(coding, dict) and isinstance(coding.get("code"), str):
-                return str(coding["code"])
-    return None
 
 
 def _patients(rows: Iterable[Any]) -> list[str]:

@@ -16,17 +16,20 @@ Several active Consents add up; an exclusion or a withheld label in any of them 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from services.kit.codes import CARE_TEAM_ROLE, SENSITIVITY_LABEL
 from services.share.access.decision import ConsentState, Participant, PatientFacts, within
 from services.share.access.invitations import settle
-from services.share.access.models import BreakGlassGrant, ConsentTerms, TeamParticipant
+from services.share.access.models import ConsentTerms, TeamParticipant
 from services.share.store.params import date_range
+from services.share.store.statements import statements
 from services.share.store.types import reference_target
 
 PROJECTED = frozenset({"CareTeam", "Consent"})
@@ -105,31 +108,34 @@ def patient_facts(db: Session, network_id: str, patient_id: str, now: datetime,
 
 def many_patient_facts(db: Session, network_id: str, patient_ids: list[str], now: datetime,
                        subject: str | None = None) -> dict[str, PatientFacts]:
-    """patient_facts of several patients, in three queries whatever their number (a search page's patients)."""
+    """patient_facts of several patients (a search page's), in one statement whatever their number."""
     wanted = sorted(set(patient_ids))
     teams: dict[str, list[Participant]] = {p: [] for p in wanted}
-    for row in db.scalars(select(TeamParticipant).where(
-            TeamParticipant.network_id == network_id, TeamParticipant.patient_id.in_(wanted),
-            TeamParticipant.team_status == "active")):
-        teams[row.patient_id].append(Participant(row.kind, row.member_id, row.role, row.start, row.end,
-                                                 approved=row.approved))
-    terms: dict[str, list[ConsentTerms]] = {p: [] for p in wanted}
-    for term in db.scalars(select(ConsentTerms).where(
-            ConsentTerms.network_id == network_id, ConsentTerms.patient_id.in_(wanted),
-            ConsentTerms.status == "active")):
-        if within(term.start, term.end, now):
-            terms[term.patient_id].append(term)
+    terms: dict[str, list[Terms]] = {p: [] for p in wanted}
     glass: dict[str, datetime] = {}
-    if subject:
-        for grant_patient, expires in db.execute(select(BreakGlassGrant.patient_id, BreakGlassGrant.expires_at).where(
-                BreakGlassGrant.network_id == network_id, BreakGlassGrant.patient_id.in_(wanted),
-                BreakGlassGrant.subject == subject, BreakGlassGrant.expires_at > now)):
-            glass[grant_patient] = max(expires, glass.get(grant_patient, expires))
+    for row in statements(db).access_facts(db, network_id, wanted, subject or "", now):
+        patient, what, start, end = row[0], row[1], row[5], row[6]
+        if what == "t":
+            teams[patient].append(Participant(row[2], row[3], row[4], start, end, approved=bool(row[7])))
+        elif what == "c" and within(start, end, now):
+            listed = orjson.loads(row[8]) if row[8] is not None else None
+            terms[patient].append(Terms(listed, orjson.loads(row[9] or "[]"), orjson.loads(row[10] or "[]")))
+        elif what == "g":
+            glass[patient] = max(end, glass.get(patient, end))
     return {p: PatientFacts(network_id, p, tuple(teams[p]), combined_consent(terms[p]), glass.get(p))
             for p in wanted}
 
 
-def combined_consent(terms: list[ConsentTerms]) -> ConsentState:
+@dataclass(frozen=True)
+class Terms:
+    """One active Consent's terms (a ConsentTerms row, as decisions need it)."""
+
+    organizations: list[str] | None
+    excluded_organizations: list[str]
+    withheld_labels: list[str]
+
+
+def combined_consent(terms: list[Terms]) -> ConsentState:
     if not terms:
         return ConsentState(active=False)
     listed = [set(t.organizations) for t in terms if t.organizations is not None]

@@ -46,7 +46,7 @@ def record(trail: AuditTrail, db: Session, principal: Principal, interaction: In
     now = datetime.now(UTC)
     outcome = outcome_of(status)
     event = _event(principal, interaction, seen, now, outcome, reason)
-    for patient_id in sorted(seen.patients) or [""]:
+    for patient_id in sorted(seen.patients.keys() | seen.refused_patients) or [""]:
         trail.record(db, Access(principal.network, principal.subject, patient_id, interaction.action, outcome),
                      event, recorded=now)
 
@@ -67,8 +67,9 @@ def _event(principal: Principal, interaction: Interaction, seen: Seen, now: date
                        "type": {"text": "device"}})
     entities: list[dict[str, Any]] = [{"what": {"reference": interaction.what}} if "/" in interaction.what
                                       else {"what": {"display": interaction.what}}]
+    bases = {**{patient: "refused" for patient in seen.refused_patients}, **seen.patients}
     entities += [{"what": {"reference": f"Patient/{patient}"}, "detail": [{"type": "basis", "valueString": basis}]}
-                 for patient, basis in sorted(seen.patients.items())]
+                 for patient, basis in sorted(bases.items())]
     withheld = seen.withheld_resources + seen.withheld_sections
     if withheld:
         entities[0]["detail"] = [{"type": "withheld-resources", "valueString": str(seen.withheld_resources)},

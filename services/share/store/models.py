@@ -54,6 +54,8 @@ class ResourceVersion(ShareBase):
     # The author's organisation: without the patient's consent, an organisation sees only what its own members
     # wrote (services/share/access/gate.py).
     author_organization: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    # Where a sheet's labelled sections lie in its JSON (services/share/access/layout.py): codes and offsets only.
+    layout: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class SearchEntry(ShareBase):

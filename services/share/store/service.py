@@ -23,6 +23,7 @@ from services.kit.tokens import Principal
 from services.share.access import registration
 from services.share.access.decision import Action, Decision, deny
 from services.share.access.gate import Gate
+from services.share.access.layout import layout_of
 from services.share.access.projection import PROJECTED, project
 from services.share.audit.trail import Access, AuditTrail
 from services.share.crypto.datakeys import DataKeys, KeyDestroyed
@@ -102,6 +103,7 @@ class Stored:
     deleted: bool
     method: str
     body: bytes  # the resource's JSON (empty for a delete)
+    layout: bytes | None = None  # a sheet's section layout (services/share/access/layout.py)
 
 
 class ResourceStore:
@@ -270,7 +272,7 @@ class ResourceStore:
                 stored = self.open(db, row, tolerate_erased=tolerate_erased)
             except Gone:
                 continue
-            body = self.gate.shape(db, caller.principal, decision, row.resource_type, stored.body) \
+            body = self.gate.shape(db, caller.principal, decision, row.resource_type, stored.body, stored.layout) \
                 if self.gate is not None and not stored.deleted else stored.body
             if body is not None:
                 found.append(stored if body is stored.body else replace(stored, body=body))
@@ -280,7 +282,7 @@ class ResourceStore:
         """One resource as the caller may see it: sections they may not see withheld; refused if nothing is."""
         if self.gate is None or stored.deleted:
             return stored
-        body = self.gate.shape(db, caller.principal, decision, stored.resource_type, stored.body)
+        body = self.gate.shape(db, caller.principal, decision, stored.resource_type, stored.body, stored.layout)
         if body is None:
             self.gate.refuse(db, deny("this kind of sheet is not shared with your profession"),
                              f"{stored.resource_type}/{stored.resource_id}")
@@ -321,7 +323,8 @@ class ResourceStore:
             raise IntegrityFailure(
                 "this resource failed its integrity check and is not served", keep_writes=True
             ) from None
-        return Stored(row.resource_type, row.resource_id, row.version, row.last_updated, False, row.method, body)
+        return Stored(row.resource_type, row.resource_id, row.version, row.last_updated, False, row.method, body,
+                      row.layout)
 
     # Internals ----------------------------------------------------------------------------------------
 
@@ -422,13 +425,14 @@ class ResourceStore:
                 "last_updated": now,
                 "author": caller.subject,
                 "author_organization": caller.organization,
+                "layout": layout_of(body, plaintext),
             },
             head={**owner, "version": version, "deleted": False, "last_updated": now},
             index=self.indexer.entries(caller.network_id, resource_type, resource_id, body),
         )
         if resource_type == "Patient":
             db.info.setdefault(_KNOWN_PATIENTS, set()).add((caller.network_id, resource_id))
-        return Stored(resource_type, resource_id, version, now, False, method, plaintext), rows
+        return Stored(resource_type, resource_id, version, now, False, method, plaintext, rows.version["layout"]), rows
 
     def _write(
         self,

@@ -27,7 +27,7 @@ from services.kit.db import TransactionRequired, without_transaction
 
 VERSION_COLUMNS = (
     "resource_type", "resource_id", "version", "network_id", "patient_id", "data_key_id", "body", "deleted",
-    "method", "last_updated", "author", "author_organization",
+    "method", "last_updated", "author", "author_organization", "layout",
 )
 HEAD_COLUMNS = ("resource_type", "resource_id", "network_id", "patient_id", "version", "deleted", "last_updated")
 INDEX_COLUMNS = ("network_id", "resource_type", "resource_id", "param", "value", "date_low", "date_high")
@@ -50,6 +50,7 @@ class VersionRow(NamedTuple):
     last_updated: datetime
     author: str
     author_organization: str
+    layout: bytes | None  # a sheet's section layout (services/share/access/layout.py)
     # Its data key's row (id, network, patient, KEK version, wrapped key, destroyed at), read in the same
     # statement where that was cheap: a cold key then costs an unwrap, not a query of its own.
     wrapped_key: tuple[Any, ...] | None = None
@@ -83,7 +84,7 @@ _KEY_SELECT = "k.id, k.network_id, k.patient_id, k.kek_version, k.wrapped, k.des
 _PG_TYPES = {
     "resource_type": "varchar", "resource_id": "varchar", "version": "integer", "network_id": "varchar",
     "patient_id": "varchar", "data_key_id": "varchar", "body": "bytea", "deleted": "boolean", "method": "varchar",
-    "last_updated": "timestamptz", "author": "varchar", "author_organization": "varchar",
+    "last_updated": "timestamptz", "author": "varchar", "author_organization": "varchar", "layout": "bytea",
     "param": "varchar", "value": "varchar",
     "date_low": "timestamptz", "date_high": "timestamptz",
 }
@@ -150,12 +151,48 @@ class Statements:
         self.owned_key = (
             f"SELECT {_KEY_SELECT} FROM data_keys k WHERE k.network_id = {m} AND k.patient_id = {m}"
         )
+        self.audit_row = (
+            "INSERT INTO audit_log (network_id, recorded, agent, patient_id, action, outcome, data_key_id, event)"
+            f" VALUES ({d.placeholders(8)}) RETURNING seq"
+        )
         self.one_version = (
             f"SELECT {_VERSION_SELECT} FROM resource_versions v"
             f" WHERE v.resource_type = {m} AND v.resource_id = {m} AND v.version = {m}"
         )
 
     # Reads -----------------------------------------------------------------------------------------------
+
+    def access_facts(self, db: Session, network_id: str, patient_ids: Sequence[str], subject: str,
+                     now: datetime) -> list[tuple[Any, ...]]:
+        """What access decisions read about these patients, in one round trip (services/share/access/): rows of
+        (patient, "t", kind, member, role, start, end, approved) for care-team participants of active teams,
+        (patient, "c", status, -, -, start, end, -, organizations, excluded, withheld) for active consents (the
+        last three JSON text), and (patient, "g", -, -, -, -, expires) for ``subject``'s unexpired break-the-glass
+        grants. Times come back as datetimes."""
+        d = self.dialect
+        if d.sqlite:
+            among = f"IN ({d.placeholders(len(patient_ids))})"
+            patients: list[Any] = list(patient_ids)
+            text = ""
+        else:
+            among, patients, text = "= ANY(%s)", [list(patient_ids)], "::text"
+        sql = (
+            f'SELECT patient_id, \'t\', kind, member_id, role, start, "end", approved, NULL, NULL, NULL'
+            f" FROM care_team_participants WHERE network_id = {d.mark} AND patient_id {among}"
+            " AND team_status = 'active'"
+            f' UNION ALL SELECT patient_id, \'c\', status, NULL, NULL, start, "end", NULL, organizations{text},'
+            f" excluded_organizations{text}, withheld_labels{text} FROM consent_terms"
+            f" WHERE network_id = {d.mark} AND patient_id {among} AND status = 'active'"
+            " UNION ALL SELECT patient_id, 'g', NULL, NULL, NULL, NULL, expires_at, NULL, NULL, NULL, NULL"
+            f" FROM break_glass_grants WHERE network_id = {d.mark} AND patient_id {among}"
+            f" AND subject = {d.mark} AND expires_at > {d.mark}"
+        )
+        parameters = [network_id, *patients, network_id, *patients, network_id, *patients, subject, d.time_in(now)]
+        with self._cursor(db) as cursor:
+            cursor.execute(sql, parameters)
+            rows = cursor.fetchall()
+        return [(r[0], r[1], r[2], r[3], r[4], None if r[5] is None else d.time_out(r[5]),
+                 None if r[6] is None else d.time_out(r[6]), r[7], r[8], r[9], r[10]) for r in rows]
 
     def patient(self, db: Session, patient_id: str) -> tuple[str, bool] | None:
         """(network id, deleted) of a Patient's head, or None."""
@@ -212,6 +249,15 @@ class Statements:
 
     # Writes ----------------------------------------------------------------------------------------------
 
+    def insert_audit(self, db: Session, network_id: str, recorded: datetime, agent: str, patient_id: str,
+                     action: str, outcome: str, data_key_id: str, event: bytes) -> int:
+        """One audit-log row (services/share/audit/trail.py): its seq. Nothing pending is flushed first."""
+        with self._cursor(db, flush=False) as cursor:
+            cursor.execute(self.audit_row, (network_id, self.dialect.time_in(recorded), agent, patient_id, action,
+                                            outcome, data_key_id, event))
+            row = cursor.fetchone()
+        return int(row[0])
+
     def insert(self, db: Session, version: dict[str, Any], head: dict[str, Any] | None,
                index: list[dict[str, Any]], *, patient: tuple[str, str] | None = None) -> bool:
         """A new version row, its new head row (None when the head exists already) and its index entries.
@@ -261,9 +307,10 @@ class Statements:
         return row[at], row[at + 1], row[at + 2], row[at + 3], bytes(row[at + 4]), destroyed
 
     def _version(self, row: Sequence[Any]) -> VersionRow:
-        key = self._key(row, 12) if len(row) > 12 and row[12] is not None else None
+        key = self._key(row, 13) if len(row) > 13 and row[13] is not None else None
         return VersionRow(row[0], row[1], row[2], row[3], row[4], row[5], bytes(row[6]), bool(row[7]), row[8],
-                          self.dialect.time_out(row[9]), row[10], row[11], key)
+                          self.dialect.time_out(row[9]), row[10], row[11], None if row[12] is None else bytes(row[12]),
+                          key)
 
     @contextmanager
     def _cursor(self, db: Session, flush: bool = True) -> Iterator[Any]:

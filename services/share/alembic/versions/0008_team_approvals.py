@@ -1,4 +1,4 @@
-"""versions record their author's organisation; care-team joining by invitation
+"""versions record their author's organisation and a sheet's section layout; care-team joining by invitation
 
 Revision ID: 0008
 Revises: 0007
@@ -22,6 +22,7 @@ def upgrade() -> None:
     with op.batch_alter_table('resource_versions', schema=None) as batch_op:
         batch_op.add_column(sa.Column('author_organization', sa.String(length=64), server_default='',
                                       nullable=False))
+        batch_op.add_column(sa.Column('layout', sa.LargeBinary(), nullable=True))
     with op.batch_alter_table('care_team_participants', schema=None) as batch_op:
         batch_op.add_column(sa.Column('approved', sa.Boolean(), server_default=sa.true(), nullable=False))
     op.create_table(
@@ -52,4 +53,5 @@ def downgrade() -> None:
     with op.batch_alter_table('care_team_participants', schema=None) as batch_op:
         batch_op.drop_column('approved')
     with op.batch_alter_table('resource_versions', schema=None) as batch_op:
+        batch_op.drop_column('layout')
         batch_op.drop_column('author_organization')
