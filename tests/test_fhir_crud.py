@@ -256,6 +256,8 @@ def test_the_capability_statement_names_the_operations_and_where_each_network_pu
     rest = statement["rest"][0]
     patient_ops = next(r for r in rest["resource"] if r["type"] == "Patient")["operation"]
     assert {op["name"] for op in patient_ops} == {"break-glass", "access-report"}
-    assert all("operation" not in r for r in rest["resource"] if r["type"] != "Patient")
+    team_ops = next(r for r in rest["resource"] if r["type"] == "CareTeam")["operation"]
+    assert {op["name"] for op in team_ops} == {"invitations", "accept", "approve"}
+    assert all("operation" not in r for r in rest["resource"] if r["type"] not in ("Patient", "CareTeam"))
     assert f"{server.base_url}/auth/networks/{{network}}/policy" in rest["documentation"]
     assert "consent_required" in rest["documentation"]

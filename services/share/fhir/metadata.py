@@ -39,7 +39,10 @@ def capability_statement(settings: Settings, published: str) -> dict[str, Any]:
                 "network's published policy — whether the patient's consent is required (consent_required, on by "
                 f"default; a network may turn it off) and which approvals a new care-team participant needs — at "
                 f"{settings.auth_url}/networks/{{network}}/policy, and its joint-use notice at "
-                f"{settings.auth_url}/networks/{{network}}/joint-use. AuditEvents are for network administrators.",
+                f"{settings.auth_url}/networks/{{network}}/joint-use. Every interaction passes the access decision "
+                "(care team, consent, the profession's row of the permission matrix, SMART scopes for system "
+                "clients) and is audited; sections a reader may not see are withheld (meta.security REDACTED). "
+                "AuditEvents are for network administrators.",
                 "security": {
                     "cors": False,
                     "service": [
@@ -100,7 +103,8 @@ def _resource_capability(resource_type: str) -> dict[str, Any]:
     }
 
 
-# Instance operations beyond FHIR's own (services/share/access/break_glass.py, services/share/audit/report.py).
+# Instance operations beyond FHIR's own (services/share/access/break_glass.py, services/share/audit/report.py,
+# services/share/fhir/teams.py).
 _OPERATIONS = {
     "Patient": [
         {"name": "break-glass", "definition": "urn:renkei:operation:break-glass",
@@ -108,6 +112,16 @@ _OPERATIONS = {
                           "professions the permission matrix names, for a limited time, audited."},
         {"name": "access-report", "definition": "urn:renkei:operation:access-report",
          "documentation": "Who accessed this patient's data, and when (network administrators)."},
+    ],
+    "CareTeam": [
+        {"name": "invitations", "definition": "urn:renkei:operation:team-invitations",
+         "documentation": "Each newcomer's invitation and the step it waits for (invitee, organization, "
+                          "patient); for the team's managers."},
+        {"name": "accept", "definition": "urn:renkei:operation:team-accept",
+         "documentation": "The invited user (or, for an organisation, its administrator) accepts."},
+        {"name": "approve", "definition": "urn:renkei:operation:team-approve",
+         "documentation": "Parameters 'member' and 'approval' (organization: by the invitee's organisation "
+                          "administrator; patient: recorded by a team manager), optional 'note'."},
     ],
 }
 
