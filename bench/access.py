@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -34,9 +33,7 @@ from bench.fixtures import daily_note
 from bench.load import Workload
 from bench.pg import own_postgres
 from bench.seed import seed
-from bench.store import PG, Server, analyze, databases, measure_alternating
-from services.kit.db import make_engine
-from services.kit.migrate import upgrade
+from bench.store import PG, Server, analyze, bootstrap_network, databases, measure_alternating
 from services.share.audit.models import AuditEntry
 
 PASSWORD = "bench password 2026"
@@ -45,11 +42,6 @@ TARGET = 0.20
 
 def prepare(server: Server, scratch: Path) -> tuple[str, str]:
     """Migrate, bootstrap a network with a care worker and the sheets' author: (network id, organisation id)."""
-    for service, url in (("auth", server.settings.resolved_auth_database_url),
-                         ("share", server.settings.resolved_share_database_url)):
-        engine = make_engine(url)
-        upgrade(service, engine)
-        engine.dispose()
     network = f"bench-{uuid.uuid4().hex[:6]}"
     clinic = f"{network}-office"
     description = {
@@ -60,10 +52,7 @@ def prepare(server: Server, scratch: Path) -> tuple[str, str]:
                   {"username": f"{network}-author", "id": "bench-author", "password": PASSWORD,
                    "organization": clinic, "profession": "nurse", "name": "ベンチ 看護師"}],
     }
-    file = scratch / "network.json"
-    file.write_text(json.dumps(description, ensure_ascii=False))
-    subprocess.run([sys.executable, "-m", "services.cli", "admin", "bootstrap", str(file)], env=server.env,
-                   check=True, capture_output=True)
+    bootstrap_network(server, scratch, description)
     return network, clinic
 
 

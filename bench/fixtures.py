@@ -33,9 +33,13 @@ def sheet(patient_id: str, author_id: str, day: int) -> dict[str, Any]:
                        {"valueString": "退院後は訪問看護で褥瘡処置を継続。服薬は一包化、朝夕の血圧測定を依頼。"})
                  for q in range(3)]
         sections.append({"linkId": f"s{section}", "text": f"第{section}章", "item": items})
+    return _response("DischargeSheet", patient_id, author_id, day, sections)
+
+
+def _response(kind: str, patient_id: str, author_id: str, day: int, sections: list[Any]) -> dict[str, Any]:
     return {
         "resourceType": "QuestionnaireResponse",
-        "questionnaire": "urn:renkei:questionnaire:DischargeSheet|1.0.0",
+        "questionnaire": f"urn:renkei:questionnaire:{kind}|1.0.0",
         "status": "completed",
         "subject": {"reference": f"Patient/{patient_id}"},
         "author": {"reference": f"Practitioner/{author_id}"},
@@ -59,15 +63,7 @@ def daily_note(patient_id: str, author_id: str, day: int) -> dict[str, Any]:
                  for q in range(3)]
         sections.append({"linkId": label, "text": label, "item": items,
                          "extension": [{"url": SECTION_LABEL, "valueCoding": {"system": LABEL_SYSTEM, "code": label}}]})
-    return {
-        "resourceType": "QuestionnaireResponse",
-        "questionnaire": "urn:renkei:questionnaire:DailyCareNote|1.0.0",
-        "status": "completed",
-        "subject": {"reference": f"Patient/{patient_id}"},
-        "author": {"reference": f"Practitioner/{author_id}"},
-        "authored": f"2026-{1 + day % 12:02d}-{1 + day % 28:02d}T{day % 24:02d}:00:00+09:00",
-        "item": sections,
-    }
+    return _response("DailyCareNote", patient_id, author_id, day, sections)
 
 
 def pick(rng: random.Random, items: list[str]) -> str:

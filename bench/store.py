@@ -144,25 +144,29 @@ def _descendants(pid: int) -> list[int]:
 
 def prepare_renkei(server: Server, scratch: Path) -> tuple[str, str]:
     """Migrate, bootstrap a bench network, start, log in: (network id, access token)."""
+    network = f"bench-{uuid.uuid4().hex[:6]}"
+    bootstrap_network(server, scratch, {
+        "network": {"id": network, "name": "bench", "settings": {"mfa_required": False}},
+        "organizations": [{"id": f"{network}-clinic", "name": "ベンチ診療所", "type": "clinic"}],
+        "users": [{"username": f"{network}-doc", "id": "bench-author", "password": PASSWORD,
+                   "organization": f"{network}-clinic", "profession": "physician", "name": "ベンチ 医師"}],
+    })
+    server.start()
+    login = httpx.post(f"{server.base}/auth/login", json={"username": f"{network}-doc", "password": PASSWORD})
+    return network, login.json()["access_token"]
+
+
+def bootstrap_network(server: Server, scratch: Path, description: dict[str, Any]) -> None:
+    """Migrate the server's databases and load a network (as `renkei admin bootstrap` does)."""
     for service, url in (("auth", server.settings.resolved_auth_database_url),
                          ("share", server.settings.resolved_share_database_url)):
         engine = make_engine(url)
         upgrade(service, engine)
         engine.dispose()
-    network = f"bench-{uuid.uuid4().hex[:6]}"
-    description = {
-        "network": {"id": network, "name": "bench", "settings": {"mfa_required": False}},
-        "organizations": [{"id": f"{network}-clinic", "name": "ベンチ診療所", "type": "clinic"}],
-        "users": [{"username": f"{network}-doc", "id": "bench-author", "password": PASSWORD,
-                   "organization": f"{network}-clinic", "profession": "physician", "name": "ベンチ 医師"}],
-    }
     file = scratch / f"{server.mode}-network.json"
     file.write_text(json.dumps(description, ensure_ascii=False))
     subprocess.run([sys.executable, "-m", "services.cli", "admin", "bootstrap", str(file)], env=server.env,
                    check=True, capture_output=True)
-    server.start()
-    login = httpx.post(f"{server.base}/auth/login", json={"username": f"{network}-doc", "password": PASSWORD})
-    return network, login.json()["access_token"]
 
 
 def analyze(url: str) -> None:
