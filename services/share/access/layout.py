@@ -59,10 +59,30 @@ def layout_of(body: dict[str, Any], plaintext: bytes) -> bytes | None:
             spans.append([label, item.get("linkId"), start, position])
     meta = orjson.dumps(body.get("meta"))
     start = plaintext.find(b'"meta":' + meta)
-    if start < 0:
+    if start < 0 or not isinstance(body.get("meta"), dict):
         return None
     start += len(b'"meta":')
-    return orjson.dumps({"q": sheet_kind(body), "m": [start, start + len(meta)], "s": spans})
+    marking = _redaction_point(body["meta"], plaintext, start, start + len(meta))
+    if marking is None:
+        return None
+    return orjson.dumps({"q": sheet_kind(body), "m": [start, start + len(meta)], "r": marking, "s": spans})
+
+
+_REDACTED = orjson.dumps(REDACTED)
+# How the REDACTED coding goes into meta: a new security list, after other codings, or into an empty list.
+_MARKINGS = (b',"security":[' + _REDACTED + b"]", b"," + _REDACTED, _REDACTED)
+
+
+def _redaction_point(meta: dict[str, Any], plaintext: bytes, start: int, end: int) -> list[int] | None:
+    """Where (and which of _MARKINGS) marks the stored JSON's meta REDACTED, without parsing it on each read."""
+    security = meta.get("security")
+    if security is None:
+        return [end - 1, 0]  # before meta's closing brace
+    listed = b'"security":' + orjson.dumps(security)
+    at = plaintext.find(listed, start, end)
+    if at < 0 or not isinstance(security, list):
+        return None
+    return [at + len(listed) - 1, 1 if security else 2]  # before the list's closing bracket
 
 
 class Layout:
@@ -72,7 +92,9 @@ class Layout:
         data = orjson.loads(raw)
         self.kind: str | None = data["q"]
         self.meta: tuple[int, int] = (data["m"][0], data["m"][1])
+        self.marking: tuple[int, bytes] = (data["r"][0], _MARKINGS[data["r"][1]])
         self.sections: list[tuple[str, Any, int, int]] = [(s[0], s[1], s[2], s[3]) for s in data["s"]]
+        self._plans: dict[frozenset[str], tuple[list[tuple[int, int, bytes]], int]] = {}
 
     def labels_of_resource(self, body: bytes) -> list[str]:
         meta = orjson.loads(body[self.meta[0]:self.meta[1]]) or {}
@@ -82,19 +104,25 @@ class Layout:
     def withhold(self, body: bytes, visible: frozenset[str]) -> tuple[bytes, int]:
         """The body with the sections whose label is not ``visible`` replaced by a marker, and ``meta.security``
         marked REDACTED; and how many sections were withheld."""
-        hidden = [s for s in self.sections if s[0] not in visible]
+        cuts, hidden = self._plan(visible)
         if not hidden:
             return body, 0
-        meta = orjson.loads(body[self.meta[0]:self.meta[1]]) or {}
-        meta["security"] = [*(meta.get("security") or []), REDACTED]
-        cuts = [(self.meta[0], self.meta[1], orjson.dumps(meta))]
-        cuts += [(start, end, marker(label, link)) for label, link, start, end in hidden]
         pieces, position = [], 0
-        for start, end, replacement in sorted(cuts, key=lambda cut: cut[0]):
+        for start, end, replacement in cuts:
             pieces += [body[position:start], replacement]
             position = end
         pieces.append(body[position:])
-        return b"".join(pieces), len(hidden)
+        return b"".join(pieces), hidden
+
+    def _plan(self, visible: frozenset[str]) -> tuple[list[tuple[int, int, bytes]], int]:
+        """The cuts for one set of visible labels, worked out once per layout and label set."""
+        plan = self._plans.get(visible)
+        if plan is None:
+            hidden = [s for s in self.sections if s[0] not in visible]
+            at, marking = self.marking
+            cuts = [(at, at, marking), *((start, end, marker(label, link)) for label, link, start, end in hidden)]
+            plan = self._plans[visible] = (sorted(cuts, key=lambda cut: cut[0]), len(hidden))
+        return plan
 
 
 @functools.lru_cache(maxsize=8192)
