@@ -317,9 +317,7 @@ class Statements:
         """A cursor on the session's connection, after the session's pending ORM changes are flushed."""
         if flush and (db.new or db.dirty or db.deleted):
             db.flush()
-        connection = db.connection().connection.driver_connection
-        assert connection is not None
-        driver_error = db.get_bind().dialect.loaded_dbapi.Error
+        connection, driver_error = _driver(db)
         # PostgreSQL answers in binary: bodies arrive as raw bytes instead of hex text twice their size (encoded by
         # the server, decoded here), and timestamps without text parsing.
         cursor = connection.cursor() if self.dialect.sqlite else connection.cursor(binary=True)
@@ -330,6 +328,23 @@ class Statements:
             raise exc.DBAPIError.instance(None, None, error, driver_error) from error
         finally:
             cursor.close()
+
+
+# Session.info entry: (the session's transaction, its driver connection, the driver's error class).
+_DRIVER = "renkei.store.driver"
+
+
+def _driver(db: Session) -> tuple[Any, type[Exception]]:
+    """The session's driver connection, looked up once per session transaction: Session.connection() walks
+    SQLAlchemy's transaction machinery each time, and a request runs several of these statements."""
+    cached = db.info.get(_DRIVER)
+    if cached is not None and cached[0] is db.get_transaction():
+        return cached[1], cached[2]
+    connection = db.connection().connection.driver_connection
+    assert connection is not None
+    driver_error: type[Exception] = db.get_bind().dialect.loaded_dbapi.Error
+    db.info[_DRIVER] = (db.get_transaction(), connection, driver_error)
+    return connection, driver_error
 
 
 _BY_DIALECT: dict[str, Statements] = {}
