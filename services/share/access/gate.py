@@ -37,7 +37,7 @@ from services.share.access.layout import marker, parsed_layout, section_label, s
 from services.share.access.matrix import Matrix
 from services.share.access.models import BreakGlassGrant, TeamParticipant
 from services.share.access.policy import NetworkPolicies
-from services.share.access.projection import FACTS_CACHE, many_patient_facts
+from services.share.access.projection import FACTS_CACHE, facts_from_rows, many_patient_facts
 from services.share.store.models import ResourceHead
 from services.share.store.types import ADMINISTRATORS_ONLY, COMPARTMENT_ELEMENT
 
@@ -99,6 +99,11 @@ class Gate:
             subject = principal.subject if principal.kind == "user" else None
             cache.update(many_patient_facts(db, principal.network, missing, _now(), subject))
         return cache
+
+    def prime(self, db: Session, principal: Principal, patient_id: str, rows: list[tuple[Any, ...]]) -> None:
+        """Facts of a patient read along with a page (Statements.timeline_with_facts): no query of their own."""
+        cache: dict[str, PatientFacts] = db.info.setdefault(FACTS_CACHE, {})
+        cache.update(facts_from_rows(principal.network, [patient_id], rows, _now()))
 
     def decision(self, db: Session, principal: Principal, resource_type: str, action: Action, patient_id: str,
                  sheet_kind: str | None = None) -> Decision:

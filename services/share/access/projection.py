@@ -110,20 +110,31 @@ def many_patient_facts(db: Session, network_id: str, patient_ids: list[str], now
                        subject: str | None = None) -> dict[str, PatientFacts]:
     """patient_facts of several patients (a search page's), in one statement whatever their number."""
     wanted = sorted(set(patient_ids))
+    rows = statements(db).access_facts(db, network_id, wanted, subject or "", now)
+    return facts_from_rows(network_id, wanted, rows, now)
+
+
+def facts_from_rows(network_id: str, wanted: list[str], rows: list[tuple[Any, ...]],
+                    now: datetime) -> dict[str, PatientFacts]:
+    """PatientFacts from Statements.access_facts rows (or the same rows read along with a page)."""
     teams: dict[str, list[Participant]] = {p: [] for p in wanted}
     terms: dict[str, list[Terms]] = {p: [] for p in wanted}
     glass: dict[str, datetime] = {}
-    for row in statements(db).access_facts(db, network_id, wanted, subject or "", now):
+    for row in rows:
         patient, what, start, end = row[0], row[1], row[5], row[6]
         if what == "t":
             teams[patient].append(Participant(row[2], row[3], row[4], start, end, approved=bool(row[7])))
         elif what == "c" and within(start, end, now):
-            listed = orjson.loads(row[8]) if row[8] is not None else None
-            terms[patient].append(Terms(listed, orjson.loads(row[9] or "[]"), orjson.loads(row[10] or "[]")))
+            terms[patient].append(Terms(_json(row[8]), _json(row[9]) or [], _json(row[10]) or []))
         elif what == "g":
             glass[patient] = max(end, glass.get(patient, end))
     return {p: PatientFacts(network_id, p, tuple(teams[p]), combined_consent(terms[p]), glass.get(p))
             for p in wanted}
+
+
+def _json(value: Any) -> Any:
+    """A JSON column as its value: text from a plain query, already decoded when it came inside JSON."""
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
 
 
 @dataclass(frozen=True)

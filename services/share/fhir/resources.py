@@ -6,6 +6,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
@@ -92,6 +93,14 @@ def run_search(ctx: Context, db: Session, principal: Principal, resource_type: s
     network = principal.network
     base = ctx.settings.fhir_base
     patient = S.patient_of(query)
+    prefetched = None
+    if patient and ctx.gate.enforce and S.patient_timeline(query) and not (query.summary_count or query.want_total):
+        # A tablet's most frequent search: the page and its patient's access facts in one statement, decided after.
+        subject = principal.subject if principal.kind == "user" else ""
+        rows, more, facts = ctx.search.page_with_facts(db, network, query, patient, subject, datetime.now(UTC))
+        if facts is not None:
+            ctx.gate.prime(db, principal, patient, facts)
+        prefetched = rows, more
     decided, query.visible = ctx.gate.search_scope(db, principal, resource_type, patient)
     if decided is not None and not decided.allowed:  # as for a patient who does not exist: nothing matches
         seen(db).refused.append(decided.reason)
@@ -102,7 +111,7 @@ def run_search(ctx: Context, db: Session, principal: Principal, resource_type: s
     if query.summary_count or (query.count == 0 and query.want_total):
         body = {"resourceType": "Bundle", "type": "searchset", "total": ctx.search.total(db, network, query)}
         return FhirResponse(body)
-    rows, more = ctx.search.page(db, network, query)
+    rows, more = prefetched or ctx.search.page(db, network, query)
     matches = ctx.store.open_current(db, caller_of(principal), [match.current for match, _ in rows])
     matches = [m for m in matches if ctx.search.confirm(network, query, m.body)]
     included_keys = ctx.search.included(db, network, query, [(m.resource_type, m.resource_id) for m in matches])

@@ -207,7 +207,7 @@ def patient_of(query: SearchQuery) -> str | None:
     return value.split("/_history/")[0].rstrip("/").rsplit("/", 1)[-1]
 
 
-def _patient_timeline(query: SearchQuery) -> bool:
+def patient_timeline(query: SearchQuery) -> bool:
     """True for the first page of ``patient=<id>`` alone, newest first (by _lastUpdated)."""
     return (len(query.filters) == 1 and one_patient(query) and query.sort == "_lastUpdated" and query.descending
             and query.after is None and query.before is None)
@@ -337,7 +337,7 @@ class SearchRunner:
             # One patient's resources are few whatever the patient: a generic plan fits every such search, and
             # PostgreSQL would otherwise plan each one afresh (measured: 40% of the database's time per search).
             statements(db).generic_plans(db)
-        if _patient_timeline(query):
+        if patient_timeline(query):
             return self._timeline_page(db, network_id, query)
         sort = self.sort_expression(query)
         backwards = query.before is not None
@@ -370,6 +370,16 @@ class SearchRunner:
         if backwards:
             rows.reverse()
         return rows, more
+
+    def page_with_facts(self, db: Session, network_id: str, query: SearchQuery, patient_id: str, subject: str,
+                        now: datetime) -> tuple[list[tuple[Match, Any]], bool, list[tuple[Any, ...]] | None]:
+        """``page`` of a patient timeline (``patient_timeline(query)``) with its patient's access facts, read in the
+        same statement where the database allows (Statements.timeline_with_facts); facts None otherwise."""
+        (reference,) = self._references(query.resource_type, "patient", query.filters[0].values[0])
+        found, facts = statements(db).timeline_with_facts(db, network_id, query.resource_type, reference,
+                                                          query.count + 1, patient_id, subject, now)
+        rows = [(Match(row.resource_type, row.resource_id, row), row.last_updated) for row in found]
+        return rows[: query.count], len(rows) > query.count, facts
 
     def _timeline_page(self, db: Session, network_id: str, query: SearchQuery) -> tuple[list[tuple[Match, Any]], bool]:
         """The first page of one patient's resources of a type, newest first: what a tablet asks for most.

@@ -148,6 +148,7 @@ class Statements:
             " AND v.version = page.version LEFT JOIN data_keys k ON k.id = v.data_key_id"
             " ORDER BY page.last_updated DESC, page.resource_id DESC"
         )
+        self._timeline_facts: str | None = None  # timeline_with_facts, composed on first use
         self.owned_key = (
             f"SELECT {_KEY_SELECT} FROM data_keys k WHERE k.network_id = {m} AND k.patient_id = {m}"
         )
@@ -170,16 +171,26 @@ class Statements:
         last three JSON text), and (patient, "g", -, -, -, -, expires) for ``subject``'s unexpired break-the-glass
         grants. Times come back as datetimes."""
         d = self.dialect
+        sql, parameters = self._facts_query(network_id, patient_ids, subject, now)
+        with self._cursor(db) as cursor:
+            cursor.execute(sql, parameters)
+            rows = cursor.fetchall()
+        return [(r[0], r[1], r[2], r[3], r[4], None if r[5] is None else d.time_out(r[5]),
+                 None if r[6] is None else d.time_out(r[6]), r[7], r[8], r[9], r[10]) for r in rows]
+
+    def _facts_query(self, network_id: str, patient_ids: Sequence[str], subject: str, now: datetime,
+                     as_json: bool = False) -> tuple[str, list[Any]]:
+        d = self.dialect
         if d.sqlite:
             among = f"IN ({d.placeholders(len(patient_ids))})"
             patients: list[Any] = list(patient_ids)
             text = ""
         else:
-            among, patients, text = "= ANY(%s)", [list(patient_ids)], "::text"
+            among, patients, text = "= ANY(%s)", [list(patient_ids)], "" if as_json else "::text"
         sql = (
-            f'SELECT patient_id, \'t\', kind, member_id, role, start, "end", approved, NULL, NULL, NULL'
-            f" FROM care_team_participants WHERE network_id = {d.mark} AND patient_id {among}"
-            " AND team_status = 'active'"
+            f'SELECT patient_id AS a, \'t\' AS b, kind AS c, member_id AS d, role AS e, start AS f, "end" AS g,'
+            f" approved AS h, NULL AS i, NULL AS j, NULL AS k FROM care_team_participants"
+            f" WHERE network_id = {d.mark} AND patient_id {among} AND team_status = 'active'"
             f' UNION ALL SELECT patient_id, \'c\', status, NULL, NULL, start, "end", NULL, organizations{text},'
             f" excluded_organizations{text}, withheld_labels{text} FROM consent_terms"
             f" WHERE network_id = {d.mark} AND patient_id {among} AND status = 'active'"
@@ -187,12 +198,33 @@ class Statements:
             f" FROM break_glass_grants WHERE network_id = {d.mark} AND patient_id {among}"
             f" AND subject = {d.mark} AND expires_at > {d.mark}"
         )
-        parameters = [network_id, *patients, network_id, *patients, network_id, *patients, subject, d.time_in(now)]
+        if as_json:  # one JSON text: a column of another statement (timeline_with_facts)
+            sql = ("(SELECT coalesce(json_agg(json_build_array(x.a, x.b, x.c, x.d, x.e, x.f, x.g, x.h, x.i, x.j,"
+                   f" x.k)), '[]')::text FROM ({sql}) x)")
+        return sql, [network_id, *patients, network_id, *patients, network_id, *patients, subject, d.time_in(now)]
+
+    def timeline_with_facts(self, db: Session, network_id: str, resource_type: str, patient_reference: str,
+                            limit: int, patient_id: str, subject: str, now: datetime
+                            ) -> tuple[list[VersionRow], list[tuple[Any, ...]] | None]:
+        """``patient_timeline`` and ``access_facts`` of its patient in one statement (PostgreSQL): the facts
+        ride along as a JSON column, so a tablet's most frequent search makes one round trip for both. The
+        facts are None when the page is empty (or on SQLite): the caller then asks for them on their own."""
+        if self.dialect.sqlite:
+            return self.patient_timeline(db, network_id, resource_type, patient_reference, limit), None
+        facts_sql, facts_parameters = self._facts_query(network_id, [patient_id], subject, now, as_json=True)
+        if self._timeline_facts is None:  # the same text every time: PostgreSQL keeps it prepared
+            self._timeline_facts = self.timeline.replace(f"{_KEY_SELECT} FROM", f"{_KEY_SELECT}, {facts_sql} FROM", 1)
+        sql = self._timeline_facts
         with self._cursor(db) as cursor:
-            cursor.execute(sql, parameters)
+            cursor.execute(sql, [*facts_parameters, network_id, resource_type, network_id, resource_type,
+                                 patient_reference, limit])
             rows = cursor.fetchall()
-        return [(r[0], r[1], r[2], r[3], r[4], None if r[5] is None else d.time_out(r[5]),
-                 None if r[6] is None else d.time_out(r[6]), r[7], r[8], r[9], r[10]) for r in rows]
+        if not rows:
+            return [], None
+        facts = [(r[0], r[1], r[2], r[3], r[4], None if r[5] is None else datetime.fromisoformat(r[5]),
+                  None if r[6] is None else datetime.fromisoformat(r[6]), r[7], r[8], r[9], r[10])
+                 for r in orjson.loads(rows[0][-1])]
+        return [self._version(row[:-1]) for row in rows], facts
 
     def patient(self, db: Session, patient_id: str) -> tuple[str, bool] | None:
         """(network id, deleted) of a Patient's head, or None."""
