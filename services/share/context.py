@@ -85,7 +85,7 @@ class ShareContext:
             search=SearchRunner(blind),
             blobs=FilesystemBlobStore(settings.resolved_blob_dir),
             matrix=matrix,
-            audit=AuditTrail(store.keys),
+            audit=store.trail,
             policies=policies,
             gate=gate,
         )

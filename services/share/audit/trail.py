@@ -38,8 +38,11 @@ def event_aad(network_id: str, agent: str, recorded: datetime) -> bytes:
 
 
 class AuditTrail:
-    def __init__(self, keys: DataKeys) -> None:
+    def __init__(self, keys: DataKeys, cipher: Any = None) -> None:
+        """``cipher``: the store's (services/share/store/service.py Cipher); AES-256-GCM when not given."""
         self.keys = keys
+        self._seal = cipher.seal if cipher is not None else seal
+        self._open = cipher.open if cipher is not None else open_sealed
 
     def record(self, db: Session, access: Access, event: dict[str, Any], *, recorded: datetime | None = None) -> int:
         """Append one row in the caller's transaction (one INSERT; no lock, no read of other rows); its seq."""
@@ -47,7 +50,7 @@ class AuditTrail:
             raise ValueError(f"not an AuditEvent action/outcome: {access.action!r}/{access.outcome!r}")
         recorded = recorded or datetime.now(UTC)
         key_id, key = self.keys.key_for(db, access.network_id, None)
-        sealed = seal(self.keys.sealer(key_id, key), orjson.dumps(event),
+        sealed = self._seal(self.keys.sealer(key_id, key), orjson.dumps(event),
                       event_aad(access.network_id, access.agent, recorded))
         # A plain statement: it runs on every request, and SQLAlchemy's insert machinery cost more than the insert.
         return statements(db).insert_audit(db, access.network_id, recorded, access.agent, access.patient_id,
@@ -56,4 +59,4 @@ class AuditTrail:
     def event(self, db: Session, row: AuditEntry) -> dict[str, Any]:
         """The AuditEvent a row holds, decrypted (raises TamperedCiphertext if it was moved or altered)."""
         key = self.keys.unwrap(db, row.data_key_id)
-        return dict(orjson.loads(open_sealed(key, row.event, event_aad(row.network_id, row.agent, row.recorded))))
+        return dict(orjson.loads(self._open(key, row.event, event_aad(row.network_id, row.agent, row.recorded))))

@@ -117,7 +117,8 @@ class ResourceStore:
         self.keys = keys
         self.indexer = indexer
         self.cipher = cipher or AeadCipher()
-        self.trail = AuditTrail(keys)  # for what the store records of itself (an integrity failure, an erasure)
+        # For what the store records of itself (an integrity failure, an erasure), sealed as its resources are.
+        self.trail = AuditTrail(keys, self.cipher)
         # Every caller with a principal passes the access decision here, on every path (access/gate.py).
         self.gate = gate
 
