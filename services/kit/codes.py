@@ -57,6 +57,8 @@ def load_code_systems(schemas_dir: Path) -> dict[str, CodeSystemData]:
 def code_system(schemas_dir: Path, url: str) -> CodeSystemData:
     return load_code_systems(schemas_dir)[url]
 
+# An AuditEvent agent's organisation (valueReference Organization/<id>).
+ORGANIZATION_EXTENSION = "urn:renkei:extension:organization"
 # A sheet section's sensitivity label (valueCoding from SENSITIVITY_LABEL), on Questionnaire and
 # QuestionnaireResponse items; readers whose profession may not see the label get the section withheld.
 SECTION_LABEL_EXTENSION = "urn:renkei:extension:sensitivity-label"

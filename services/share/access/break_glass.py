@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.kit.codes import ORGANIZATION_EXTENSION
 from services.kit.errors import BadRequest, Forbidden, NotFound
 from services.kit.tokens import Principal
 from services.share.access.models import BreakGlassGrant
@@ -114,7 +115,7 @@ def _event(principal: Principal, patient_id: str, reason: str, now: datetime, ex
         "purposeOfEvent": [{"coding": [_EMERGENCY], "text": reason}],
         "agent": [{"requestor": True, "who": {"reference": f"Practitioner/{principal.subject}"},
                    "role": [{"text": principal.profession or ""}],
-                   "extension": [{"url": "urn:renkei:extension:organization",
+                   "extension": [{"url": ORGANIZATION_EXTENSION,
                                   "valueReference": {"reference": f"Organization/{principal.organization}"}}]}],
         "source": {"observer": {"display": "Renkei share service"}},
         "entity": [{"what": {"reference": f"Patient/{patient_id}"},

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from services.kit.codes import ORGANIZATION_EXTENSION
 from services.kit.tokens import Principal
 from services.share.access.gate import Seen
 from services.share.audit.trail import Access, AuditTrail
@@ -21,7 +22,6 @@ from services.share.audit.trail import Access, AuditTrail
 _REST = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
          "display": "RESTful Operation"}
 _INTERACTION = "http://hl7.org/fhir/restful-interaction"
-ORGANIZATION_EXTENSION = "urn:renkei:extension:organization"
 
 
 @dataclass(frozen=True)
