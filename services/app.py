@@ -26,6 +26,7 @@ from services.kit.logging import configure_logging
 from services.kit.settings import Settings
 from services.kit.tokens import InvalidToken, challenge_header
 from services.share.access.break_glass import router as fhir_operations
+from services.share.audit.buffer import flush_forever
 from services.share.audit.chainer import chain_forever
 from services.share.audit.report import router as fhir_access_report
 from services.share.audit.search import router as fhir_audit_events
@@ -54,17 +55,20 @@ def create_app(
             with auth_ctx.db.transaction() as session:
                 auth_ctx.signer.ensure_key(session)
             app.state.auth = auth_ctx
-        chainer = None
+        background: list[asyncio.Task[None]] = []
         if share:
-            app.state.share = ShareContext.build(settings, plaintext_baseline=plaintext_baseline,
-                                                 enforce_access=enforce_access)
+            share_ctx = app.state.share = ShareContext.build(settings, plaintext_baseline=plaintext_baseline,
+                                                             enforce_access=enforce_access)
             if settings.audit_chain_interval_seconds > 0:
-                chainer = asyncio.create_task(chain_forever(app.state.share, settings.audit_chain_interval_seconds))
+                background.append(asyncio.create_task(chain_forever(share_ctx, settings.audit_chain_interval_seconds)))
+            if share_ctx.audit_buffer is not None:
+                background.append(asyncio.create_task(
+                    flush_forever(share_ctx, share_ctx.audit_buffer, settings.audit_flush_seconds)))
         yield
-        if chainer is not None:
-            chainer.cancel()
+        for task in background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await chainer
+                await task
         if share:
             await app.state.share.verifier.jwks.close()
             await app.state.share.policies.close()

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     # How often the share service links newly appended audit records into the hash chain (0: never; then only
     # another instance does). Rows wait unchained at most this long, plus 30 s behind a gap in their sequence.
     audit_chain_interval_seconds: float = Field(default=2.0, ge=0)
+    # How often a share worker writes the audit records of the reads it served (services/share/audit/buffer.py):
+    # a killed worker loses at most this interval's read records. 0: each read waits for its own record instead.
+    # PostgreSQL only; on SQLite each read records in its own session.
+    audit_flush_seconds: float = Field(default=0.05, ge=0, le=5)
 
     # Key material. The master key encrypts TOTP secrets and signing keys at rest in the auth database;
     # when unset it is read from (or generated into) ``<data_dir>/keys/auth-master.key`` with mode 0600.

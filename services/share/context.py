@@ -9,11 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import structlog
+
 from services.kit.db import Database
 from services.kit.settings import Settings
 from services.share.access.gate import Gate
 from services.share.access.matrix import Matrix, load_matrix
 from services.share.access.policy import NetworkPolicies
+from services.share.audit.buffer import AuditBuffer
 from services.share.audit.trail import AuditTrail
 from services.share.blobs.store import BlobStore, FilesystemBlobStore
 from services.share.crypto.blind import BlindIndex
@@ -25,6 +28,7 @@ from services.share.store.search import SearchRunner
 from services.share.store.service import ResourceStore
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -40,6 +44,8 @@ class ShareContext:
     audit: AuditTrail
     policies: NetworkPolicies
     gate: Gate
+    # The audit records of reads, written in the background (audit/buffer.py); None: each in its own request.
+    audit_buffer: AuditBuffer | None = None
     _db_threads: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
     async def run(self, work: Callable[[], T]) -> T:
@@ -58,6 +64,11 @@ class ShareContext:
         if self._db_threads is not None:
             self._db_threads.shutdown(wait=True)
             self._db_threads = None
+        if self.audit_buffer is not None:
+            try:
+                self.audit_buffer.flush()  # the reads of the last moments: recorded before the pool closes
+            except Exception as error:
+                log.error("audit_rows_lost", rows=self.audit_buffer.pending, error=type(error).__name__)
         self.db.dispose()
 
     @classmethod
@@ -76,9 +87,10 @@ class ShareContext:
 
             blind = PlainIndex(keyring.index_key)
             store = ResourceStore(PlainKeys(keyring), Indexer(blind), PlainCipher(), gate=gate)
+        db = Database(settings.resolved_share_database_url)
         return cls(
             settings=settings,
-            db=Database(settings.resolved_share_database_url),
+            db=db,
             verifier=TokenVerifier(settings),
             keyring=keyring,
             store=store,
@@ -88,4 +100,6 @@ class ShareContext:
             audit=store.trail,
             policies=policies,
             gate=gate,
+            audit_buffer=AuditBuffer(db) if settings.audit_flush_seconds and db.engine.dialect.name == "postgresql"
+            else None,
         )

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.kit.errors import BadRequest, Forbidden
+from services.share.audit.buffer import caught_up
 from services.share.audit.models import AuditEntry
 from services.share.context import ShareContext
 from services.share.fhir.resources import in_transaction
@@ -31,6 +32,7 @@ async def access_report(patient_id: str, request: Request, ctx: Context, princip
     if not principal.is_admin:
         raise Forbidden("the access report is for network administrators only")
     count, cursor = _paging(request)
+    await caught_up(ctx)
     rows = await in_transaction(ctx, lambda db: report(ctx, db, principal.network, patient_id, count, cursor))
     events = [event for _, event in rows]
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",

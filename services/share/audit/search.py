@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from services.kit.errors import BadRequest, Forbidden, NotFound
 from services.kit.tokens import Principal
+from services.share.audit.buffer import caught_up
 from services.share.audit.models import AuditEntry
 from services.share.context import ShareContext
 from services.share.fhir.resources import in_transaction
@@ -36,6 +37,7 @@ async def search(request: Request, ctx: Context, principal: CurrentPrincipal) ->
     _administrator(principal)
     items = list(request.query_params.multi_items())
     conditions, count, cursor = _criteria(principal.network, items)
+    await caught_up(ctx)
     rows = await in_transaction(ctx, lambda db: _page(ctx, db, conditions, count, cursor))
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
                               "entry": [{"fullUrl": f"{ctx.settings.fhir_base}/AuditEvent/{event['id']}",
@@ -60,6 +62,7 @@ async def read(event_id: str, ctx: Context, principal: CurrentPrincipal) -> Resp
             raise NotFound(f"AuditEvent/{event_id} is not known")
         return as_resource(ctx, db, row)
 
+    await caught_up(ctx)
     return FhirResponse(await in_transaction(ctx, work))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy.orm import Session
@@ -33,6 +33,19 @@ class Access:
     outcome: str  # 0 success, 4 minor failure (a refusal), 8 serious, 12 major
 
 
+class AuditRow(NamedTuple):
+    """One audit_log row, its event already sealed: what Statements.insert_audit writes."""
+
+    network_id: str
+    recorded: datetime
+    agent: str
+    patient_id: str
+    action: str
+    outcome: str
+    data_key_id: str
+    event: bytes
+
+
 def event_aad(network_id: str, agent: str, recorded: datetime) -> bytes:
     return f"renkei:audit:v1:{network_id}:{agent}:{recorded.astimezone(UTC).isoformat()}".encode()
 
@@ -46,15 +59,20 @@ class AuditTrail:
 
     def record(self, db: Session, access: Access, event: dict[str, Any], *, recorded: datetime | None = None) -> int:
         """Append one row in the caller's transaction (one INSERT; no lock, no read of other rows); its seq."""
+        # A plain statement: it runs on every request, and SQLAlchemy's insert machinery cost more than the insert.
+        return statements(db).insert_audit(db, self.row(db, access, event, recorded=recorded))
+
+    def row(self, db: Session, access: Access, event: dict[str, Any], *, recorded: datetime | None = None
+            ) -> AuditRow:
+        """The row that records ``event``, sealed under the network's key (looked up, or created, through ``db``)."""
         if access.action not in ACTIONS or access.outcome not in OUTCOMES:
             raise ValueError(f"not an AuditEvent action/outcome: {access.action!r}/{access.outcome!r}")
         recorded = recorded or datetime.now(UTC)
         key_id, key = self.keys.key_for(db, access.network_id, None)
         sealed = self._seal(self.keys.sealer(key_id, key), orjson.dumps(event),
-                      event_aad(access.network_id, access.agent, recorded))
-        # A plain statement: it runs on every request, and SQLAlchemy's insert machinery cost more than the insert.
-        return statements(db).insert_audit(db, access.network_id, recorded, access.agent, access.patient_id,
-                                           access.action, access.outcome, key_id, sealed)
+                            event_aad(access.network_id, access.agent, recorded))
+        return AuditRow(access.network_id, recorded, access.agent, access.patient_id, access.action, access.outcome,
+                        key_id, sealed)
 
     def event(self, db: Session, row: AuditEntry) -> dict[str, Any]:
         """The AuditEvent a row holds, decrypted (raises TamperedCiphertext if it was moved or altered)."""

@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 from services.kit.codes import ORGANIZATION_EXTENSION
 from services.kit.tokens import Principal
 from services.share.access.gate import Seen
-from services.share.audit.trail import Access, AuditTrail
+from services.share.audit.trail import Access, AuditRow, AuditTrail
+from services.share.store.statements import statements
 
 _REST = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
          "display": "RESTful Operation"}
@@ -34,6 +35,11 @@ class Interaction:
     what: str
 
 
+# Interactions that change nothing: their records may be written in the background (audit/buffer.py).
+# A search is "E" (execute), as IHE BALP records it.
+READS = frozenset({"read", "vread", "search-type", "history-instance", "history-type", "invitations"})
+
+
 def outcome_of(status: int) -> str:
     """AuditEvent.outcome: 0 success, 4 minor failure (a refusal, a bad request), 8 serious failure."""
     return "0" if status < 400 else "4" if status < 500 else "8"
@@ -41,14 +47,25 @@ def outcome_of(status: int) -> str:
 
 def record(trail: AuditTrail, db: Session, principal: Principal, interaction: Interaction, seen: Seen,
            status: int = 200, reason: str | None = None) -> None:
-    """Append the interaction's audit record: one row per patient it touched (so each patient's access report
+    """Append the interaction's audit record in ``db``'s transaction."""
+    insert(db, rows(trail, db, principal, interaction, seen, status, reason))
+
+
+def insert(db: Session, sealed: list[AuditRow]) -> None:
+    for row in sealed:
+        statements(db).insert_audit(db, row)
+
+
+def rows(trail: AuditTrail, db: Session, principal: Principal, interaction: Interaction, seen: Seen,
+         status: int = 200, reason: str | None = None) -> list[AuditRow]:
+    """The interaction's audit record, sealed: one row per patient it touched (so each patient's access report
     finds it), one row without a patient when it touched none."""
     now = datetime.now(UTC)
     outcome = outcome_of(status)
     event = _event(principal, interaction, seen, now, outcome, reason)
-    for patient_id in sorted(seen.patients.keys() | seen.refused_patients) or [""]:
-        trail.record(db, Access(principal.network, principal.subject, patient_id, interaction.action, outcome),
-                     event, recorded=now)
+    return [trail.row(db, Access(principal.network, principal.subject, patient_id, interaction.action, outcome),
+                      event, recorded=now)
+            for patient_id in sorted(seen.patients.keys() | seen.refused_patients) or [""]]
 
 
 def _event(principal: Principal, interaction: Interaction, seen: Seen, now: datetime, outcome: str,

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlencode
 from fastapi import APIRouter, Depends, Header, Request, Response
 from sqlalchemy.orm import Session
 
-from services.kit.db import TransactionRequired
+from services.kit.db import TransactionRequired, without_transaction
 from services.kit.errors import BadRequest, Forbidden, NotFound, RenkeiError
 from services.kit.tokens import Principal
 from services.share.access.gate import SEEN, Seen, seen
@@ -163,8 +163,13 @@ async def _on_db_thread(ctx: Context, session: Callable[[], AbstractContextManag
             with session() as db:
                 db.info[SEEN] = notes
                 result = work(db)
-                if audit is not None:
-                    auditing.record(ctx.audit, db, audit[0], audit[1], notes, _status(result))
+                if audit is None:
+                    return result
+                rows = auditing.rows(ctx.audit, db, audit[0], audit[1], notes, _status(result))
+                if ctx.audit_buffer is not None and audit[1].kind in auditing.READS and without_transaction(db):
+                    ctx.audit_buffer.add(rows)  # a read: written with the others in a moment (audit/buffer.py)
+                else:
+                    auditing.insert(db, rows)  # with the work: in its transaction, or right after its statement
                 return result
         except RenkeiError as error:
             if audit is not None:  # the work's writes are gone (or kept, if it said so); its record is not

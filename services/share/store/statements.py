@@ -17,13 +17,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
 from services.kit.db import TransactionRequired, without_transaction
+
+if TYPE_CHECKING:
+    from services.share.audit.trail import AuditRow
 
 VERSION_COLUMNS = (
     "resource_type", "resource_id", "version", "network_id", "patient_id", "data_key_id", "body", "deleted",
@@ -156,6 +159,11 @@ class Statements:
             "INSERT INTO audit_log (network_id, recorded, agent, patient_id, action, outcome, data_key_id, event)"
             f" VALUES ({d.placeholders(8)}) RETURNING seq"
         )
+        self.audit_rows = (
+            "INSERT INTO audit_log (network_id, recorded, agent, patient_id, action, outcome, data_key_id, event)"
+            " SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::text[], %s::text[],"
+            " %s::text[], %s::bytea[])"
+        )
         self.one_version = (
             f"SELECT {_VERSION_SELECT} FROM resource_versions v"
             f" WHERE v.resource_type = {m} AND v.resource_id = {m} AND v.version = {m}"
@@ -281,14 +289,19 @@ class Statements:
 
     # Writes ----------------------------------------------------------------------------------------------
 
-    def insert_audit(self, db: Session, network_id: str, recorded: datetime, agent: str, patient_id: str,
-                     action: str, outcome: str, data_key_id: str, event: bytes) -> int:
+    def insert_audit(self, db: Session, row: AuditRow) -> int:
         """One audit-log row (services/share/audit/trail.py): its seq. Nothing pending is flushed first."""
         with self._cursor(db, flush=False) as cursor:
-            cursor.execute(self.audit_row, (network_id, self.dialect.time_in(recorded), agent, patient_id, action,
-                                            outcome, data_key_id, event))
-            row = cursor.fetchone()
-        return int(row[0])
+            cursor.execute(self.audit_row, (*row[:1], self.dialect.time_in(row.recorded), *row[2:]))
+            found = cursor.fetchone()
+        return int(found[0])
+
+    def insert_audit_rows(self, db: Session, rows: Sequence[AuditRow]) -> None:
+        """Many audit-log rows in one statement (services/share/audit/writer.py): one array per column, so that
+        every batch size shares one prepared statement. PostgreSQL only."""
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        with self._cursor(db, flush=False) as cursor:
+            cursor.execute(self.audit_rows, columns)
 
     def insert(self, db: Session, version: dict[str, Any], head: dict[str, Any] | None,
                index: list[dict[str, Any]], *, patient: tuple[str, str] | None = None) -> bool:

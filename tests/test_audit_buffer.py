@@ -1,0 +1,118 @@
+"""The audit records of reads, written in the background (services/share/audit/buffer.py), on PostgreSQL: rows
+reach the table in the order they were added; a failed write keeps them for the next pass; a full queue refuses
+reads rather than serve them unrecorded; shutdown writes what is left; and a live server's reads are all recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select, text
+
+from services.kit.db import Database, make_engine
+from services.kit.migrate import upgrade
+from services.share.audit.buffer import AuditBuffer, AuditUnavailable
+from services.share.audit.models import AuditEntry
+from services.share.audit.trail import Access, AuditRow, AuditTrail
+from services.share.crypto.datakeys import DataKeys
+from services.share.crypto.keyring import KeyRing
+from tests.conftest import _migrated
+from tests.fhir_helpers import create, created_id, patient, response
+from tests.infra import LiveServer, PostgresDatabases, free_port, settings_for_tests
+from tests.test_access_rules import open_network
+from tests.test_share_crypto import key_settings
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def database(pg_databases: PostgresDatabases) -> Iterator[Database]:
+    url = pg_databases.create("buffer")
+    engine = make_engine(url)
+    upgrade("share", engine)
+    engine.dispose()
+    database = Database(url)
+    yield database
+    database.dispose()
+
+
+def rows(database: Database, tmp_path: Path, count: int, start: int = 0) -> list[AuditRow]:
+    trail = AuditTrail(DataKeys(KeyRing.load(key_settings(tmp_path))))
+    base = datetime(2026, 12, 1, tzinfo=UTC)
+    with database.transaction() as db:  # the network's audit key is made on first use, in a transaction
+        return [trail.row(db, Access("net-a", "user-1", f"patient-{n}", "R", "0"), {"n": n},
+                          recorded=base + timedelta(seconds=n)) for n in range(start, start + count)]
+
+
+def stored(engine: Engine) -> list[str]:
+    with engine.connect() as connection:
+        return list(connection.scalars(select(AuditEntry.patient_id).order_by(AuditEntry.seq)))
+
+
+def test_rows_are_written_in_the_order_added(database: Database, tmp_path: Path) -> None:
+    buffer = AuditBuffer(database)
+    buffer.add(rows(database, tmp_path, 3))
+    buffer.add(rows(database, tmp_path, 2, start=3))
+    assert buffer.pending == 5
+    assert buffer.flush() == 5 and buffer.pending == 0
+    assert stored(database.engine) == [f"patient-{n}" for n in range(5)]
+    assert buffer.flush() == 0
+
+
+def test_a_failed_write_keeps_the_rows_for_the_next_pass(database: Database, tmp_path: Path) -> None:
+    buffer = AuditBuffer(database)
+    buffer.add(rows(database, tmp_path, 3))
+    with database.engine.begin() as connection:
+        connection.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
+    with pytest.raises(Exception, match="audit_log"):
+        buffer.flush()
+    buffer.add(rows(database, tmp_path, 1, start=3))  # added while the table was away: still after the others
+    assert buffer.pending == 4
+    with database.engine.begin() as connection:
+        connection.execute(text("ALTER TABLE audit_log_away RENAME TO audit_log"))
+    assert buffer.flush() == 4
+    assert stored(database.engine) == [f"patient-{n}" for n in range(4)]
+
+
+def test_a_full_queue_refuses_rather_than_drops(database: Database, tmp_path: Path) -> None:
+    buffer = AuditBuffer(database, max_pending=3)
+    buffer.add(rows(database, tmp_path, 3))
+    with pytest.raises(AuditUnavailable) as refused:
+        buffer.add(rows(database, tmp_path, 1, start=3))
+    assert refused.value.status_code == 503
+    assert buffer.pending == 3
+
+
+def test_a_live_server_records_every_read_and_writes_the_rest_at_shutdown(
+        pg_databases: PostgresDatabases, tmp_path: Path) -> None:
+    share_url = pg_databases.create("buffer-live")
+    port = free_port()
+    settings = settings_for_tests(str(tmp_path), port, share_database_url=share_url,
+                                  auth_database_url=pg_databases.create("buffer-auth"),
+                                  audit_flush_seconds=5.0)  # nothing is written until shutdown
+    _migrated(settings.resolved_auth_database_url, "auth")
+    _migrated(share_url, "share")
+    server = LiveServer(settings, port).start()
+    engine = make_engine(share_url)
+    try:
+        network = open_network(server)
+        http, doctor = server.client(), network.bearer("physician")
+        pid = created_id(create(http, doctor, patient()))
+        created_id(create(http, doctor, response(pid)))
+        with engine.connect() as connection:
+            before = connection.scalar(select(func.count()).select_from(AuditEntry))
+        for _ in range(5):
+            assert http.get("/fhir/QuestionnaireResponse", params={"patient": pid}, headers=doctor).status_code == 200
+        time.sleep(0.2)
+        with engine.connect() as connection:  # the reads wait in the worker
+            assert connection.scalar(select(func.count()).select_from(AuditEntry)) == before
+    finally:
+        server.stop()
+    with engine.connect() as connection:
+        searches = connection.scalar(select(func.count()).select_from(AuditEntry)) - before
+    engine.dispose()
+    assert searches == 5
