@@ -9,7 +9,8 @@ Two servers of the same application on the same PostgreSQL databases and key fil
   unchecked  the same application with access checks (and so redaction) and the audit off — the baseline
 The reader is a care worker in the patients' care team (their organisation is a participant, the patients
 consent): each search returns 50 daily care notes, and in each the medical, nursing and mental-health sections
-are withheld. Figures: throughput and p50/p90/p99 latency of each, and the overhead of the checked search.
+are withheld. Figures: throughput and p50/p90/p99 latency of each, the CPU each server and the database spent
+per search, and the overhead of the checked search.
 Target (the [access] issue): at most 20% overhead.
 """
 
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -30,9 +32,10 @@ from sqlalchemy import create_engine, func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import cpu_seconds
 from bench.fixtures import daily_note
 from bench.load import Workload
-from bench.pg import own_postgres
+from bench.pg import POSTMASTERS, own_postgres
 from bench.seed import seed
 from bench.store import PG, Server, analyze, bootstrap_network, databases, measure_alternating
 from services.share.audit.models import AuditEntry
@@ -121,7 +124,19 @@ def main() -> None:
             works = {label: Workload(server.base, token, {"search": 1.0}, args.seconds, search_patients=patients,
                                      count=50)
                      for label, server in (("renkei (access)", renkei), ("unchecked (baseline)", unchecked))}
-            measure_alternating(works, args.clients, results, rounds=args.rounds)
+            postmaster = POSTMASTERS.get(server_url)
+
+            def cpu_of(server: Server) -> Callable[[], dict[str, float]]:
+                def read() -> dict[str, float]:
+                    assert server.process is not None
+                    parts = {"server": cpu_seconds(server.process.pid)}
+                    if postmaster is not None:  # only a cluster of this run's own is this run's alone
+                        parts["database"] = cpu_seconds(postmaster)
+                    return parts
+                return read
+
+            measure_alternating(works, args.clients, results, rounds=args.rounds,
+                                cpu={"renkei (access)": cpu_of(renkei), "unchecked (baseline)": cpu_of(unchecked)})
             time.sleep(1.0)  # reads' records are written in the background, within audit_flush_seconds
             written = audit_rows(urls["share"]) - before
             report(results, written)

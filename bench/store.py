@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -236,17 +236,32 @@ def measure(label: str, work: Workload, clients: int, results: dict[str, Any], r
               f"(runs: {', '.join(f'{t:.0f}' for t in throughputs)})", flush=True)
 
 
-def measure_alternating(works: dict[str, Workload], clients: int, results: dict[str, Any], rounds: int = 4) -> None:
+def measure_alternating(works: dict[str, Workload], clients: int, results: dict[str, Any], rounds: int = 4,
+                        cpu: dict[str, Callable[[], dict[str, float]]] | None = None) -> None:
     """Servers compared with each other are measured in turns (each round in a rotated order), each for its share
     of the time: a slow spell of this shared machine, or the database's own upkeep after one server's writes
-    (autovacuum), then falls on all of them instead of on whichever came last."""
+    (autovacuum), then falls on all of them instead of on whichever came last.
+
+    ``cpu``: per label, cumulative CPU seconds by part ("server", "database" …), read before and after each of
+    its turns: recorded as milliseconds of CPU per request."""
     runs: dict[str, list[Run]] = {label: [] for label in works}
+    used: dict[str, dict[str, float]] = {label: {} for label in works}
     labels = list(works)
     for turn in range(rounds):
         for label in labels[turn % len(labels):] + labels[:turn % len(labels)]:
+            before = cpu[label]() if cpu else {}
             runs[label].append(run(dataclasses.replace(works[label], seconds=works[label].seconds / rounds), clients))
+            after = cpu[label]() if cpu else {}
+            for part in after:
+                used[label][part] = used[label].get(part, 0.0) + after[part] - before[part]
     for label in labels:
         record(label, *_pooled(runs[label]), results)
+        if used[label]:
+            requests = sum(len(values) for found, _, _ in runs[label] for values in found.values())
+            per_request = {part: seconds / requests * 1000 for part, seconds in used[label].items()}
+            results[label]["cpu_ms_per_request"] = per_request
+            print(f"  {'':28} CPU per request: " + ", ".join(f"{part} {ms:.2f} ms" for part, ms in per_request.items()),
+                  flush=True)
 
 
 def _pooled(runs: list[Run]) -> Run:

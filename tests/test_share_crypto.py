@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import stat
 import threading
@@ -65,7 +66,35 @@ def net() -> str:
 # Envelope ---------------------------------------------------------------------------------------------
 
 
+def test_nonces_never_repeat_across_threads_or_a_fork() -> None:
+    """Nonces come from a pool of OS randomness (envelope._Nonces): each one handed out once, by any thread, and
+    a forked child draws fresh ones rather than the parent's next ones."""
+    per_thread: list[list[bytes]] = [[] for _ in range(4)]
+
+    def seal_many(out: list[bytes]) -> None:
+        out.extend(seal(KEY, b"x", b"aad")[1:13] for _ in range(3000))  # past several pool refills
+
+    threads = [threading.Thread(target=seal_many, args=(out,)) for out in per_thread]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    nonces = [nonce for out in per_thread for nonce in out]
+    assert len(set(nonces)) == len(nonces) == 12000
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: its next nonce, to the parent, then out without running anything else
+        os.write(write_end, seal(KEY, b"x", b"aad")[1:13])
+        os._exit(0)
+    os.close(write_end)
+    from_child = os.read(read_end, 12)
+    os.waitpid(child, 0)
+    os.close(read_end)
+    assert len(from_child) == 12 and from_child != seal(KEY, b"x", b"aad")[1:13]
+
+
 @pytest.mark.parametrize("size", [0, 1, 4096, 100_000])
+
 def test_seal_round_trip(size: int) -> None:
     body = bytes(i % 251 for i in range(size))
     aad = resource_aad("Patient", "p1", 1)

@@ -22,8 +22,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import func, select, text
+from sqlalchemy import Row, Table, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from services.share.audit.models import AuditChainHead, AuditEntry
@@ -34,7 +35,11 @@ SETTLE_SECONDS = 30.0
 _CHAIN_LOCK = 0x52454E4B  # pg_advisory_xact_lock key: one chainer at a time across every instance
 
 
-def entry_bytes(row: AuditEntry) -> bytes:
+# The columns a row's digest covers: all but the chain's own.
+_ENTRY_COLUMNS = ("seq", "network_id", "recorded", "agent", "patient_id", "action", "outcome", "data_key_id", "event")
+
+
+def entry_bytes(row: AuditEntry | Row[Any]) -> bytes:
     """Every field of a row except its chain columns, each length-prefixed so no two rows share an encoding."""
     fields = (
         str(row.seq), row.network_id, row.recorded.astimezone(UTC).isoformat(timespec="microseconds"), row.agent,
@@ -44,7 +49,7 @@ def entry_bytes(row: AuditEntry) -> bytes:
     return b"".join(len(part).to_bytes(4, "big") + part for part in parts)
 
 
-def link(previous_digest: bytes, previous_seq: int, row: AuditEntry) -> bytes:
+def link(previous_digest: bytes, previous_seq: int, row: AuditEntry | Row[Any]) -> bytes:
     return hashlib.sha256(previous_digest + previous_seq.to_bytes(8, "big") + entry_bytes(row)).digest()
 
 
@@ -61,23 +66,28 @@ def chain_pending(db: Session, *, now: datetime | None = None, settle_seconds: f
     head = db.get(AuditChainHead, HEAD_ID)
     previous_seq, previous_digest = (head.last_seq, head.digest) if head else (0, GENESIS)
     settled = (now or datetime.now(UTC)) - timedelta(seconds=settle_seconds)
-    rows = db.scalars(
-        select(AuditEntry).where(AuditEntry.seq > previous_seq, AuditEntry.digest.is_(None))
-        .order_by(AuditEntry.seq).limit(batch)
+    # Plain rows and one executemany, not ORM objects: the chainer runs in a serving process, every few seconds,
+    # over every read's record.
+    log = cast(Table, AuditEntry.__table__)
+    rows = db.execute(
+        select(*(log.c[name] for name in _ENTRY_COLUMNS))
+        .where(log.c.seq > previous_seq, log.c.digest.is_(None)).order_by(log.c.seq).limit(batch)
     )
-    linked = 0
+    links: list[dict[str, object]] = []
     for row in rows:
         if row.seq != previous_seq + 1 and row.recorded > settled:
             break  # the seqs in between may belong to transactions still open
-        row.prev_seq, row.digest = previous_seq, link(previous_digest, previous_seq, row)
-        previous_seq, previous_digest = row.seq, row.digest
-        linked += 1
-    if linked:
+        digest = link(previous_digest, previous_seq, row)
+        links.append({"row_seq": row.seq, "row_prev": previous_seq, "row_digest": digest})
+        previous_seq, previous_digest = row.seq, digest
+    if links:
+        db.execute(update(log).where(log.c.seq == bindparam("row_seq"))
+                   .values(prev_seq=bindparam("row_prev"), digest=bindparam("row_digest")), links)
         if head is None:
             db.add(AuditChainHead(id=HEAD_ID, last_seq=previous_seq, digest=previous_digest, updated=datetime.now(UTC)))
         else:
             head.last_seq, head.digest, head.updated = previous_seq, previous_digest, datetime.now(UTC)
-    return linked
+    return len(links)
 
 
 @dataclass(frozen=True)
