@@ -105,6 +105,9 @@ def main() -> None:
         unchecked = Server("unchecked", data, urls["auth"], urls["share"], args.workers)
         # One issuer: the baseline accepts the tokens the renkei server's identity service signs.
         unchecked.env["RENKEI_PUBLIC_URL"] = renkei.base
+        # The audit records are the checked server's: so is chaining them (the baseline would otherwise do part of
+        # that work during its own turns, on the same database).
+        unchecked.env["RENKEI_AUDIT_CHAIN_INTERVAL_SECONDS"] = "0"
         try:
             network, organization = prepare(renkei, scratch)
             print(f"1. seeding {args.patients:,} patients × {args.sheets} daily care notes", flush=True)

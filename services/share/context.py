@@ -47,6 +47,7 @@ class ShareContext:
     # The audit records of reads, written in the background (audit/buffer.py); None: each in its own request.
     audit_buffer: AuditBuffer | None = None
     _db_threads: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+    _upkeep_threads: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
     async def run(self, work: Callable[[], T]) -> T:
         """Blocking database work, on one of this process's few database threads (``settings.db_threads``).
@@ -60,10 +61,19 @@ class ShareContext:
         context = contextvars.copy_context()  # log context travels with the work, as anyio's threads would carry
         return await asyncio.get_running_loop().run_in_executor(self._db_threads, context.run, work)
 
+    async def run_upkeep(self, work: Callable[[], T]) -> T:
+        """Background database work (chaining the audit log, writing queued audit records) on a thread of its
+        own: a pass that takes a tenth of a second must not hold one of the few threads requests wait for. Two,
+        so that a long chaining pass does not hold back the next write of queued records."""
+        if self._upkeep_threads is None:
+            self._upkeep_threads = ThreadPoolExecutor(2, thread_name_prefix="renkei-upkeep")
+        return await asyncio.get_running_loop().run_in_executor(self._upkeep_threads, work)
+
     def close(self) -> None:
-        if self._db_threads is not None:
-            self._db_threads.shutdown(wait=True)
-            self._db_threads = None
+        for pool in (self._db_threads, self._upkeep_threads):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._db_threads = self._upkeep_threads = None
         if self.audit_buffer is not None:
             try:
                 self.audit_buffer.flush()  # the reads of the last moments: recorded before the pool closes

@@ -93,7 +93,7 @@ async def flush_forever(ctx: ShareContext, buffer: AuditBuffer, interval_seconds
         if not buffer.pending:
             continue
         try:
-            await ctx.run(buffer.flush)
+            await ctx.run_upkeep(buffer.flush)
         except asyncio.CancelledError:
             raise
         except Exception as error:

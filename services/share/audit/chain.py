@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, bindparam, func, select, text, update
+from sqlalchemy import ARRAY, BigInteger, LargeBinary, Row, Table, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from services.share.audit.models import AuditChainHead, AuditEntry
@@ -37,6 +37,13 @@ _CHAIN_LOCK = 0x52454E4B  # pg_advisory_xact_lock key: one chainer at a time acr
 
 # The columns a row's digest covers: all but the chain's own.
 _ENTRY_COLUMNS = ("seq", "network_id", "recorded", "agent", "patient_id", "action", "outcome", "data_key_id", "event")
+
+
+_LINK_ROWS = text(
+    "UPDATE audit_log SET prev_seq = v.prev, digest = v.digest"
+    " FROM unnest(:seqs, :prevs, :digests) AS v(seq, prev, digest) WHERE audit_log.seq = v.seq"
+).bindparams(bindparam("seqs", type_=ARRAY(BigInteger)), bindparam("prevs", type_=ARRAY(BigInteger)),
+             bindparam("digests", type_=ARRAY(LargeBinary)))
 
 
 def entry_bytes(row: AuditEntry | Row[Any]) -> bytes:
@@ -73,21 +80,31 @@ def chain_pending(db: Session, *, now: datetime | None = None, settle_seconds: f
         select(*(log.c[name] for name in _ENTRY_COLUMNS))
         .where(log.c.seq > previous_seq, log.c.digest.is_(None)).order_by(log.c.seq).limit(batch)
     )
-    links: list[dict[str, object]] = []
+    seqs: list[int] = []
+    prevs: list[int] = []
+    digests: list[bytes] = []
     for row in rows:
         if row.seq != previous_seq + 1 and row.recorded > settled:
             break  # the seqs in between may belong to transactions still open
         digest = link(previous_digest, previous_seq, row)
-        links.append({"row_seq": row.seq, "row_prev": previous_seq, "row_digest": digest})
+        seqs.append(row.seq)
+        prevs.append(previous_seq)
+        digests.append(digest)
         previous_seq, previous_digest = row.seq, digest
-    if links:
+    if not seqs:
+        return 0
+    if db.get_bind().dialect.name == "postgresql":  # the whole pass in one statement
+        db.execute(_LINK_ROWS, {"seqs": seqs, "prevs": prevs, "digests": digests})
+    else:
         db.execute(update(log).where(log.c.seq == bindparam("row_seq"))
-                   .values(prev_seq=bindparam("row_prev"), digest=bindparam("row_digest")), links)
-        if head is None:
-            db.add(AuditChainHead(id=HEAD_ID, last_seq=previous_seq, digest=previous_digest, updated=datetime.now(UTC)))
-        else:
-            head.last_seq, head.digest, head.updated = previous_seq, previous_digest, datetime.now(UTC)
-    return len(links)
+                   .values(prev_seq=bindparam("row_prev"), digest=bindparam("row_digest")),
+                   [{"row_seq": seq, "row_prev": prev, "row_digest": digest}
+                    for seq, prev, digest in zip(seqs, prevs, digests, strict=True)])
+    if head is None:
+        db.add(AuditChainHead(id=HEAD_ID, last_seq=previous_seq, digest=previous_digest, updated=datetime.now(UTC)))
+    else:
+        head.last_seq, head.digest, head.updated = previous_seq, previous_digest, datetime.now(UTC)
+    return len(seqs)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ async def chain_forever(ctx: ShareContext, interval_seconds: float) -> None:
     rows wait unchained meanwhile, and `renkei audit verify` counts them as pending."""
     while True:
         try:
-            linked = await ctx.run(lambda: _chain_once(ctx))
+            linked = await ctx.run_upkeep(lambda: _chain_once(ctx))
             if linked:
                 log.debug("audit_rows_chained", rows=linked)
         except asyncio.CancelledError:

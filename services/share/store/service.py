@@ -274,14 +274,22 @@ class ResourceStore:
         for row, decision in zip(rows, decisions, strict=True):
             if self.gate is not None and decision is None:
                 continue
-            try:
-                stored = self.open(db, row, tolerate_erased=tolerate_erased)
-            except Gone:
+            if row.deleted:
+                found.append(self.open(db, row))
                 continue
-            body = self.gate.shape(db, caller.principal, decision, row.resource_type, stored.body, stored.layout) \
-                if self.gate is not None and not stored.deleted else stored.body
-            if body is not None:
-                found.append(stored if body is stored.body else stored.with_body(body))
+            try:
+                body = self._decrypt(db, row)
+            except KeyDestroyed:
+                if tolerate_erased:
+                    found.append(self.open(db, row, tolerate_erased=True))
+                continue
+            if self.gate is not None:  # shaped before the Stored is made: one object per row, not two
+                shaped = self.gate.shape(db, caller.principal, decision, row.resource_type, body, row.layout)
+                if shaped is None:
+                    continue
+                body = shaped
+            found.append(Stored(row.resource_type, row.resource_id, row.version, row.last_updated, False, row.method,
+                                body, row.layout))
         return found
 
     def _shaped(self, db: Session, caller: Caller, decision: Decision | None, stored: Stored) -> Stored:
@@ -310,14 +318,21 @@ class ResourceStore:
         if row.deleted:
             return Stored(row.resource_type, row.resource_id, row.version, row.last_updated, True, row.method, b"")
         try:
-            if row.data_key_id == ERASED:
-                raise KeyDestroyed(row.data_key_id)
-            key = self.keys.unwrap(db, row.data_key_id, record=getattr(row, "wrapped_key", None))
-            body = self.cipher.open(key, row.body, resource_aad(row.resource_type, row.resource_id, row.version))
+            body = self._decrypt(db, row)
         except KeyDestroyed:
             if tolerate_erased:
                 return Stored(row.resource_type, row.resource_id, row.version, row.last_updated, True, "DELETE", b"")
             raise Gone(f"{row.resource_type}/{row.resource_id} has been erased") from None
+        return Stored(row.resource_type, row.resource_id, row.version, row.last_updated, False, row.method, body,
+                      row.layout)
+
+    def _decrypt(self, db: Session, row: ResourceVersion | VersionRow) -> bytes:
+        """The body of a version that is not a delete; KeyDestroyed if its patient was erased."""
+        if row.data_key_id == ERASED:
+            raise KeyDestroyed(row.data_key_id)
+        key = self.keys.unwrap(db, row.data_key_id, record=getattr(row, "wrapped_key", None))
+        try:
+            return self.cipher.open(key, row.body, resource_aad(row.resource_type, row.resource_id, row.version))
         except TamperedCiphertext:
             self._audit_integrity_failure(db, row)  # first: it may ask for a transaction and a second attempt
             log.error(
@@ -329,8 +344,6 @@ class ResourceStore:
             raise IntegrityFailure(
                 "this resource failed its integrity check and is not served", keep_writes=True
             ) from None
-        return Stored(row.resource_type, row.resource_id, row.version, row.last_updated, False, row.method, body,
-                      row.layout)
 
     # Internals ----------------------------------------------------------------------------------------
 

@@ -141,17 +141,16 @@ class Statements:
         self.current_one = f"{self._current} AND h.resource_type = {m} AND h.resource_id = {m}"
         # The page's keys are chosen first and only its own versions are read: a patient with a thousand notes
         # costs twenty bodies, not a thousand (sorted, then mostly thrown away).
-        self.timeline = (
-            f"SELECT {_VERSION_SELECT}, {_KEY_SELECT} FROM (SELECT h.resource_type, h.resource_id, h.version,"
-            f" h.last_updated FROM resources h WHERE h.network_id = {m} AND h.resource_type = {m} AND NOT h.deleted"
-            f" AND EXISTS (SELECT 1 FROM search_index s WHERE s.network_id = {m} AND s.resource_type = {m}"
-            f" AND s.resource_id = h.resource_id AND s.param = 'patient' AND s.value = {m})"
-            f" ORDER BY h.last_updated DESC, h.resource_id DESC LIMIT {m}) page"
-            " JOIN resource_versions v ON v.resource_type = page.resource_type AND v.resource_id = page.resource_id"
-            " AND v.version = page.version LEFT JOIN data_keys k ON k.id = v.data_key_id"
-            " ORDER BY page.last_updated DESC, page.resource_id DESC"
-        )
-        self._timeline_facts: str | None = None  # timeline_with_facts, composed on first use
+        self.timeline = _timeline_sql(m, m, m, m, "")
+        if not d.sqlite:
+            # timeline_with_facts: named parameters, each sent once however often the statement uses it.
+            facts = _facts_sql(network="%(network)s", subject="%(subject)s", now="%(now)s",
+                               among="= %(patient)s", as_text="")
+            self.timeline_facts = _timeline_sql(
+                "%(network)s", "%(type)s", "%(reference)s", "%(limit)s",
+                # Every row repeats the facts (computed once): cheaper than a window to send them with one row only.
+                ", (SELECT coalesce(json_agg(json_build_array(x.a, x.b, x.c, x.d, x.e, x.f, x.g, x.h, x.i, x.j, x.k)),"
+                f" '[]')::text FROM ({facts}) x)")
         self.owned_key = (
             f"SELECT {_KEY_SELECT} FROM data_keys k WHERE k.network_id = {m} AND k.patient_id = {m}"
         )
@@ -186,29 +185,16 @@ class Statements:
         return [(r[0], r[1], r[2], r[3], r[4], None if r[5] is None else d.time_out(r[5]),
                  None if r[6] is None else d.time_out(r[6]), r[7], r[8], r[9], r[10]) for r in rows]
 
-    def _facts_query(self, network_id: str, patient_ids: Sequence[str], subject: str, now: datetime,
-                     as_json: bool = False) -> tuple[str, list[Any]]:
+    def _facts_query(self, network_id: str, patient_ids: Sequence[str], subject: str, now: datetime
+                     ) -> tuple[str, list[Any]]:
         d = self.dialect
         if d.sqlite:
             among = f"IN ({d.placeholders(len(patient_ids))})"
             patients: list[Any] = list(patient_ids)
-            text = ""
         else:
-            among, patients, text = "= ANY(%s)", [list(patient_ids)], "" if as_json else "::text"
-        sql = (
-            f'SELECT patient_id AS a, \'t\' AS b, kind AS c, member_id AS d, role AS e, start AS f, "end" AS g,'
-            f" approved AS h, NULL AS i, NULL AS j, NULL AS k FROM care_team_participants"
-            f" WHERE network_id = {d.mark} AND patient_id {among} AND team_status = 'active'"
-            f' UNION ALL SELECT patient_id, \'c\', status, NULL, NULL, start, "end", NULL, organizations{text},'
-            f" excluded_organizations{text}, withheld_labels{text} FROM consent_terms"
-            f" WHERE network_id = {d.mark} AND patient_id {among} AND status = 'active'"
-            " UNION ALL SELECT patient_id, 'g', NULL, NULL, NULL, NULL, expires_at, NULL, NULL, NULL, NULL"
-            f" FROM break_glass_grants WHERE network_id = {d.mark} AND patient_id {among}"
-            f" AND subject = {d.mark} AND expires_at > {d.mark}"
-        )
-        if as_json:  # one JSON text: a column of another statement (timeline_with_facts)
-            sql = ("(SELECT coalesce(json_agg(json_build_array(x.a, x.b, x.c, x.d, x.e, x.f, x.g, x.h, x.i, x.j,"
-                   f" x.k)), '[]')::text FROM ({sql}) x)")
+            among, patients = "= ANY(%s)", [list(patient_ids)]
+        m = d.mark
+        sql = _facts_sql(network=m, subject=m, now=m, among=among, as_text="" if d.sqlite else "::text")
         return sql, [network_id, *patients, network_id, *patients, network_id, *patients, subject, d.time_in(now)]
 
     def timeline_with_facts(self, db: Session, network_id: str, resource_type: str, patient_reference: str,
@@ -219,20 +205,17 @@ class Statements:
         facts are None when the page is empty (or on SQLite): the caller then asks for them on their own."""
         if self.dialect.sqlite:
             return self.patient_timeline(db, network_id, resource_type, patient_reference, limit), None
-        facts_sql, facts_parameters = self._facts_query(network_id, [patient_id], subject, now, as_json=True)
-        if self._timeline_facts is None:  # the same text every time: PostgreSQL keeps it prepared
-            self._timeline_facts = self.timeline.replace(f"{_KEY_SELECT} FROM", f"{_KEY_SELECT}, {facts_sql} FROM", 1)
-        sql = self._timeline_facts
         with self._cursor(db) as cursor:
-            cursor.execute(sql, [*facts_parameters, network_id, resource_type, network_id, resource_type,
-                                 patient_reference, limit])
+            cursor.execute(self.timeline_facts, {
+                "network": network_id, "patient": patient_id, "subject": subject, "now": now,
+                "type": resource_type, "reference": patient_reference, "limit": limit})
             rows = cursor.fetchall()
         if not rows:
             return [], None
         facts = [(r[0], r[1], r[2], r[3], r[4], None if r[5] is None else datetime.fromisoformat(r[5]),
                   None if r[6] is None else datetime.fromisoformat(r[6]), r[7], r[8], r[9], r[10])
                  for r in orjson.loads(rows[0][-1])]
-        return [self._version(row[:-1]) for row in rows], facts
+        return [self._version(row) for row in rows], facts  # the facts column after the key is not read
 
     def patient(self, db: Session, patient_id: str) -> tuple[str, bool] | None:
         """(network id, deleted) of a Patient's head, or None."""
@@ -402,3 +385,36 @@ def statements(db: Session) -> Statements:
     if found is None:
         found = _BY_DIALECT[name] = Statements(name)
     return found
+
+
+def _timeline_sql(network: str, resource_type: str, reference: str, limit: str, extra: str) -> str:
+    """One patient's newest resources of a type, ``limit`` of them (markers given), with ``extra`` columns.
+
+    The page's keys are chosen first and only its own versions are read: a patient with a thousand notes costs
+    twenty bodies, not a thousand (sorted, then mostly thrown away)."""
+    return (
+        f"SELECT {_VERSION_SELECT}, {_KEY_SELECT}{extra} FROM (SELECT h.resource_type, h.resource_id, h.version,"
+        f" h.last_updated FROM resources h WHERE h.network_id = {network} AND h.resource_type = {resource_type}"
+        f" AND NOT h.deleted AND EXISTS (SELECT 1 FROM search_index s WHERE s.network_id = {network}"
+        f" AND s.resource_type = {resource_type} AND s.resource_id = h.resource_id AND s.param = 'patient'"
+        f" AND s.value = {reference}) ORDER BY h.last_updated DESC, h.resource_id DESC LIMIT {limit}) page"
+        " JOIN resource_versions v ON v.resource_type = page.resource_type AND v.resource_id = page.resource_id"
+        " AND v.version = page.version LEFT JOIN data_keys k ON k.id = v.data_key_id"
+        " ORDER BY page.last_updated DESC, page.resource_id DESC"
+    )
+
+
+def _facts_sql(*, network: str, subject: str, now: str, among: str, as_text: str) -> str:
+    """Statements.access_facts's rows (markers given; ``among`` the condition on the patient id, ``as_text`` the
+    cast of JSON columns)."""
+    return (
+        f'SELECT patient_id AS a, \'t\' AS b, kind AS c, member_id AS d, role AS e, start AS f, "end" AS g,'
+        f" approved AS h, NULL AS i, NULL AS j, NULL AS k FROM care_team_participants"
+        f" WHERE network_id = {network} AND patient_id {among} AND team_status = 'active'"
+        f' UNION ALL SELECT patient_id, \'c\', status, NULL, NULL, start, "end", NULL, organizations{as_text},'
+        f" excluded_organizations{as_text}, withheld_labels{as_text} FROM consent_terms"
+        f" WHERE network_id = {network} AND patient_id {among} AND status = 'active'"
+        " UNION ALL SELECT patient_id, 'g', NULL, NULL, NULL, NULL, expires_at, NULL, NULL, NULL, NULL"
+        f" FROM break_glass_grants WHERE network_id = {network} AND patient_id {among}"
+        f" AND subject = {subject} AND expires_at > {now}"
+    )
