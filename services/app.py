@@ -63,7 +63,7 @@ def create_app(
                 background.append(asyncio.create_task(chain_forever(share_ctx, settings.audit_chain_interval_seconds)))
             if share_ctx.audit_buffer is not None:
                 background.append(asyncio.create_task(
-                    flush_forever(share_ctx, share_ctx.audit_buffer, settings.audit_flush_seconds)))
+                    flush_forever(share_ctx.audit_buffer, settings.audit_flush_seconds, share_ctx.run_upkeep)))
         yield
         for task in background:
             task.cancel()

@@ -5,6 +5,8 @@ reads rather than serve them unrecorded; shutdown writes what is left; and a liv
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -12,10 +14,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, func, select, text
+from structlog.testing import capture_logs
 
 from services.kit.db import Database, make_engine
 from services.kit.migrate import upgrade
-from services.share.audit.buffer import AuditBuffer, AuditUnavailable
+from services.share.audit.buffer import AuditBuffer, AuditUnavailable, flush_forever
 from services.share.audit.models import AuditEntry
 from services.share.audit.trail import Access, AuditRow, AuditTrail
 from services.share.crypto.datakeys import DataKeys
@@ -116,3 +119,33 @@ def test_a_live_server_records_every_read_and_writes_the_rest_at_shutdown(
         searches = connection.scalar(select(func.count()).select_from(AuditEntry)) - before
     engine.dispose()
     assert searches == 5
+
+
+def test_the_background_writer_keeps_rows_while_the_database_refuses_and_says_so_once(
+        database: Database, tmp_path: Path) -> None:
+    buffer = AuditBuffer(database)
+    buffer.add(rows(database, tmp_path, 2))
+    with database.engine.begin() as connection:
+        connection.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
+
+    async def scenario() -> list[dict[str, object]]:
+        with capture_logs() as logged:
+            writer = asyncio.create_task(flush_forever(buffer, 0.01, asyncio.to_thread))
+            await asyncio.sleep(0.3)  # many passes, all refused
+            assert buffer.pending == 2
+            with database.engine.begin() as connection:
+                connection.execute(text("ALTER TABLE audit_log_away RENAME TO audit_log"))
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if not buffer.pending:
+                    break
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        return logged
+
+    logged = asyncio.run(scenario())
+    assert buffer.pending == 0 and stored(database.engine) == ["patient-0", "patient-1"]
+    events = [entry["event"] for entry in logged]
+    assert events == ["audit_flush_failed", "audit_flush_recovered"]
+    assert logged[0]["pending"] == 2 and "audit_log" not in str(logged[0])  # the error by its type only

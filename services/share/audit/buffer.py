@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -38,6 +40,8 @@ log = structlog.get_logger(__name__)
 
 # Rows per INSERT at most: a larger backlog is written in several statements.
 MAX_BATCH_ROWS = 1000
+# While writes fail, how often the failure is logged again.
+FAILURE_LOG_SECONDS = 10.0
 # Rows waiting at most (a few minutes of a busy worker's reads) before reads are refused rather than unrecorded.
 MAX_PENDING_ROWS = 100_000
 
@@ -86,19 +90,34 @@ class AuditBuffer:
             return written
 
 
-async def flush_forever(ctx: ShareContext, buffer: AuditBuffer, interval_seconds: float) -> None:
-    """Runs until cancelled (the application's shutdown, which then flushes once more: ShareContext.close)."""
+async def flush_forever(buffer: AuditBuffer, interval_seconds: float,
+                        run: Callable[[Callable[[], int]], Awaitable[int]]) -> None:
+    """Runs until cancelled (the application's shutdown, which then flushes once more: ShareContext.close).
+    ``run`` runs the blocking write off the event loop (ShareContext.run_upkeep).
+
+    While the database refuses the records, the failure is logged when it starts and then every
+    ``FAILURE_LOG_SECONDS``, not on every pass; its end is logged too."""
+    failing_since: float | None = None
+    last_logged = 0.0
     while True:
         await asyncio.sleep(interval_seconds)
         if not buffer.pending:
             continue
         try:
-            await ctx.run_upkeep(buffer.flush)
+            await run(buffer.flush)
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            # The error's text may quote the rows' values: it is logged by its type only.
-            log.error("audit_flush_failed", pending=buffer.pending, error=type(error).__name__)
+            now = time.monotonic()
+            if failing_since is None or now - last_logged >= FAILURE_LOG_SECONDS:
+                # The error's text may quote the rows' values: it is logged by its type only.
+                log.error("audit_flush_failed", pending=buffer.pending, error=type(error).__name__)
+                last_logged = now
+            failing_since = failing_since if failing_since is not None else now
+            continue
+        if failing_since is not None:
+            log.info("audit_flush_recovered", failing_seconds=round(time.monotonic() - failing_since, 1))
+            failing_since = None
 
 
 async def caught_up(ctx: ShareContext) -> None:
