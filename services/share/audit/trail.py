@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import orjson
 from sqlalchemy.orm import Session
 
+from services.share.audit.events import expand, is_compact
 from services.share.audit.models import AuditEntry
 from services.share.crypto.datakeys import DataKeys
 from services.share.crypto.envelope import open_sealed, seal
@@ -75,6 +76,10 @@ class AuditTrail:
                         key_id, sealed)
 
     def event(self, db: Session, row: AuditEntry) -> dict[str, Any]:
-        """The AuditEvent a row holds, decrypted (raises TamperedCiphertext if it was moved or altered)."""
+        """The AuditEvent a row holds, decrypted (raises TamperedCiphertext if it was moved or altered), and
+        expanded from its stored form where it is compact (events.py)."""
         key = self.keys.unwrap(db, row.data_key_id)
-        return dict(orjson.loads(self._open(key, row.event, event_aad(row.network_id, row.agent, row.recorded))))
+        stored = dict(orjson.loads(self._open(key, row.event, event_aad(row.network_id, row.agent, row.recorded))))
+        if is_compact(stored):
+            return expand(stored, action=row.action, outcome=row.outcome, recorded=row.recorded)
+        return stored

@@ -14,15 +14,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from services.kit.codes import ORGANIZATION_EXTENSION
 from services.kit.tokens import Principal
 from services.share.access.gate import Seen
+from services.share.audit.events import compact
 from services.share.audit.trail import Access, AuditRow, AuditTrail
 from services.share.store.statements import statements
-
-_REST = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
-         "display": "RESTful Operation"}
-_INTERACTION = "http://hl7.org/fhir/restful-interaction"
 
 
 @dataclass(frozen=True)
@@ -62,41 +58,18 @@ def rows(trail: AuditTrail, db: Session, principal: Principal, interaction: Inte
     finds it), one row without a patient when it touched none."""
     now = datetime.now(UTC)
     outcome = outcome_of(status)
-    event = _event(principal, interaction, seen, now, outcome, reason)
+    event = _event(principal, interaction, seen, reason)
     return [trail.row(db, Access(principal.network, principal.subject, patient_id, interaction.action, outcome),
                       event, recorded=now)
             for patient_id in sorted(seen.patients.keys() | seen.refused_patients) or [""]]
 
 
-def _event(principal: Principal, interaction: Interaction, seen: Seen, now: datetime, outcome: str,
-           reason: str | None) -> dict[str, Any]:
-    who = (f"Practitioner/{principal.subject}" if principal.kind == "user" else f"Device/{principal.subject}")
-    agent: dict[str, Any] = {
-        "requestor": True, "who": {"reference": who},
-        "extension": [{"url": ORGANIZATION_EXTENSION,
-                       "valueReference": {"reference": f"Organization/{principal.organization}"}}],
-    }
-    if principal.profession:
-        agent["role"] = [{"text": principal.profession}]
-    agents = [agent]
-    if principal.device:
-        agents.append({"requestor": False, "who": {"reference": f"Device/{principal.device}"},
-                       "type": {"text": "device"}})
-    entities: list[dict[str, Any]] = [{"what": {"reference": interaction.what}} if "/" in interaction.what
-                                      else {"what": {"display": interaction.what}}]
-    bases = {**{patient: "refused" for patient in seen.refused_patients}, **seen.patients}
-    entities += [{"what": {"reference": f"Patient/{patient}"}, "detail": [{"type": "basis", "valueString": basis}]}
-                 for patient, basis in sorted(bases.items())]
-    withheld = seen.withheld_resources + seen.withheld_sections
-    if withheld:
-        entities[0]["detail"] = [{"type": "withheld-resources", "valueString": str(seen.withheld_resources)},
-                                 {"type": "withheld-sections", "valueString": str(seen.withheld_sections)}]
-    event: dict[str, Any] = {
-        "resourceType": "AuditEvent", "type": _REST,
-        "subtype": [{"system": _INTERACTION, "code": interaction.kind}],
-        "action": interaction.action, "recorded": now.isoformat(timespec="milliseconds"), "outcome": outcome,
-        "agent": agents, "source": {"observer": {"display": "Renkei share service"}}, "entity": entities,
-    }
-    if reason or seen.refused:
-        event["outcomeDesc"] = reason or seen.refused[-1]
-    return event
+def _event(principal: Principal, interaction: Interaction, seen: Seen, reason: str | None) -> dict[str, Any]:
+    return compact(
+        kind=interaction.kind,
+        who=f"Practitioner/{principal.subject}" if principal.kind == "user" else f"Device/{principal.subject}",
+        organization=principal.organization, role=principal.profession, device=principal.device,
+        what=interaction.what,
+        bases={**{patient: "refused" for patient in seen.refused_patients}, **seen.patients},
+        withheld_resources=seen.withheld_resources, withheld_sections=seen.withheld_sections,
+        reason=reason or (seen.refused[-1] if seen.refused else None))
