@@ -14,14 +14,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, Executable, delete, func, select, text, update
+from sqlalchemy import Engine, Executable, delete, exists, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.kit.db import make_engine
 from services.kit.migrate import upgrade
-from services.share.audit.chain import Verdict, chain_pending, verify
-from services.share.audit.models import AuditChainHead, AuditEntry
+from services.share.audit.chain import _ENTRY_COLUMNS, GENESIS, Verdict, chain_pending, link, verify
+from services.share.audit.models import AuditChainHead, AuditEntry, AuditLink
 from services.share.audit.trail import Access, AuditTrail
 from services.share.crypto.datakeys import DataKeys
 from services.share.crypto.envelope import TamperedCiphertext
@@ -153,7 +153,7 @@ def test_the_chainer_waits_at_a_gap_until_it_settles(engine: Engine, sessions: s
                                                       trail: AuditTrail, chained: list[int]) -> None:
     write(sessions, trail, 2)
     with sessions() as db:
-        late = list(db.scalars(select(AuditEntry).where(AuditEntry.digest.is_(None)).order_by(AuditEntry.seq)))
+        late = list(db.scalars(select(AuditEntry).where(AuditEntry.seq > chained[-1]).order_by(AuditEntry.seq)))
     # A gap before the last row, as a transaction still open (or rolled back) leaves one.
     tamper(engine, renumber(late[-1].seq, late[-1].seq + 5))
     assert chain(sessions) == 1  # up to the gap: its seq may still commit
@@ -176,20 +176,18 @@ def test_each_event_is_sealed_to_its_row(sessions: sessionmaker[Session], trail:
 
 
 @pytest.mark.postgres
-def test_postgresql_refuses_changes_to_chained_rows(pg_databases: PostgresDatabases, tmp_path: Path) -> None:
+def test_postgresql_refuses_any_change_to_the_log_or_its_chain(pg_databases: PostgresDatabases,
+                                                               tmp_path: Path) -> None:
     engine = make_engine(pg_databases.create("audit_trigger"))
     upgrade("share", engine)
     sessions = sessionmaker(engine)
     write(sessions, AuditTrail(DataKeys(KeyRing.load(key_settings(tmp_path)))), 3)
-    with engine.begin() as connection:
-        connection.execute(text("UPDATE audit_log SET prev_seq = 0, digest = '\\x00' WHERE seq = "
-                                "(SELECT min(seq) FROM audit_log)"))  # what the chainer does: allowed once
-    for statement in ("UPDATE audit_log SET agent = 'x' WHERE digest IS NOT NULL",
-                      "UPDATE audit_log SET digest = '\\x01' WHERE digest IS NOT NULL",
-                      "UPDATE audit_log SET agent = 'x' WHERE digest IS NULL",
-                      "DELETE FROM audit_log"):
+    assert chain(sessions, settle_seconds=0) == 3
+    for statement in ("UPDATE audit_log SET agent = 'x'", "DELETE FROM audit_log", "TRUNCATE audit_log",
+                      "UPDATE audit_chain SET digest = '\\x01'", "DELETE FROM audit_chain", "TRUNCATE audit_chain"):
         with pytest.raises(DBAPIError, match="append-only"), engine.begin() as connection:
             connection.execute(text(statement))
+    assert verdict(sessions).intact
     engine.dispose()
 
 
@@ -231,7 +229,8 @@ def test_the_service_chains_what_is_appended_in_the_background(server: LiveServe
     while True:
         with ctx.db.sessions() as db:
             unchained = db.scalar(select(func.count()).select_from(AuditEntry)
-                                  .where(AuditEntry.network_id == network, AuditEntry.digest.is_(None)))
+                                  .where(AuditEntry.network_id == network,
+                                         ~exists().where(AuditLink.seq == AuditEntry.seq)))
             found = verify(db)
         if unchained == 0 or time.monotonic() > deadline:
             break
@@ -247,7 +246,7 @@ def test_a_log_rewritten_whole_no_longer_matches_its_anchors(engine: Engine, ses
         assert verify(db, anchors=anchors).intact
     # Someone with the database to themselves alters a row and recomputes every digest and the head.
     tamper(engine, update(AuditEntry).where(AuditEntry.seq == chained[2]).values(agent="someone-else"),
-           update(AuditEntry).values(digest=None, prev_seq=None), delete(AuditChainHead))
+           delete(AuditLink), delete(AuditChainHead))
     assert chain(sessions) == ROWS
     assert verdict(sessions).intact  # self-consistent again …
     with sessions() as db:
@@ -255,3 +254,37 @@ def test_a_log_rewritten_whole_no_longer_matches_its_anchors(engine: Engine, ses
     assert not found.intact and found.seq == kept.head_seq and "rewritten" in (found.problem or "")
     with sessions() as db:
         assert "no longer in the chain" in (verify(db, anchors={10_000: "00" * 32}).problem or "")
+
+
+def test_a_log_chained_before_migration_0009_still_verifies_after_it(database_url: str, tmp_path: Path) -> None:
+    """Migration 0009 moves the links out of the log rows into audit_chain; the chain they form is unchanged."""
+    engine = make_engine(database_url)
+    upgrade("share", engine, "0008")
+    trail = AuditTrail(DataKeys(KeyRing.load(key_settings(tmp_path))))
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    with sessions() as db:  # rows as the earlier schema held them, chained in place as its chainer did
+        previous_seq, previous_digest = 0, GENESIS
+        for n in range(4):
+            row = trail.row(db, Access("net-a", f"user-{n}", f"patient-{n}", "R", "0"), event(n))
+            seq = db.execute(text("INSERT INTO audit_log (network_id, recorded, agent, patient_id, action, outcome,"
+                                  " data_key_id, event) VALUES (:n, :r, :a, :p, :ac, :o, :k, :e) RETURNING seq"),
+                             {"n": row.network_id, "r": row.recorded, "a": row.agent, "p": row.patient_id,
+                              "ac": row.action, "o": row.outcome, "k": row.data_key_id, "e": row.event}).scalar_one()
+            stored = db.execute(select(*(AuditEntry.__table__.c[name] for name in _ENTRY_COLUMNS))
+                                .where(AuditEntry.__table__.c.seq == seq)).one()
+            digest = link(previous_digest, previous_seq, stored)
+            db.execute(text("UPDATE audit_log SET prev_seq = :p, digest = :d WHERE seq = :s"),
+                       {"p": previous_seq, "d": digest, "s": seq})
+            previous_seq, previous_digest = seq, digest
+        db.add(AuditChainHead(id=1, last_seq=previous_seq, digest=previous_digest, updated=datetime.now(UTC)))
+        db.commit()
+    upgrade("share", engine)
+    found = verdict(sessions)
+    assert found.intact and found.checked == 4 and found.head_digest == previous_digest.hex(), found.problem
+    write(sessions, trail, 2)  # the chain goes on from where the old one ended
+    assert chain(sessions) == 2 and verdict(sessions).intact
+    if engine.dialect.name == "sqlite":  # rebuilt by the migration: a seq is still never reused
+        with engine.connect() as connection:
+            table_sql = connection.scalar(text("SELECT sql FROM sqlite_master WHERE name = 'audit_log'"))
+        assert "AUTOINCREMENT" in table_sql
+    engine.dispose()

@@ -1,12 +1,12 @@
 """Imports every share-service model so ``ShareBase.metadata`` is complete (Alembic, the schema test)."""
 
 from services.share.access.models import BreakGlassGrant, ConsentTerms, TeamParticipant
-from services.share.audit.models import AuditChainHead, AuditEntry
+from services.share.audit.models import AuditChainHead, AuditEntry, AuditLink
 from services.share.base import ShareBase
 from services.share.crypto.models import DataKey
 from services.share.store.models import IdempotencyRecord, ResourceHead, ResourceVersion, SearchEntry
 
 __all__ = [
-    "AuditChainHead", "AuditEntry", "BreakGlassGrant", "ConsentTerms", "DataKey", "IdempotencyRecord", "ResourceHead",
-    "ResourceVersion", "SearchEntry", "ShareBase", "TeamParticipant",
+    "AuditChainHead", "AuditEntry", "AuditLink", "BreakGlassGrant", "ConsentTerms", "DataKey", "IdempotencyRecord",
+    "ResourceHead", "ResourceVersion", "SearchEntry", "ShareBase", "TeamParticipant",
 ]

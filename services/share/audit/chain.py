@@ -5,9 +5,10 @@ Writers only append (AuditTrail.record: one INSERT, no lock), so no request wait
 
     digest(row) = SHA-256(digest(previous row) ‖ previous seq ‖ every field of the row, length-prefixed)
 
-and records which seq each row followed. :func:`verify` recomputes the chain from the first row and reports the
-first row that does not fit: an altered row breaks its own digest, a deleted row the link of the row after it,
-rows moved to other places (seq values swapped) their links, and rows cut off the end the chain head.
+and records which seq each row followed, in a row of its own (``audit_chain``: the log itself is never
+updated). :func:`verify` recomputes the chain from the first row and reports the first row that does not fit:
+an altered row breaks its own digest, a deleted row the link of the row after it, rows moved to other places
+(seq values swapped) their links, and rows cut off the end the chain head.
 
 Sequence numbers can commit out of order (seq 9 of a slow transaction after seq 10), so the chainer stops at a gap
 until the rows after it are ``settle_seconds`` old; the missing seq then belongs to a rolled-back transaction. A row
@@ -24,10 +25,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ARRAY, BigInteger, LargeBinary, Row, Table, bindparam, func, select, text, update
+from sqlalchemy import ARRAY, BigInteger, LargeBinary, Table, bindparam, exists, func, insert, select, text
 from sqlalchemy.orm import Session
 
-from services.share.audit.models import AuditChainHead, AuditEntry
+from services.share.audit.models import AuditChainHead, AuditEntry, AuditLink
 
 GENESIS = bytes(32)
 HEAD_ID = 1
@@ -40,13 +41,12 @@ _ENTRY_COLUMNS = ("seq", "network_id", "recorded", "agent", "patient_id", "actio
 
 
 _LINK_ROWS = text(
-    "UPDATE audit_log SET prev_seq = v.prev, digest = v.digest"
-    " FROM unnest(:seqs, :prevs, :digests) AS v(seq, prev, digest) WHERE audit_log.seq = v.seq"
+    "INSERT INTO audit_chain (seq, prev_seq, digest) SELECT * FROM unnest(:seqs, :prevs, :digests)"
 ).bindparams(bindparam("seqs", type_=ARRAY(BigInteger)), bindparam("prevs", type_=ARRAY(BigInteger)),
              bindparam("digests", type_=ARRAY(LargeBinary)))
 
 
-def entry_bytes(row: AuditEntry | Row[Any]) -> bytes:
+def entry_bytes(row: Any) -> bytes:  # an AuditEntry, or a row of its columns
     """Every field of a row except its chain columns, each length-prefixed so no two rows share an encoding."""
     fields = (
         str(row.seq), row.network_id, row.recorded.astimezone(UTC).isoformat(timespec="microseconds"), row.agent,
@@ -56,7 +56,7 @@ def entry_bytes(row: AuditEntry | Row[Any]) -> bytes:
     return b"".join(len(part).to_bytes(4, "big") + part for part in parts)
 
 
-def link(previous_digest: bytes, previous_seq: int, row: AuditEntry | Row[Any]) -> bytes:
+def link(previous_digest: bytes, previous_seq: int, row: Any) -> bytes:
     return hashlib.sha256(previous_digest + previous_seq.to_bytes(8, "big") + entry_bytes(row)).digest()
 
 
@@ -73,12 +73,12 @@ def chain_pending(db: Session, *, now: datetime | None = None, settle_seconds: f
     head = db.get(AuditChainHead, HEAD_ID)
     previous_seq, previous_digest = (head.last_seq, head.digest) if head else (0, GENESIS)
     settled = (now or datetime.now(UTC)) - timedelta(seconds=settle_seconds)
-    # Plain rows and one executemany, not ORM objects: the chainer runs in a serving process, every few seconds,
-    # over every read's record.
+    # Plain rows and one statement, not ORM objects: the chainer runs in a serving process, every few seconds,
+    # over every read's record. Every row after the head is unchained: links are written with the head.
     log = cast(Table, AuditEntry.__table__)
     rows = db.execute(
         select(*(log.c[name] for name in _ENTRY_COLUMNS))
-        .where(log.c.seq > previous_seq, log.c.digest.is_(None)).order_by(log.c.seq).limit(batch)
+        .where(log.c.seq > previous_seq).order_by(log.c.seq).limit(batch)
     )
     seqs: list[int] = []
     prevs: list[int] = []
@@ -96,10 +96,8 @@ def chain_pending(db: Session, *, now: datetime | None = None, settle_seconds: f
     if db.get_bind().dialect.name == "postgresql":  # the whole pass in one statement
         db.execute(_LINK_ROWS, {"seqs": seqs, "prevs": prevs, "digests": digests})
     else:
-        db.execute(update(log).where(log.c.seq == bindparam("row_seq"))
-                   .values(prev_seq=bindparam("row_prev"), digest=bindparam("row_digest")),
-                   [{"row_seq": seq, "row_prev": prev, "row_digest": digest}
-                    for seq, prev, digest in zip(seqs, prevs, digests, strict=True)])
+        db.execute(insert(AuditLink), [{"seq": seq, "prev_seq": prev, "digest": digest}
+                                       for seq, prev, digest in zip(seqs, prevs, digests, strict=True)])
     if head is None:
         db.add(AuditChainHead(id=HEAD_ID, last_seq=previous_seq, digest=previous_digest, updated=datetime.now(UTC)))
     else:
@@ -132,13 +130,17 @@ def verify(db: Session, *, batch: int = 1000, anchors: dict[int, str] | None = N
     head_seq, head_digest = (head.last_seq, head.digest) if head else (0, GENESIS)
     expected_seq, expected_digest, checked = 0, GENESIS, 0
 
+    unlinked = ~exists().where(AuditLink.seq == AuditEntry.seq)
+
     def verdict(problem: str | None = None, seq: int | None = None) -> Verdict:
         pending = db.scalar(select(func.count()).select_from(AuditEntry)
-                            .where(AuditEntry.digest.is_(None), AuditEntry.seq > head_seq)) or 0
+                            .where(AuditEntry.seq > head_seq, unlinked)) or 0
         return Verdict(checked, pending, head_seq, head_digest.hex(), problem, seq)
 
-    chained = select(AuditEntry).where(AuditEntry.digest.is_not(None)).order_by(AuditEntry.seq)
-    for row in db.scalars(chained.execution_options(yield_per=batch)):
+    log = cast(Table, AuditEntry.__table__)
+    chained = (select(*(log.c[name] for name in _ENTRY_COLUMNS), AuditLink.prev_seq, AuditLink.digest)
+               .join(AuditLink, AuditLink.seq == log.c.seq).order_by(log.c.seq))
+    for row in db.execute(chained.execution_options(yield_per=batch)):
         if row.prev_seq != expected_seq:
             return verdict(f"row {row.seq} was chained after row {row.prev_seq}, but follows row {expected_seq}: "
                            "rows were deleted or moved", row.seq)
@@ -157,7 +159,7 @@ def verify(db: Session, *, batch: int = 1000, anchors: dict[int, str] | None = N
     if (expected_seq, expected_digest) != (head_seq, head_digest):
         return verdict(f"the chain ends at row {expected_seq} but its head records row {head_seq}: rows were "
                        "removed from its end, or the head was altered", expected_seq)
-    late = db.scalar(select(func.min(AuditEntry.seq)).where(AuditEntry.digest.is_(None), AuditEntry.seq < head_seq))
+    late = db.scalar(select(func.min(AuditEntry.seq)).where(AuditEntry.seq < head_seq, unlinked))
     if late is not None:
         return verdict(f"row {late} lies behind the chain's head unchained: it was inserted into the past, or its "
                        "transaction committed long after it was written", late)

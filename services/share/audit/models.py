@@ -4,8 +4,9 @@ A row names who acted (an opaque user or client id), in which network, on which 
 action and outcome; ``event`` is the full AuditEvent, sealed under the network's data key like any resource body.
 Nothing here is patient data in plain text.
 
-``digest`` and ``prev_seq`` stay empty until the chainer links the row after its predecessor; from then on the row
-is fixed. On PostgreSQL a trigger refuses every other change and every delete (migration 0005).
+The chainer links each row after its predecessor in a row of its own (``audit_chain``), so neither table is ever
+updated: a row is written once, whole. On PostgreSQL triggers refuse every change and every delete of either
+(migration 0009).
 """
 
 from __future__ import annotations
@@ -35,10 +36,19 @@ class AuditEntry(ShareBase):
     action: Mapped[str] = mapped_column(String(1))  # C R U D E, as AuditEvent.action
     outcome: Mapped[str] = mapped_column(String(2))  # 0 4 8 12, as AuditEvent.outcome
     data_key_id: Mapped[str] = mapped_column(String(64))
-    event: Mapped[bytes] = mapped_column(LargeBinary)  # the sealed AuditEvent JSON
-    # Filled by the chainer: the seq this row was linked after (0 for the first) and the chain's digest up to it.
-    prev_seq: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), nullable=True)
-    digest: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    event: Mapped[bytes] = mapped_column(LargeBinary)  # the sealed AuditEvent JSON (services/share/audit/events.py)
+
+
+class AuditLink(ShareBase):
+    """Where the chainer linked audit-log row ``seq``: after row ``prev_seq`` (0 for the first), and the chain's
+    digest up to and including it."""
+
+    __tablename__ = "audit_chain"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=False)
+    prev_seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    digest: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class AuditChainHead(ShareBase):
