@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import httpx
 import pytest
 from sqlalchemy import event
@@ -212,7 +214,8 @@ def test_creates_skip_the_transaction_only_where_one_statement_writes_them(
     transactions: list[object] = []
 
     def begun(connection: object) -> None:
-        transactions.append(connection)
+        if not threading.current_thread().name.startswith("renkei-upkeep"):  # not the audit chainer's
+            transactions.append(connection)
 
     def counted(call: object) -> int:
         transactions.clear()
