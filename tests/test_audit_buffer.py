@@ -149,3 +149,16 @@ def test_the_background_writer_keeps_rows_while_the_database_refuses_and_says_so
     events = [entry["event"] for entry in logged]
     assert events == ["audit_flush_failed", "audit_flush_recovered"]
     assert logged[0]["pending"] == 2 and "audit_log" not in str(logged[0])  # the error by its type only
+
+
+def test_a_row_the_database_refuses_is_dropped_without_holding_back_the_rest(
+        database: Database, tmp_path: Path) -> None:
+    buffer = AuditBuffer(database)
+    good = rows(database, tmp_path, 3)
+    poison = good[1]._replace(patient_id="p" * 65)  # longer than the column takes
+    buffer.add([good[0], poison, good[2]])
+    with capture_logs() as logged:
+        assert buffer.flush() == 3
+    assert buffer.pending == 0
+    assert stored(database.engine) == ["patient-0", "patient-2"]
+    assert [entry["event"] for entry in logged] == ["audit_row_refused"]

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import structlog
+from sqlalchemy.exc import DataError, IntegrityError
 
 from services.kit.db import Database
 from services.kit.errors import RenkeiError
@@ -72,22 +73,40 @@ class AuditBuffer:
         return len(self._rows)
 
     def flush(self) -> int:
-        """Write every row added so far; how many. On failure the rows not written stay queued, and it raises."""
+        """Write every row added so far; how many were taken off the queue. On failure the rows not written stay
+        queued, and it raises."""
         with self._writing:
             with self._lock:
                 rows, self._rows = self._rows, []
-            written = 0
+            done = 0
             try:
-                while written < len(rows):
-                    batch = rows[written:written + MAX_BATCH_ROWS]
-                    with self.db.reading() as session:  # no transaction: each INSERT commits by itself
-                        statements(session).insert_audit_rows(session, batch)
-                    written += len(batch)
+                while done < len(rows):
+                    batch = rows[done:done + MAX_BATCH_ROWS]
+                    try:
+                        self._insert(batch)
+                        done += len(batch)
+                    except (DataError, IntegrityError):
+                        for row in batch:  # find the row the database refuses; the others go in as usual
+                            self._insert_or_drop(row)
+                            done += 1
             except BaseException:
                 with self._lock:
-                    self._rows[:0] = rows[written:]  # before anything added meanwhile: the order holds
+                    self._rows[:0] = rows[done:]  # before anything added meanwhile: the order holds
                 raise
-            return written
+            return done
+
+    def _insert(self, rows: list[AuditRow]) -> None:
+        with self.db.reading() as session:  # no transaction: each INSERT commits by itself
+            statements(session).insert_audit_rows(session, rows)
+
+    def _insert_or_drop(self, row: AuditRow) -> None:
+        """A row the database will never take (a value too long for its column) must not hold back every record
+        queued behind it for good: it is logged and dropped. The values stored are ids read from the database and
+        from the identity service's tokens, so this is a safeguard, not a path in use."""
+        try:
+            self._insert([row])
+        except (DataError, IntegrityError) as error:
+            log.error("audit_row_refused", error=type(error).__name__)
 
 
 async def flush_forever(buffer: AuditBuffer, interval_seconds: float,
