@@ -2,8 +2,10 @@
 its target), which patients it touched, and how it ended — allowed or refused (services/share/audit/).
 
 The store's access decisions note what they saw on the session (access/gate.py ``Seen``); the runners in
-resources.py call ``record`` when the work is done, in the same transaction as the work, or — when the work
-failed and its writes rolled back — in a transaction of its own, so that every refusal is on the record too.
+resources.py seal the record (``rows``) when the work is done and write it in the same transaction as the work,
+or — for a read served without a transaction, on PostgreSQL — queue it for the worker's next group INSERT
+(audit/buffer.py), or — when the work failed and its writes rolled back — write it in a transaction of its own,
+so that every refusal is on the record too. What is stored is the compact form (audit/events.py).
 """
 
 from __future__ import annotations
