@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select, text
@@ -23,6 +24,7 @@ from services.share.audit.models import AuditEntry
 from services.share.audit.trail import Access, AuditRow, AuditTrail
 from services.share.crypto.datakeys import DataKeys
 from services.share.crypto.keyring import KeyRing
+from services.share.store.models import ResourceVersion
 from tests.conftest import _migrated
 from tests.fhir_helpers import create, created_id, patient, response
 from tests.infra import LiveServer, PostgresDatabases, free_port, settings_for_tests
@@ -90,35 +92,64 @@ def test_a_full_queue_refuses_rather_than_drops(database: Database, tmp_path: Pa
     assert buffer.pending == 3
 
 
-def test_a_live_server_records_every_read_and_writes_the_rest_at_shutdown(
-        pg_databases: PostgresDatabases, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def live_server(pg_databases: PostgresDatabases, tmp_path: Path,
+                **settings: Any) -> Iterator[tuple[LiveServer, Engine]]:
+    """A live server on PostgreSQL databases of its own, and an engine on its share database."""
     share_url = pg_databases.create("buffer-live")
     port = free_port()
-    settings = settings_for_tests(str(tmp_path), port, share_database_url=share_url,
-                                  auth_database_url=pg_databases.create("buffer-auth"),
-                                  audit_flush_seconds=5.0)  # nothing is written until shutdown
-    _migrated(settings.resolved_auth_database_url, "auth")
+    configured = settings_for_tests(str(tmp_path), port, share_database_url=share_url,
+                                    auth_database_url=pg_databases.create("buffer-auth"), **settings)
+    _migrated(configured.resolved_auth_database_url, "auth")
     _migrated(share_url, "share")
-    server = LiveServer(settings, port).start()
+    server = LiveServer(configured, port).start()
     engine = make_engine(share_url)
     try:
+        yield server, engine
+    finally:
+        server.stop()
+        engine.dispose()
+
+
+def count(engine: Engine, table: Any) -> int:
+    with engine.connect() as connection:
+        return int(connection.scalar(select(func.count()).select_from(table)) or 0)
+
+
+def test_a_live_server_records_every_read_and_writes_the_rest_at_shutdown(
+        pg_databases: PostgresDatabases, tmp_path: Path) -> None:
+    with live_server(pg_databases, tmp_path, audit_flush_seconds=5.0) as (server, engine):  # written at shutdown
         network = open_network(server)
         http, doctor = server.client(), network.bearer("physician")
         pid = created_id(create(http, doctor, patient()))
         created_id(create(http, doctor, response(pid)))
-        with engine.connect() as connection:
-            before = connection.scalar(select(func.count()).select_from(AuditEntry))
+        before = count(engine, AuditEntry)
         for _ in range(5):
             assert http.get("/fhir/QuestionnaireResponse", params={"patient": pid}, headers=doctor).status_code == 200
         time.sleep(0.2)
-        with engine.connect() as connection:  # the reads wait in the worker
-            assert connection.scalar(select(func.count()).select_from(AuditEntry)) == before
-    finally:
+        assert count(engine, AuditEntry) == before  # the reads' records wait in the worker
         server.stop()
-    with engine.connect() as connection:
-        searches = connection.scalar(select(func.count()).select_from(AuditEntry)) - before
-    engine.dispose()
-    assert searches == 5
+        assert count(engine, AuditEntry) - before == 5
+
+
+def test_a_create_in_one_statement_writes_its_record_in_it_too(pg_databases: PostgresDatabases,
+                                                               tmp_path: Path) -> None:
+    with live_server(pg_databases, tmp_path) as (server, engine):
+        network = open_network(server)
+        http, doctor = server.client(), network.bearer("physician")
+        pid = created_id(create(http, doctor, patient()))
+        created_id(create(http, doctor, response(pid)))  # the patient's data key exists from here on
+        records, versions = count(engine, AuditEntry), count(engine, ResourceVersion)
+        created_id(create(http, doctor, response(pid)))  # one statement: the version and its record
+        assert (count(engine, AuditEntry), count(engine, ResourceVersion)) == (records + 1, versions + 1)
+        with engine.begin() as connection:  # the record cannot be written: neither is the sheet
+            connection.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
+        try:
+            assert create(http, doctor, response(pid)).status_code >= 500
+            assert count(engine, ResourceVersion) == versions + 1
+        finally:
+            with engine.begin() as connection:
+                connection.execute(text("ALTER TABLE audit_log_away RENAME TO audit_log"))
 
 
 def test_the_background_writer_keeps_rows_while_the_database_refuses_and_says_so_once(

@@ -93,10 +93,19 @@ _PG_TYPES = {
 }
 
 
-def _pg_insert(check_patient: bool, new_head: bool) -> str:
-    """One PostgreSQL statement writing a version, its head (when new) and its index entries — only if the
-    compartment's Patient exists undeleted (when ``check_patient``). It answers how many versions it wrote (0/1):
-    one round trip where a check and three inserts took four."""
+# Session.info entries for a write that runs without a transaction (Database.reading): AUDIT_WITH_WRITE, a
+# function giving the interaction's sealed audit rows, which the version's single statement then writes too (so
+# the record lands with the write, or neither does); AUDIT_WRITTEN, set once it has.
+AUDIT_WITH_WRITE = "renkei.store.audit_with_write"
+AUDIT_WRITTEN = "renkei.store.audit_written"
+_AUDIT_COLUMNS = "network_id, recorded, agent, patient_id, action, outcome, data_key_id, event"
+_AUDIT_ARRAYS = "%s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[]"
+
+
+def _pg_insert(check_patient: bool, new_head: bool, audit: bool = False) -> str:
+    """One PostgreSQL statement writing a version, its head (when new), its index entries and (``audit``) the
+    interaction's audit rows — only if the compartment's Patient exists undeleted (when ``check_patient``). It
+    answers how many versions it wrote (0/1): one round trip where a check and four inserts took five."""
 
     def typed(columns: Sequence[str]) -> str:
         return ", ".join(f"%s::{_PG_TYPES[c]}" for c in columns)
@@ -115,6 +124,9 @@ def _pg_insert(check_patient: bool, new_head: bool) -> str:
         f"i AS (INSERT INTO search_index ({', '.join(INDEX_COLUMNS)}) SELECT {', '.join(INDEX_COLUMNS)}"
         f" FROM jsonb_to_recordset(%s::jsonb) AS x({record}) WHERE EXISTS (SELECT 1 FROM ok))"
     )
+    if audit:
+        parts.append(f"a AS (INSERT INTO audit_log ({_AUDIT_COLUMNS}) SELECT * FROM unnest({_AUDIT_ARRAYS})"
+                     " WHERE EXISTS (SELECT 1 FROM ok))")
     return f"WITH {', '.join(parts)} SELECT count(*) FROM v"
 
 
@@ -128,7 +140,8 @@ class Statements:
         self.insert_head = _insert_sql(d, "resources", HEAD_COLUMNS)
         self.insert_index = _insert_sql(d, "search_index", INDEX_COLUMNS)
         # PostgreSQL writes a whole new version in one statement (see _pg_insert); keyed by (check, new head).
-        self._pg_inserts = {(check, new): _pg_insert(check, new) for check in (False, True) for new in (False, True)}
+        self._pg_inserts = {(check, new, audit): _pg_insert(check, new, audit)
+                            for check in (False, True) for new in (False, True) for audit in (False, True)}
         self.patient_state = (
             f"SELECT network_id, deleted FROM resources WHERE resource_type = 'Patient' AND resource_id = {m}"
         )
@@ -158,11 +171,7 @@ class Statements:
             "INSERT INTO audit_log (network_id, recorded, agent, patient_id, action, outcome, data_key_id, event)"
             f" VALUES ({d.placeholders(8)}) RETURNING seq"
         )
-        self.audit_rows = (
-            "INSERT INTO audit_log (network_id, recorded, agent, patient_id, action, outcome, data_key_id, event)"
-            " SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::text[], %s::text[],"
-            " %s::text[], %s::bytea[])"
-        )
+        self.audit_rows = f"INSERT INTO audit_log ({_AUDIT_COLUMNS}) SELECT * FROM unnest({_AUDIT_ARRAYS})"
         self.one_version = (
             f"SELECT {_VERSION_SELECT} FROM resource_versions v"
             f" WHERE v.resource_type = {m} AND v.resource_id = {m} AND v.version = {m}"
@@ -318,10 +327,17 @@ class Statements:
         # Index rows travel as one JSON document: dumping it is a single C call, where arrays or an executemany
         # cost the driver Python work per value.
         parameters.append(orjson.dumps(index).decode())
+        audit = db.info.pop(AUDIT_WITH_WRITE, None)
+        audit_rows = audit() if audit is not None else None
+        if audit_rows:
+            parameters += [list(column) for column in zip(*audit_rows, strict=True)]
         with self._cursor(db) as cursor:
-            cursor.execute(self._pg_inserts[(patient is not None, head is not None)], parameters)
-            written = cursor.fetchone()
-        return bool(written and written[0])
+            cursor.execute(self._pg_inserts[(patient is not None, head is not None, bool(audit_rows))], parameters)
+            found = cursor.fetchone()
+        written = bool(found and found[0])
+        if audit_rows and written:
+            db.info[AUDIT_WRITTEN] = True
+        return written
 
     # Plumbing --------------------------------------------------------------------------------------------
 
