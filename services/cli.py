@@ -24,12 +24,14 @@ keys = typer.Typer(help="Encryption keys of the share service.", no_args_is_help
 patient = typer.Typer(help="Patient-level operations.", no_args_is_help=True)
 audit = typer.Typer(help="The audit trail of the share service.", no_args_is_help=True)
 access = typer.Typer(help="Access rules: the permission matrix.", no_args_is_help=True)
+templates = typer.Typer(help="Sheet templates (Questionnaires).", no_args_is_help=True)
 app.add_typer(admin, name="admin")
 app.add_typer(demo, name="demo")
 app.add_typer(keys, name="keys")
 app.add_typer(patient, name="patient")
 app.add_typer(audit, name="audit")
 app.add_typer(access, name="access")
+app.add_typer(templates, name="templates")
 console = Console()
 
 DataDir = Annotated[
@@ -471,6 +473,26 @@ def check_matrix(
     console.print(table)
     console.print(f"[green]permission matrix {matrix.version} is valid[/green]; break-the-glass: "
                   f"{', '.join(sorted(matrix.break_glass.professions))} for {matrix.break_glass.hours:g} h")
+
+
+@templates.command("check")
+def templates_check(
+    directory: Annotated[Path | None, typer.Argument(
+        help="A directory of templates (default: questionnaires/ in the configured schemas directory).")] = None,
+) -> None:
+    """Validate sheet templates against the code systems; print each problem (exit 1) or how many are valid."""
+    from services.share.sheets.templates import check_directory, template_files
+
+    schemas_dir = Settings().schemas_dir
+    directory = directory or schemas_dir / "questionnaires"
+    if not directory.is_dir():
+        raise fail(f"{directory} is not a directory")
+    problems = check_directory(directory, schemas_dir)
+    for problem in problems:
+        console.print(str(problem), markup=False, soft_wrap=True)
+    if problems:
+        raise fail(f"{len(problems)} problem(s) in the templates of {directory}")
+    console.print(f"[green]{len(template_files(directory))} template(s) in {directory} are valid[/green]")
 
 
 def main() -> None:

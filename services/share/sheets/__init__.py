@@ -1,0 +1,1 @@
+"""Information-sharing sheets: templates (Questionnaires in ``schemas/questionnaires``) and filled sheets."""
