@@ -20,8 +20,8 @@ from services.kit.codes import SECTION_LABEL_EXTENSION, SENSITIVITY_LABEL, SHEET
 
 TRANSLATION_EXTENSION = "http://hl7.org/fhir/StructureDefinition/translation"
 
-# Standard systems a template may take answer codes from. We hold no copy of them, so their codes are not checked;
-# listing them here keeps a typing slip in a system URL from passing as "some standard system".
+# Standard systems a template may take answer codes from. The project holds no copy of them, so their codes are
+# not checked; listing them here keeps a typing slip in a system URL from passing as "some standard system".
 STANDARD_SYSTEMS = frozenset({
     "http://hl7.org/fhir/administrative-gender",
     "http://loinc.org",
