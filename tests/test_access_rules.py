@@ -189,3 +189,30 @@ def test_every_interaction_and_every_refusal_is_audited(server: LiveServer) -> N
     assert http.get(f"/fhir/AuditEvent/{denied['id']}", headers=doctor).status_code == 403
     assert http.get("/fhir/AuditEvent", params={"what": "x"}, headers=admin).status_code == 400
     assert http.get("/fhir/AuditEvent", params={"date": "yesterday"}, headers=admin).status_code == 400
+
+
+def test_a_sheet_section_takes_its_label_from_the_template_not_from_the_client(server: LiveServer) -> None:
+    network = open_network(server, extra_users=[{"role": "helper", "organization": "office",
+                                                 "profession": "care-worker"}])
+    http, doctor, helper = server.client(), network.bearer("physician"), network.bearer("helper")
+    pid = created_id(create(http, doctor, patient()))
+    created_id(create(http, doctor, consent(pid)))
+    add_to_team(http, doctor, pid, f"Practitioner/{network.user('helper')['id']}")
+    mild = {"url": "urn:renkei:extension:sensitivity-label",
+            "valueCoding": {"system": "urn:renkei:codesystem:sensitivity-label", "code": "general"}}
+    note = {**response(pid), "questionnaire": "urn:renkei:questionnaire:DailyCareNote|1.0.0", "item": [
+        # Vital signs are a nursing section in the template: the client's milder label does not stand.
+        {"linkId": "daily.vitals", "text": "バイタルサイン", "extension": [mild],
+         "item": [{"linkId": "daily.vitals.note", "text": "所見", "answer": [{"valueString": "SpO2 低下あり"}]}]},
+        # Meals are a care section: labelled although the client gave no label at all.
+        {"linkId": "daily.intake", "text": "食事・水分",
+         "item": [{"linkId": "daily.intake.note", "text": "食事", "answer": [{"valueString": "全量摂取"}]}]},
+    ]}
+    sheet = created_id(create(http, doctor, note))
+    stored = http.get(f"/fhir/QuestionnaireResponse/{sheet}", headers=doctor).json()
+    labels = {item["linkId"]: [e["valueCoding"]["code"] for e in item["extension"]] for item in stored["item"]}
+    assert labels == {"daily.vitals": ["nursing"], "daily.intake": ["care"]}
+    seen = http.get(f"/fhir/QuestionnaireResponse/{sheet}", headers=helper).json()
+    shown = {item["linkId"]: item for item in seen["item"]}
+    assert "SpO2" not in str(shown["daily.vitals"]) and "answer" not in str(shown["daily.vitals"])
+    assert "全量摂取" in str(shown["daily.intake"])

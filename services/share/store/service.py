@@ -28,6 +28,7 @@ from services.share.access.projection import PROJECTED, project
 from services.share.audit.trail import Access, AuditTrail
 from services.share.crypto.datakeys import DataKeys, KeyDestroyed
 from services.share.crypto.envelope import TamperedCiphertext, open_sealed, resource_aad, seal
+from services.share.sheets.labels import SectionLabels
 from services.share.store.audit_records import store_audit_event
 from services.share.store.indexing import Indexer
 from services.share.store.models import ResourceHead, ResourceVersion, SearchEntry
@@ -112,8 +113,8 @@ class Stored:
 
 
 class ResourceStore:
-    def __init__(self, keys: DataKeys, indexer: Indexer, cipher: Cipher | None = None, gate: Gate | None = None
-                 ) -> None:
+    def __init__(self, keys: DataKeys, indexer: Indexer, cipher: Cipher | None = None, gate: Gate | None = None,
+                 labels: SectionLabels | None = None) -> None:
         self.keys = keys
         self.indexer = indexer
         self.cipher = cipher or AeadCipher()
@@ -121,6 +122,8 @@ class ResourceStore:
         self.trail = AuditTrail(keys, self.cipher)
         # Every caller with a principal passes the access decision here, on every path (access/gate.py).
         self.gate = gate
+        # A sheet's section labels, from its template (services/share/sheets/labels.py).
+        self.labels = labels
 
     # Writes -------------------------------------------------------------------------------------------
 
@@ -129,6 +132,7 @@ class ResourceStore:
     ) -> Stored:
         """A new resource; ``resource_id`` is one the server assigned up front (a transaction's urn:uuid entries)."""
         resource_id = resource_id or uuid.uuid4().hex
+        self._label_sections(resource_type, body)
         # The patient's existence is checked by the insert itself (_write), not by a query of its own.
         patient_id = self._compartment(db, caller, resource_type, resource_id, body, verify=False)
         if self.gate is not None:
@@ -150,6 +154,7 @@ class ResourceStore:
         if_match: int | None,
     ) -> Stored:
         head = self._head(db, caller, resource_type, resource_id, for_update=True)
+        self._label_sections(resource_type, body)
         self._check_change(db, caller, head, Action.UPDATE, body)
         if if_match is not None and if_match != head.version:
             raise PreconditionFailed(f"{resource_type}/{resource_id} is at version {head.version}, not {if_match}")
@@ -346,6 +351,11 @@ class ResourceStore:
             ) from None
 
     # Internals ----------------------------------------------------------------------------------------
+
+    def _label_sections(self, resource_type: str, body: dict[str, Any]) -> None:
+        """Before anything is decided on a sheet: its sections' labels are its template's."""
+        if resource_type == "QuestionnaireResponse" and self.labels is not None:
+            self.labels.stamp(body)
 
     def _audit_integrity_failure(self, db: Session, row: ResourceVersion | VersionRow) -> None:
         """Record the refusal; the error keeps this write (``keep_writes``) while the request fails."""
