@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.kit.settings import REPO_ROOT
 from services.share.sheets.validation import Issue, validate_response
@@ -450,3 +452,34 @@ def test_answers_of_a_disabled_question_do_not_enable_others() -> None:
 def test_a_display_item_takes_no_answer() -> None:
     tpl = {"url": "urn:test:q", "version": "1", "item": [{"linkId": "note", "text": "注意", "type": "display"}]}
     only(validate_response(response(tpl, q("note", {"valueString": "x"})), tpl), "answer-type", "note")
+
+
+LINK_IDS = [item["linkId"] for item in template("DailyCareNote")["item"]] + ["daily.vitals.pulse", "x"]
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=5)
+    | st.sampled_from(LINK_IDS),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["linkId", "item", "answer", "valueInteger", "valueCoding", "system", "code"]),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(items=JSON_VALUES)
+def test_any_json_gives_issues_never_an_exception(items: Any) -> None:
+    # A tablet can send anything: the answer is always a list of issues, each with both messages.
+    tpl, filled = daily_note()
+    filled["item"] = items
+    for issue in validate_response(filled, tpl):
+        assert issue.code and issue.expression.startswith("QuestionnaireResponse")
+        assert JAPANESE.search(issue.message_ja) and issue.message_en

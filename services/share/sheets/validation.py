@@ -132,8 +132,9 @@ class _Validator:
     ) -> None:
         label_ja, label_en = _labels(node)
         ja, en = (text.format(**detail) for text in _MESSAGES[reason])
+        link_id = node.get("linkId") if isinstance(node.get("linkId"), str) else None
         self.issues.append(
-            Issue(code, node.get("linkId"), "/".join(path), expression, f"「{label_ja}」{ja}", f"'{label_en}': {en}")
+            Issue(code, link_id, "/".join(path), expression, f"「{label_ja}」{ja}", f"'{label_en}': {en}")
         )
 
     def check_items(self, items: Any, nodes: list[dict[str, Any]], path: tuple[str, ...], parent: str) -> None:
@@ -142,10 +143,11 @@ class _Validator:
         by_id = {node.get("linkId"): node for node in nodes}
         for index, item in enumerate(items):
             where = f"{parent}.item[{index}]"
-            node = by_id.get(item.get("linkId"))
+            link_id = item.get("linkId")
+            # A linkId that is no string (a list, say) names nothing, and must not be used as a key.
+            node = by_id.get(link_id) if isinstance(link_id, str) else None
             if node is None:
-                link_id = str(item.get("linkId"))
-                self.add("unknown-item", {"linkId": item.get("linkId")}, (*path, link_id), where, "unknown")
+                self.add("unknown-item", {"linkId": link_id}, (*path, str(link_id)), where, "unknown")
             else:
                 self.check_item(item, node, (*path, str(node["linkId"])), where)
         for node in nodes:
