@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -483,3 +484,11 @@ def test_any_json_gives_issues_never_an_exception(items: Any) -> None:
     for issue in validate_response(filled, tpl):
         assert issue.code and issue.expression.startswith("QuestionnaireResponse")
         assert JAPANESE.search(issue.message_ja) and issue.message_en
+
+
+@pytest.mark.parametrize("path", sorted(SHIPPED.glob("*.json")), ids=lambda path: path.stem)
+def test_an_empty_sheet_misses_exactly_the_required_sections(path: Path) -> None:
+    tpl = template(path.stem)
+    issues = validate_response(response(tpl), tpl)
+    assert {issue.code for issue in issues} == {"required"}
+    assert [issue.link_id for issue in issues] == [item["linkId"] for item in tpl["item"] if item.get("required")]

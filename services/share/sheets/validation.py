@@ -7,6 +7,8 @@ OperationOutcome carries), with a message in Japanese and English to show beside
 
 enableWhen reads the answers of the question it names anywhere in the response, not per repetition of a repeating
 group: the shipped templates only point at questions outside repeating groups, where the two readings agree.
+Not checked here: the order of items, answers from an answerValueSet (no terminology server), and the lexical
+form of primitive values (a date's format), which parsing the resource with fhir.resources already refuses.
 """
 
 from __future__ import annotations
