@@ -22,16 +22,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process under ``pid``."""
+    found: list[int] = []
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return found  # ended meanwhile
+    for child in children:
+        found += [int(child), *descendants(int(child))]
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time (user and system) of a process and of every process under it, live or ended: an ended child's
     time is in its parent's "children" fields once the parent has reaped it (a PostgreSQL backend's, say)."""
     total = 0.0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
+    for current in [pid, *descendants(pid)]:
         try:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            pending += [int(child) for child in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
         except OSError:
             continue  # ended between the listing and the read
         total += sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")

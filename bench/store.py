@@ -38,7 +38,7 @@ from sqlalchemy import create_engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import free_port, summary
+from bench.common import descendants, free_port, summary
 from bench.load import Workload, run
 from bench.pg import own_postgres
 from bench.seed import seed
@@ -103,7 +103,7 @@ class Server:
         """Resident memory of the server: its main process and every worker process, together."""
         assert self.process is not None
         total = 0.0
-        for pid in [self.process.pid, *_descendants(self.process.pid)]:
+        for pid in [self.process.pid, *descendants(self.process.pid)]:
             try:
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                     if line.startswith("VmRSS:"):
@@ -133,13 +133,6 @@ class Server:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(timeout=30)
-
-
-def _descendants(pid: int) -> list[int]:
-    found = []
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        found += [int(child), *_descendants(int(child))]
-    return found
 
 
 def prepare_renkei(server: Server, scratch: Path) -> tuple[str, str]:

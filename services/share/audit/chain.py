@@ -38,6 +38,8 @@ _CHAIN_LOCK = 0x52454E4B  # pg_advisory_xact_lock key: one chainer at a time acr
 
 # The columns a row's digest covers: all but the chain's own.
 _ENTRY_COLUMNS = ("seq", "network_id", "recorded", "agent", "patient_id", "action", "outcome", "data_key_id", "event")
+_LOG = cast(Table, AuditEntry.__table__)
+_ENTRY = tuple(_LOG.c[name] for name in _ENTRY_COLUMNS)  # selected as plain rows: no ORM objects per record
 
 
 _LINK_ROWS = text(
@@ -75,10 +77,7 @@ def chain_pending(db: Session, *, now: datetime | None = None, settle_seconds: f
     settled = (now or datetime.now(UTC)) - timedelta(seconds=settle_seconds)
     # Plain rows and one statement, not ORM objects: the chainer runs in a serving process, every few seconds,
     # over every read's record. Every row after the head is unchained: links are written with the head.
-    log = cast(Table, AuditEntry.__table__)
-    rows = db.execute(
-        select(*(log.c[name] for name in _ENTRY_COLUMNS))
-        .where(log.c.seq > previous_seq).order_by(log.c.seq).limit(batch)
+    rows = db.execute(select(*_ENTRY).where(_LOG.c.seq > previous_seq).order_by(_LOG.c.seq).limit(batch)
     )
     seqs: list[int] = []
     prevs: list[int] = []
@@ -137,9 +136,8 @@ def verify(db: Session, *, batch: int = 1000, anchors: dict[int, str] | None = N
                             .where(AuditEntry.seq > head_seq, unlinked)) or 0
         return Verdict(checked, pending, head_seq, head_digest.hex(), problem, seq)
 
-    log = cast(Table, AuditEntry.__table__)
-    chained = (select(*(log.c[name] for name in _ENTRY_COLUMNS), AuditLink.prev_seq, AuditLink.digest)
-               .join(AuditLink, AuditLink.seq == log.c.seq).order_by(log.c.seq))
+    chained = (select(*_ENTRY, AuditLink.prev_seq, AuditLink.digest)
+               .join(AuditLink, AuditLink.seq == _LOG.c.seq).order_by(_LOG.c.seq))
     for row in db.execute(chained.execution_options(yield_per=batch)):
         if row.prev_seq != expected_seq:
             return verdict(f"row {row.seq} was chained after row {row.prev_seq}, but follows row {expected_seq}: "

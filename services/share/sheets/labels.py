@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from services.kit.codes import SECTION_LABEL_EXTENSION, SENSITIVITY_LABEL
+from services.share.access.layout import section_label
 
 
 class SectionLabels:
@@ -31,7 +32,7 @@ class SectionLabels:
         for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
             template = orjson.loads(path.read_bytes())
             labels = {item["linkId"]: label for item in template.get("item") or []
-                      if (label := _label_of(item)) is not None}
+                      if (label := section_label(item)) is not None}
             url, version = template["url"], str(template.get("version", ""))
             found[f"{url}|{version}"] = labels
             order = _version_order(version)
@@ -54,13 +55,6 @@ class SectionLabels:
                 label = {"url": SECTION_LABEL_EXTENSION,
                          "valueCoding": {"system": SENSITIVITY_LABEL, "code": labels[item["linkId"]]}}
                 item["extension"] = [*kept, label]
-
-
-def _label_of(item: dict[str, Any]) -> str | None:
-    for extension in item.get("extension") or []:
-        if extension.get("url") == SECTION_LABEL_EXTENSION:
-            return str(extension["valueCoding"]["code"])
-    return None
 
 
 def _version_order(version: str) -> tuple[int, ...]:

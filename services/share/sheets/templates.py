@@ -184,10 +184,17 @@ class _Checker:
 
 
 def _has_english(item: dict[str, Any]) -> bool:
-    for extension in (item.get("_text") or {}).get("extension") or []:
-        if extension.get("url") != TRANSLATION_EXTENSION:
+    return english_text(item) is not None
+
+
+def english_text(item: dict[str, Any]) -> str | None:
+    """The English translation of an item's text (the translation extension on ``_text``), if it has one."""
+    text = item.get("_text")
+    for extension in (text.get("extension") or []) if isinstance(text, dict) else []:
+        if not isinstance(extension, dict) or extension.get("url") != TRANSLATION_EXTENSION:
             continue
-        parts = {part.get("url"): part for part in extension.get("extension") or []}
-        if parts.get("lang", {}).get("valueCode") == "en" and parts.get("content", {}).get("valueString"):
-            return True
-    return False
+        parts = {part.get("url"): part for part in extension.get("extension") or [] if isinstance(part, dict)}
+        content = parts.get("content", {}).get("valueString")
+        if parts.get("lang", {}).get("valueCode") == "en" and content:
+            return str(content)
+    return None

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from services.share.sheets.templates import TRANSLATION_EXTENSION
+from services.share.sheets.templates import english_text
 
 
 @dataclass(frozen=True)
@@ -313,9 +313,4 @@ def _order_key(value: Any) -> Any:
 def _labels(node: dict[str, Any]) -> tuple[str, str]:
     """The item's Japanese text and its English translation, falling back to the linkId."""
     link_id = str(node.get("linkId"))
-    english = link_id
-    for extension in _dicts((node.get("_text") or {}).get("extension")):
-        parts = {part.get("url"): part for part in _dicts(extension.get("extension"))}
-        if extension.get("url") == TRANSLATION_EXTENSION and parts.get("lang", {}).get("valueCode") == "en":
-            english = str(parts.get("content", {}).get("valueString") or link_id)
-    return str(node.get("text") or link_id), english
+    return str(node.get("text") or link_id), english_text(node) or link_id
