@@ -114,7 +114,8 @@ def install_error_handlers(app: FastAPI) -> None:
             headers.update(challenge_header(error))
         if _is_fhir(request):
             return outcome_response(
-                error.status_code, error.message, code=error.code, headers=headers, expression=error.expression
+                error.status_code, error.message, code=error.code, headers=headers, expression=error.expression,
+                issues=error.issues,
             )
         return JSONResponse(
             {"error": error.code, "error_description": error.message},

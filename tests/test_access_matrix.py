@@ -76,10 +76,10 @@ def minimal(kind: str, pid: str, sheet: str = "DischargeSheet") -> dict[str, Any
     bodies: dict[str, dict[str, Any]] = {
         "RelatedPerson": {"patient": subject, "name": [{"text": "山田 花子"}]},
         "QuestionnaireResponse": {
-            "questionnaire": f"urn:renkei:questionnaire:{sheet}|1.0.0", "status": "completed", "subject": subject,
-            "item": [{"linkId": label, "text": label,
-                      "extension": [{"url": SECTION_LABEL, "valueCoding": {"system": LABEL, "code": label}}],
-                      "answer": [{"valueString": f"{label} の記載"}]} for label in LABELS]},
+            "questionnaire": f"{VARIANT}{sheet}|matrix", "status": "completed", "subject": subject,
+            "item": [{"linkId": label, "text": label, "item": [
+                {"linkId": f"{label}.note", "text": "記載", "answer": [{"valueString": f"{label} の記載"}]}]}
+                for label in LABELS]},
         "Composition": {"status": "final", "type": {"text": "退院時サマリー"}, "subject": subject,
                         "date": "2026-11-01", "author": [{"display": "主治医"}], "title": "退院時サマリー"},
         "Communication": {"status": "completed", "subject": subject, "payload": [{"contentString": "訪問しました"}]},
@@ -93,6 +93,24 @@ def minimal(kind: str, pid: str, sheet: str = "DischargeSheet") -> dict[str, Any
                     "patient": subject},
     }
     return {"resourceType": kind, **bodies[kind]}
+
+
+VARIANT = "urn:renkei:test:questionnaire:"
+
+
+def variant(sheet: str) -> dict[str, Any]:
+    """The network's own version of a sheet kind, with one section per sensitivity label: so that every label of
+    every kind is put to the test (a shipped template has the sections its form has)."""
+    def english(text: str) -> dict[str, Any]:
+        return {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/translation", "extension": [
+            {"url": "lang", "valueCode": "en"}, {"url": "content", "valueString": text}]}]}
+
+    return {"resourceType": "Questionnaire", "url": f"{VARIANT}{sheet}", "version": "matrix", "name": sheet,
+            "status": "active", "code": [{"system": "urn:renkei:codesystem:sheet-kind", "code": sheet}],
+            "item": [{"linkId": label, "text": f"{label} の項目", "_text": english(f"{label} section"), "type": "group",
+                      "extension": [{"url": SECTION_LABEL, "valueCoding": {"system": LABEL, "code": label}}],
+                      "item": [{"linkId": f"{label}.note", "text": "記載", "_text": english("Note"),
+                                "type": "string"}]} for label in LABELS]}
 
 
 @dataclass
@@ -114,6 +132,8 @@ def build_world(server: LiveServer, kinds: list[str], all_kinds: list[str]) -> W
               "profession": p, "name": f"テスト {p}", "admin": False} for p in PROFESSIONS]
     users.append({"id": f"writer-{tag}", "username": f"writer-{tag}", "password": PASSWORD,
                   "organization": writer_org, "profession": "physician", "name": "記載医", "admin": False})
+    users.append({"id": f"admin-{tag}", "username": f"admin-{tag}", "password": PASSWORD,
+                  "organization": writer_org, "profession": "physician", "name": "管理者", "admin": True})
     network = f"net-{tag}"
     bootstrap(server, {
         "network": {"id": network, "name": f"マトリクス {tag}",
@@ -129,6 +149,8 @@ def build_world(server: LiveServer, kinds: list[str], all_kinds: list[str]) -> W
         return {"Authorization": f"Bearer {token}"}
 
     writer = bearer(f"writer-{tag}")
+    for sheet in SHEETS:
+        _post(http, bearer(f"admin-{tag}"), variant(sheet))
     testers = {p: bearer(f"u-{p}-{tag}") for p in PROFESSIONS}
     world = World(network, writer, testers, orgs, {}, {}, all_kinds)
     yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
@@ -151,6 +173,11 @@ def build_world(server: LiveServer, kinds: list[str], all_kinds: list[str]) -> W
                 for sheet in SHEETS if kind == "QuestionnaireResponse" else [None]:
                     made = minimal(kind, pid, sheet or "DischargeSheet")
                     stored.append((kind, _post(http, writer, made)["id"], sheet, made))
+            # What the server wrote on the writer's behalf: the acknowledgement a shared discharge sheet asks for.
+            known = {rid for _, rid, _, _ in stored}
+            stored += [("Task", entry["resource"]["id"], None, entry["resource"]) for entry in http.get(
+                "/fhir/Task", params={"patient": pid}, headers=writer).json().get("entry", [])
+                if entry["resource"]["id"] not in known]
             world.resources[pid] = stored
     return world
 
@@ -296,11 +323,17 @@ def _writes(server: LiveServer, world: World) -> None:
                     continue  # the team and consent stay as they are; one sheet kind is enough for updates
                 want = expect(row, managers, world, profession, membership, consent, kind, "update", sheet)
                 checks.append(lambda p=profession, k=kind, r=rid, b=body, w=want, c=(membership, consent):
-                              _check_status(http.put(f"/fhir/{k}/{r}", json={**b, "id": r},
+                              _check_status(http.put(f"/fhir/{k}/{r}", json=_changed(b, r),
                                                      headers={**world.users[p], **FHIR_JSON}),
                                             w.status, f"{p} {c} update {k}"))
     problems = run_all(checks)
     assert not problems, f"{len(problems)} of {len(checks)} checks differ:\n" + "\n".join(problems[:40])
+
+
+def _changed(body: dict[str, Any], resource_id: str) -> dict[str, Any]:
+    """The body as an update: a shared sheet changes as an amendment (services/share/sheets/lifecycle.py)."""
+    status = "amended" if body["resourceType"] == "QuestionnaireResponse" else body.get("status")
+    return {**body, "id": resource_id, **({"status": status} if status else {})}
 
 
 def _check_status(answer: httpx.Response, want: int, what: str) -> str | None:
@@ -318,7 +351,7 @@ def _check_read(http: httpx.Client, headers: dict[str, str], kind: str, rid: str
     if problem or want.sections is None:
         return problem
     body = answer.json()
-    shown = {item["linkId"] for item in body["item"] if "answer" in item}
+    shown = {item["linkId"] for item in body["item"] if "item" in item}
     if shown != want.sections:
         return f"{what}: sections {sorted(shown)}, expected {sorted(want.sections)}"
     redacted = any(s.get("code") == "REDACTED" for s in body.get("meta", {}).get("security", []))

@@ -11,7 +11,7 @@ import httpx
 from sqlalchemy import update
 
 from services.share.access.models import BreakGlassGrant
-from tests.fhir_helpers import FHIR_JSON, create, created_id, patient, response
+from tests.fhir_helpers import FHIR_JSON, create, created_id, example, patient, response
 from tests.infra import LiveServer, Network, make_network
 from tests.test_clients import ClientKey, request_token
 
@@ -96,8 +96,7 @@ def test_break_the_glass_opens_the_emergency_sheet_only_and_only_until_it_expire
     http, doctor, crew = server.client(), network.bearer("physician"), network.bearer("crew")
     pid = created_id(create(http, doctor, patient()))
     created_id(create(http, doctor, consent(pid)))
-    emergency = created_id(create(http, doctor, {**response(pid),
-                                                 "questionnaire": "urn:renkei:questionnaire:EmergencySheet|1.0.0"}))
+    emergency = created_id(create(http, doctor, example("EmergencySheet", pid)))
     discharge = created_id(create(http, doctor, response(pid)))
     vitals = created_id(create(http, doctor, {"resourceType": "Observation", "status": "final",
                                               "code": {"text": "体温"}, "subject": {"reference": f"Patient/{pid}"}}))
@@ -201,18 +200,21 @@ def test_a_sheet_section_takes_its_label_from_the_template_not_from_the_client(s
     mild = {"url": "urn:renkei:extension:sensitivity-label",
             "valueCoding": {"system": "urn:renkei:codesystem:sensitivity-label", "code": "general"}}
     note = {**response(pid), "questionnaire": "urn:renkei:questionnaire:DailyCareNote|1.0.0", "item": [
+        {"linkId": "daily.visit", "text": "記録", "item": [
+            {"linkId": "daily.visit.time", "text": "記録日時",
+             "answer": [{"valueDateTime": "2026-11-20T10:00:00+09:00"}]}]},
         # Vital signs are a nursing section in the template: the client's milder label does not stand.
         {"linkId": "daily.vitals", "text": "バイタルサイン", "extension": [mild],
-         "item": [{"linkId": "daily.vitals.note", "text": "所見", "answer": [{"valueString": "SpO2 低下あり"}]}]},
+         "item": [{"linkId": "daily.vitals.spo2", "text": "SpO2", "answer": [{"valueInteger": 91}]}]},
         # Meals are a care section: labelled although the client gave no label at all.
         {"linkId": "daily.intake", "text": "食事・水分",
-         "item": [{"linkId": "daily.intake.note", "text": "食事", "answer": [{"valueString": "全量摂取"}]}]},
+         "item": [{"linkId": "daily.intake.notes", "text": "食事", "answer": [{"valueString": "全量摂取"}]}]},
     ]}
     sheet = created_id(create(http, doctor, note))
     stored = http.get(f"/fhir/QuestionnaireResponse/{sheet}", headers=doctor).json()
     labels = {item["linkId"]: [e["valueCoding"]["code"] for e in item["extension"]] for item in stored["item"]}
-    assert labels == {"daily.vitals": ["nursing"], "daily.intake": ["care"]}
+    assert labels == {"daily.visit": ["general"], "daily.vitals": ["nursing"], "daily.intake": ["care"]}
     seen = http.get(f"/fhir/QuestionnaireResponse/{sheet}", headers=helper).json()
     shown = {item["linkId"]: item for item in seen["item"]}
-    assert "SpO2" not in str(shown["daily.vitals"]) and "answer" not in str(shown["daily.vitals"])
+    assert "91" not in str(shown["daily.vitals"]) and "answer" not in str(shown["daily.vitals"])
     assert "全量摂取" in str(shown["daily.intake"])

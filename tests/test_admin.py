@@ -25,6 +25,7 @@ from tests.infra import PASSWORD, LiveServer, Network, make_network
 from tests.test_clients import ClientKey, SystemClient
 
 DEFAULT_SETTINGS = {"mfa_required": True, "consent_required": True, "team_join_approvals": ["invitee", "organization"],
+                    "emergency_review_days": 90,
                     "purpose": DEFAULT_PURPOSE, "responsible_party": None, "contact": None}
 
 # Helpers -------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from services.share.crypto.datakeys import DataKeys
 from services.share.crypto.keyring import KeyRing
 from services.share.store.models import ResourceVersion
 from tests.conftest import _migrated
-from tests.fhir_helpers import create, created_id, patient, response
+from tests.fhir_helpers import create, created_id, observation, patient, response
 from tests.infra import LiveServer, PostgresDatabases, free_port, settings_for_tests
 from tests.test_access_rules import open_network
 from tests.test_share_crypto import key_settings
@@ -138,14 +138,14 @@ def test_a_create_in_one_statement_writes_its_record_in_it_too(pg_databases: Pos
         network = open_network(server)
         http, doctor = server.client(), network.bearer("physician")
         pid = created_id(create(http, doctor, patient()))
-        created_id(create(http, doctor, response(pid)))  # the patient's data key exists from here on
+        created_id(create(http, doctor, observation(pid)))  # the patient's data key exists from here on
         records, versions = count(engine, AuditEntry), count(engine, ResourceVersion)
-        created_id(create(http, doctor, response(pid)))  # one statement: the version and its record
+        created_id(create(http, doctor, observation(pid)))  # one statement: the version and its record
         assert (count(engine, AuditEntry), count(engine, ResourceVersion)) == (records + 1, versions + 1)
-        with engine.begin() as connection:  # the record cannot be written: neither is the sheet
+        with engine.begin() as connection:  # the record cannot be written: nor is the observation
             connection.execute(text("ALTER TABLE audit_log RENAME TO audit_log_away"))
         try:
-            assert create(http, doctor, response(pid)).status_code >= 500
+            assert create(http, doctor, observation(pid)).status_code >= 500
             assert count(engine, ResourceVersion) == versions + 1
         finally:
             with engine.begin() as connection:

@@ -89,7 +89,8 @@ def test_settings_default_when_absent(server: LiveServer) -> None:
         net = db.get(Network, data["network"]["id"])
         assert net is not None
         assert net.settings == {"mfa_required": True, "consent_required": True,
-                                "team_join_approvals": ["invitee", "organization"], "purpose": DEFAULT_PURPOSE,
+                                "team_join_approvals": ["invitee", "organization"], "emergency_review_days": 90,
+                                "purpose": DEFAULT_PURPOSE,
                                 "responsible_party": None, "contact": None}
 
 

@@ -106,9 +106,14 @@ def test_transaction_resolves_urn_uuid_references(server: LiveServer, http: http
     stored_task = http.get(f"/fhir/Task/{task_entry['resource']['id']}", headers=auth).json()
     assert stored_task["for"]["reference"] == f"Patient/{pid}"
     assert stored_task["focus"]["reference"] == f"QuestionnaireResponse/{sheet_entry['resource']['id']}"
-    # The rewritten references are indexed: a patient-scoped search finds both.
+    # The rewritten references are indexed: a patient-scoped search finds the task (and, beside it, the request
+    # the shared discharge sheet made of the registering physician, the patient's first team member, to
+    # acknowledge it: services/share/sheets/scenes.py).
     found = http.get("/fhir/Task", params={"patient": pid}, headers=auth).json()
-    assert [e["resource"]["id"] for e in found["entry"]] == [task_entry["resource"]["id"]]
+    codes = {e["resource"]["id"]: e["resource"].get("code", {}).get("coding", [{}])[0].get("code")
+             for e in found["entry"]}
+    assert codes.pop(task_entry["resource"]["id"]) is None
+    assert list(codes.values()) == ["acknowledge"]
     assert identified(http, auth, value) == 1
 
 

@@ -134,7 +134,7 @@ def test_patient_timeline_answers_exactly_as_the_general_search(http: httpx.Clie
     create(http, auth, response(other))
     assert http.delete(f"/fhir/QuestionnaireResponse/{sheets[3]}", headers=auth).status_code == 204
     assert http.put(f"/fhir/QuestionnaireResponse/{sheets[0]}", headers=auth,
-                    json={**response(pid), "id": sheets[0]}).status_code == 200  # now the newest
+                    json={**response(pid, status="amended"), "id": sheets[0]}).status_code == 200  # now the newest
     for reference in (pid, f"Patient/{pid}"):
         for count in ("3", "6", "20"):
             timeline = http.get("/fhir/QuestionnaireResponse", headers=auth,

@@ -21,12 +21,16 @@ def policy_of(policies: NetworkPolicies, network_id: str) -> NetworkPolicy:
 def test_the_policy_is_published_and_follows_the_settings(server: LiveServer, network: Network) -> None:
     http = server.client()
     assert http.get(f"/auth/networks/{network.id}/policy").json() == {
-        "network": network.id, "consent_required": True, "team_join_approvals": ["invitee", "organization"]}
+        "network": network.id, "consent_required": True, "team_join_approvals": ["invitee", "organization"],
+        "emergency_review_days": 90}
     admin = {"Authorization": f"Bearer {network.login('admin')['access_token']}"}
     changed = http.patch("/auth/admin/network/settings", headers=admin,
                          json={"consent_required": False, "team_join_approvals": []})
     assert changed.status_code == 200, changed.text
     assert http.get(f"/auth/networks/{network.id}/policy").json()["team_join_approvals"] == []
+    assert http.patch("/auth/admin/network/settings", headers=admin, json={"emergency_review_days": 30}).status_code \
+        == 200
+    assert http.get(f"/auth/networks/{network.id}/policy").json()["emergency_review_days"] == 30
     assert http.get("/auth/networks/no-such-network/policy").status_code == 404
 
 

@@ -30,16 +30,6 @@ EXPECTED: dict[str, list[dict[str, str | None]]] = orjson.loads((EXAMPLES / "exp
 JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 NUMBER_ONLY = re.compile(r"[\d\s()+\-./:]+")
 
-# validate_response reads an enableWhen across every repetition of a repeating group (see its docstring), but
-# AcpRecord's participant.profession depends on participant.kind in the same repetition: once one participant is
-# a professional, the patient and the family are asked for a profession too. These sheets are valid all the same.
-PER_REPETITION = pytest.mark.xfail(strict=True, reason="enableWhen is not read per repetition of a repeating group")
-KNOWN_GAPS = {
-    "AcpRecord/valid-lung-cancer-first-discussion.json",
-    "AcpRecord/valid-lung-cancer-revised-discussion.json",
-}
-
-
 def name(path: Path) -> str:
     return path.relative_to(EXAMPLES).as_posix()
 
@@ -69,9 +59,7 @@ def test_each_example_is_an_r4b_questionnaire_response(path: Path) -> None:
     QuestionnaireResponse.model_validate(load(path))
 
 
-@pytest.mark.parametrize(
-    "path", [pytest.param(p, marks=[PER_REPETITION] if name(p) in KNOWN_GAPS else []) for p in VALID], ids=name
-)
+@pytest.mark.parametrize("path", VALID, ids=name)
 def test_a_valid_example_has_no_issues(path: Path) -> None:
     assert issues_of(path) == []
 

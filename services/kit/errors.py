@@ -6,6 +6,8 @@ error on ``/auth`` routes, an OperationOutcome on ``/fhir`` routes. ``code`` is 
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RenkeiError(Exception):
     status_code = 400
@@ -20,6 +22,7 @@ class RenkeiError(Exception):
         headers: dict[str, str] | None = None,
         keep_writes: bool = False,
         expression: list[str] | None = None,
+        issues: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -33,6 +36,9 @@ class RenkeiError(Exception):
         self.keep_writes = keep_writes
         # FHIR element paths the error is about (OperationOutcome.issue.expression).
         self.expression = expression
+        # Complete OperationOutcome issues, one per problem, when there are several (a sheet's checks): they
+        # replace the single issue built from ``message``.
+        self.issues = issues
 
 
 class BadRequest(RenkeiError):

@@ -23,7 +23,7 @@ from services.share.crypto.blind import BlindIndex
 from services.share.crypto.datakeys import DataKeys
 from services.share.crypto.keyring import KeyRing
 from services.share.security.verifier import TokenVerifier
-from services.share.sheets.labels import SectionLabels
+from services.share.sheets.rules import SheetRules
 from services.share.store.indexing import Indexer
 from services.share.store.search import SearchRunner
 from services.share.store.service import ResourceStore
@@ -92,13 +92,15 @@ class ShareContext:
         matrix = load_matrix(settings.schemas_dir)
         policies = NetworkPolicies(settings.auth_url, ttl_seconds=settings.network_policy_ttl_seconds)
         gate = Gate(matrix, policies, enforce=enforce_access)
-        labels = SectionLabels.load(settings.schemas_dir / "questionnaires")
-        store = ResourceStore(DataKeys(keyring), Indexer(blind), gate=gate, labels=labels)
+        sheets = SheetRules.load(settings.schemas_dir,
+                                 lambda network_id: policies.current(network_id).emergency_review_days)
+        store = ResourceStore(DataKeys(keyring), Indexer(blind), gate=gate, sheets=sheets)
         if plaintext_baseline:
             from services.share.store.baseline import PlainCipher, PlainIndex, PlainKeys
 
             blind = PlainIndex(keyring.index_key)
-            store = ResourceStore(PlainKeys(keyring), Indexer(blind), PlainCipher(), gate=gate, labels=labels)
+            store = ResourceStore(PlainKeys(keyring), Indexer(blind), PlainCipher(), gate=gate,
+                                  sheets=SheetRules.load(settings.schemas_dir))
         db = Database(settings.resolved_share_database_url)
         return cls(
             settings=settings,

@@ -46,7 +46,8 @@ def joint_use_notice(network_id: str, request: Request, ctx: Context, db: DbSess
 def network_policy(network_id: str, ctx: Context, db: DbSession) -> dict[str, Any]:
     settings = Directory(ctx).settings_of(db, network_id)
     return {"network": network_id, "consent_required": settings.consent_required,
-            "team_join_approvals": settings.team_join_approvals}
+            "team_join_approvals": settings.team_join_approvals,
+            "emergency_review_days": settings.emergency_review_days}
 
 
 def joint_use(ctx: AuthContext, db: Session, network_id: str) -> dict[str, Any]:

@@ -25,6 +25,8 @@ class NetworkSettings(BaseModel):
     mfa_required: bool = Field(True, description="Clinical users must use a second factor (MHLW guideline 6th ed.).")
     consent_required: bool = True
     team_join_approvals: list[Approval] = Field(default_factory=lambda: list[Approval](["invitee", "organization"]))
+    emergency_review_days: int = Field(90, ge=1, le=3650, description=(
+        "An emergency sheet not reviewed for this many days gets a review Task (the [sheets] scene rules)."))
     # What joint use (共同利用) must publish beside the shared items and the partners (the public joint-use page).
     purpose: str = Field(DEFAULT_PURPOSE, min_length=1, max_length=1000)
     responsible_party: str | None = Field(None, min_length=1, max_length=300,
@@ -38,6 +40,7 @@ class NetworkSettingsPatch(BaseModel):
     mfa_required: bool | None = None
     consent_required: bool | None = None
     team_join_approvals: list[Approval] | None = None
+    emergency_review_days: int | None = Field(None, ge=1, le=3650)
     purpose: str | None = Field(None, min_length=1, max_length=1000)
     responsible_party: str | None = Field(None, min_length=1, max_length=300)
     contact: str | None = Field(None, min_length=1, max_length=300)

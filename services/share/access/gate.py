@@ -141,6 +141,8 @@ class Gate:
             if scope_allows(principal.scopes, resource_type, action):
                 return Decision(True, "system client within its scopes", Basis.SYSTEM, frozenset({"*"}))
             return deny(f"no scope for {resource_type}.{action.value}")
+        if principal.is_admin and resource_type == "Questionnaire":  # a network registers its own templates
+            return Decision(True, "network administrator", Basis.ADMINISTRATION, frozenset({"general"}))
         permissions = self.matrix.of(principal.profession)
         kinds = permissions.write if action.writes else permissions.read
         if resource_type in kinds:
@@ -198,6 +200,8 @@ class Gate:
             if decision.allowed and decision.only_own_organization \
                     and row.author_organization != principal.organization:
                 decision = _NOT_OWN
+            if decision.allowed and _foreign_draft(row, principal):
+                decision = _DRAFT
             if decision.allowed:
                 notes.served(row.patient_id, decision)
                 found.append(decision)
@@ -210,6 +214,8 @@ class Gate:
         found = self._kind_decision(db, principal, row, facts)
         if found.allowed and found.only_own_organization and row.author_organization != principal.organization:
             return _NOT_OWN
+        if found.allowed and _foreign_draft(row, principal):
+            return _DRAFT
         return found
 
     def _kind_decision(self, db: Session, principal: Principal, row: Row, facts: dict[str, PatientFacts]
@@ -308,6 +314,14 @@ class Gate:
 
 _UNRESTRICTED = Decision(True, "the server's own work", Basis.SYSTEM, frozenset({"*"}))
 _NOT_OWN = deny("without the patient's consent, only what this organisation wrote", hidden=True)
+_DRAFT = deny("a draft sheet is its author's organisation's until it is shared", hidden=True)
+
+
+def _foreign_draft(row: Any, principal: Principal) -> bool:
+    """A sheet not yet shared (in-progress: its stored layout says so), written by another organisation."""
+    layout = getattr(row, "layout", None)
+    return (layout is not None and row.resource_type == "QuestionnaireResponse"
+            and row.author_organization != principal.organization and parsed_layout(layout).draft)
 
 
 def sheet_kind_of(resource_type: str, body: dict[str, Any] | None) -> str | None:

@@ -17,6 +17,8 @@ import orjson
 
 from services.kit.codes import REDACTED, SECTION_LABEL_EXTENSION, SENSITIVITY_LABEL, WITHHELD_EXTENSION
 
+# A sheet's statuses before it is shared (services/share/sheets/lifecycle.py).
+DRAFTS = frozenset({"in-progress", "stopped"})
 WITHHELD_TEXT = "（閲覧権限のない項目のため非表示 / withheld: not visible to your role）"
 
 
@@ -65,7 +67,10 @@ def layout_of(body: dict[str, Any], plaintext: bytes) -> bytes | None:
     marking = _redaction_point(body["meta"], plaintext, start, start + len(meta))
     if marking is None:
         return None
-    return orjson.dumps({"q": sheet_kind(body), "m": [start, start + len(meta)], "r": marking, "s": spans})
+    found: dict[str, Any] = {"q": sheet_kind(body), "m": [start, start + len(meta)], "r": marking, "s": spans}
+    if body.get("status") in DRAFTS:
+        found["d"] = 1  # a draft: its author's organisation alone reads it (gate.py)
+    return orjson.dumps(found)
 
 
 _REDACTED = orjson.dumps(REDACTED)
@@ -94,6 +99,7 @@ class Layout:
         self.meta: tuple[int, int] = (data["m"][0], data["m"][1])
         self.marking: tuple[int, bytes] = (data["r"][0], _MARKINGS[data["r"][1]])
         self.sections: list[tuple[str, Any, int, int]] = [(s[0], s[1], s[2], s[3]) for s in data["s"]]
+        self.draft: bool = bool(data.get("d"))
         self._plans: dict[frozenset[str], tuple[list[tuple[int, int, bytes]], int]] = {}
 
     def labels_of_resource(self, body: bytes) -> list[str]:

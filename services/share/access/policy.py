@@ -25,6 +25,8 @@ APPROVALS = ("invitee", "organization", "patient")
 class NetworkPolicy:
     consent_required: bool = True
     team_join_approvals: tuple[str, ...] = APPROVALS
+    # An emergency sheet older than this gets a review Task (services/share/sheets/scenes.py).
+    emergency_review_days: int = 90
 
 
 STRICTEST = NetworkPolicy()
@@ -81,4 +83,8 @@ def _parse(data: Any) -> NetworkPolicy:
     approvals = tuple(data["team_join_approvals"])
     if not isinstance(data["consent_required"], bool) or not set(approvals) <= set(APPROVALS):
         raise ValueError("not a network policy")
-    return NetworkPolicy(consent_required=data["consent_required"], team_join_approvals=approvals)
+    review_days = data.get("emergency_review_days", 90)  # absent from an identity service that predates it
+    if not isinstance(review_days, int) or isinstance(review_days, bool) or review_days < 1:
+        raise ValueError("not a network policy")
+    return NetworkPolicy(consent_required=data["consent_required"], team_join_approvals=approvals,
+                         emergency_review_days=review_days)

@@ -25,7 +25,7 @@ from services.share.fhir.responses import FhirResponse, operation_outcome
 from services.share.security.deps import Context, CurrentPrincipal
 from services.share.store import search as S
 from services.share.store.models import IdempotencyRecord
-from services.share.store.service import Caller, Stored
+from services.share.store.service import SHEET_RESOURCES, Caller, Stored
 from services.share.store.statements import AUDIT_WITH_WRITE, AUDIT_WRITTEN
 from services.share.store.types import ADMINISTRATORS_ONLY, READ_ONLY, SUPPORTED
 from services.share.store.validation import MAX_BODY_BYTES, parse_resource
@@ -304,9 +304,10 @@ def _single_statement(ctx: Context, resource_type: str, if_none_exist: str | Non
     """Whether a create is likely one statement (statements.py: the version, head and index rows together), which
     then commits by itself: the BEGIN and COMMIT round trips were a fifth of a create's database time. Not when it
     checks a condition or records an idempotency key first, nor for a Patient, whose data key is always new, nor for
-    what access decisions read (a CareTeam, a Consent: their rows in services/share/access/models.py change too)."""
+    what access decisions read (a CareTeam, a Consent: their rows in services/share/access/models.py change too),
+    nor for a sheet or template, whose rules write more (services/share/sheets/rules.py)."""
     return (ctx.db.single_statement_writes and resource_type != "Patient" and resource_type not in PROJECTED
-            and not if_none_exist and not idempotency_key)
+            and resource_type not in SHEET_RESOURCES and not if_none_exist and not idempotency_key)
 
 
 def create_in(ctx: Context, db: Session, principal: Principal, resource_type: str, raw: bytes, body: dict[str, Any],

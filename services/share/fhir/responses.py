@@ -64,9 +64,13 @@ def outcome_response(
     code: str | None = None,
     expression: list[str] | None = None,
     headers: dict[str, str] | None = None,
+    issues: list[dict[str, Any]] | None = None,
 ) -> FhirResponse:
+    outcome = operation_outcome(status, message, code=code, expression=expression)
+    if issues:
+        outcome["issue"] = issues
     return FhirResponse(
-        operation_outcome(status, message, code=code, expression=expression),
+        outcome,
         status_code=status,
         headers=headers,
     )

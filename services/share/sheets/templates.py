@@ -76,7 +76,7 @@ def check_file(path: Path, schemas_dir: Path) -> tuple[dict[str, Any] | None, li
         Questionnaire.model_validate(raw)
     except ValidationError as error:
         return None, [Problem(path.name, None, f"not a valid R4B Questionnaire: {_first_error(error)}")]
-    return raw, list(_questionnaire_problems(path.name, raw, schemas_dir))
+    return raw, list(questionnaire_problems(path.name, raw, schemas_dir))
 
 
 def _first_error(error: ValidationError) -> str:
@@ -84,7 +84,7 @@ def _first_error(error: ValidationError) -> str:
     return f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']} ({error.error_count()} error(s))"
 
 
-def _questionnaire_problems(file: str, raw: dict[str, Any], schemas_dir: Path) -> Iterator[Problem]:
+def questionnaire_problems(file: str, raw: dict[str, Any], schemas_dir: Path) -> Iterator[Problem]:
     checker = _Checker(file, schemas_dir)
     yield from checker.identity(raw)
     yield from checker.sheet_kind(raw)

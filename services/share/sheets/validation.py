@@ -5,8 +5,8 @@ tests can all call it. Every issue is reported rather than the first, and each n
 (what a tablet app keys its fields by) and by a FHIRPath ``expression`` into the response (what an
 OperationOutcome carries), with a message in Japanese and English to show beside the field.
 
-enableWhen reads the answers of the question it names anywhere in the response, not per repetition of a repeating
-group: the shipped templates only point at questions outside repeating groups, where the two readings agree.
+enableWhen reads the answers of the question it names; inside a repeating group, a question of that group is read
+in the same repetition (each participant's own role), anything outside it wherever it is answered.
 Not checked here: the order of items, answers from an answerValueSet (no terminology server), and the lexical
 form of primitive values (a date's format), which parsing the resource with fhir.resources already refuses.
 """
@@ -179,7 +179,10 @@ class _Validator:
         if kind == "group":
             if answers:
                 self.add("answer-type", node, path, where, "group")
-            self.check_items(item.get("item"), node.get("item") or [], path, where)
+            if node.get("repeats"):
+                self.check_repetition(item, node, path, where)
+            else:
+                self.check_items(item.get("item"), node.get("item") or [], path, where)
             return
         if kind == "display":
             if answers:
@@ -192,6 +195,30 @@ class _Validator:
         for index, answer in enumerate(answers):
             self.check_answer(answer, node, path, f"{where}.answer[{index}]")
             self.check_items(answer.get("item"), node.get("item") or [], path, f"{where}.answer[{index}]")
+
+    def check_repetition(self, item: dict[str, Any], node: dict[str, Any], path: tuple[str, ...], where: str) -> None:
+        """One repetition of a repeating group: an enableWhen naming a question of the same group reads that
+        question in this repetition (one participant's role decides whether that participant needs a profession),
+        not in any repetition."""
+        outer_answers, outer_enabled = self.answers, self._enabled
+        local: dict[str, list[Any]] = {}
+        for child in _response_items(item.get("item")):
+            local.setdefault(str(child.get("linkId")), []).extend(_dicts(child.get("answer")))
+        inside = {link for link, (_, parent) in self.nodes.items() if self._within(link, str(node.get("linkId")))}
+        self.answers = {**outer_answers, **{link: local.get(link, []) for link in inside}}
+        self._enabled = {link: state for link, state in outer_enabled.items() if link not in inside}
+        try:
+            self.check_items(item.get("item"), node.get("item") or [], path, where)
+        finally:
+            self.answers, self._enabled = outer_answers, outer_enabled
+
+    def _within(self, link_id: str, group: str) -> bool:
+        parent = self.nodes.get(link_id, ({}, None))[1]
+        while parent is not None:
+            if parent == group:
+                return True
+            parent = self.nodes.get(parent, ({}, None))[1]
+        return False
 
     def check_answer(self, answer: dict[str, Any], node: dict[str, Any], path: tuple[str, ...], where: str) -> None:
         allowed = ANSWER_TYPES.get(str(node.get("type")), ())

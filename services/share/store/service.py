@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 import structlog
@@ -28,12 +28,14 @@ from services.share.access.projection import PROJECTED, project
 from services.share.audit.trail import Access, AuditTrail
 from services.share.crypto.datakeys import DataKeys, KeyDestroyed
 from services.share.crypto.envelope import TamperedCiphertext, open_sealed, resource_aad, seal
-from services.share.sheets.labels import SectionLabels
 from services.share.store.audit_records import store_audit_event
 from services.share.store.indexing import Indexer
 from services.share.store.models import ResourceHead, ResourceVersion, SearchEntry
 from services.share.store.statements import VersionRow, statements
 from services.share.store.types import COMPARTMENT_ELEMENT, compartment_patient
+
+if TYPE_CHECKING:
+    from services.share.sheets.rules import Change, SheetRules
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +44,8 @@ SEARCH_TABLE: Table = SearchEntry.__table__  # type: ignore[assignment]
 _KNOWN_PATIENTS = "renkei.store.known_patients"
 # The data-key id of a version whose patient was erased (its ciphertext is gone too).
 ERASED = "erased"
+# What the sheet rules apply to (services/share/sheets/rules.py).
+SHEET_RESOURCES = frozenset({"Questionnaire", "QuestionnaireResponse"})
 
 
 class Gone(RenkeiError):
@@ -114,7 +118,7 @@ class Stored:
 
 class ResourceStore:
     def __init__(self, keys: DataKeys, indexer: Indexer, cipher: Cipher | None = None, gate: Gate | None = None,
-                 labels: SectionLabels | None = None) -> None:
+                 sheets: SheetRules | None = None) -> None:
         self.keys = keys
         self.indexer = indexer
         self.cipher = cipher or AeadCipher()
@@ -122,8 +126,10 @@ class ResourceStore:
         self.trail = AuditTrail(keys, self.cipher)
         # Every caller with a principal passes the access decision here, on every path (access/gate.py).
         self.gate = gate
-        # A sheet's section labels, from its template (services/share/sheets/labels.py).
-        self.labels = labels
+        # The sheet rules: templates, validation, lifecycle, scene rules (services/share/sheets/rules.py).
+        self.sheets = sheets
+        if sheets is not None:
+            sheets.store = self
 
     # Writes -------------------------------------------------------------------------------------------
 
@@ -132,12 +138,13 @@ class ResourceStore:
     ) -> Stored:
         """A new resource; ``resource_id`` is one the server assigned up front (a transaction's urn:uuid entries)."""
         resource_id = resource_id or uuid.uuid4().hex
-        self._label_sections(resource_type, body)
         # The patient's existence is checked by the insert itself (_write), not by a query of its own.
         patient_id = self._compartment(db, caller, resource_type, resource_id, body, verify=False)
         if self.gate is not None:
             self.gate.check_write(db, caller.principal, resource_type, Action.CREATE, patient_id or "", body)
+        change = self._sheet_rules_before(db, caller, resource_type, resource_id, body, existing=False)
         stored = self._write(db, caller, resource_type, resource_id, 1, patient_id, body, "POST", head=None)
+        self._sheet_rules_after(db, caller, stored, body, patient_id, change)
         if resource_type == "Patient" and self.gate is not None and caller.principal is not None:
             # The registrant is the first of the new patient's team (access/registration.py).
             team = registration.first_team(self.gate.matrix, caller.principal, resource_id)
@@ -154,7 +161,6 @@ class ResourceStore:
         if_match: int | None,
     ) -> Stored:
         head = self._head(db, caller, resource_type, resource_id, for_update=True)
-        self._label_sections(resource_type, body)
         self._check_change(db, caller, head, Action.UPDATE, body)
         if if_match is not None and if_match != head.version:
             raise PreconditionFailed(f"{resource_type}/{resource_id} is at version {head.version}, not {if_match}")
@@ -167,7 +173,11 @@ class ResourceStore:
             raise BadRequest(
                 "a resource cannot move to another patient; create a new one instead", code="compartment_change"
             )
-        return self._write(db, caller, resource_type, resource_id, head.version + 1, patient_id, body, "PUT", head=head)
+        change = self._sheet_rules_before(db, caller, resource_type, resource_id, body, existing=not head.deleted)
+        stored = self._write(db, caller, resource_type, resource_id, head.version + 1, patient_id, body, "PUT",
+                             head=head)
+        self._sheet_rules_after(db, caller, stored, body, patient_id, change)
+        return stored
 
     def delete(self, db: Session, caller: Caller, resource_type: str, resource_id: str) -> Stored | None:
         """Delete (a new, empty version); deleting what is already deleted changes nothing."""
@@ -175,6 +185,8 @@ class ResourceStore:
         self._check_change(db, caller, head, Action.DELETE, None)
         if head.deleted:
             return None
+        if self.sheets is not None and resource_type in SHEET_RESOURCES:
+            self.sheets.deleted(db, caller, resource_type, resource_id)
         if resource_type == "Patient":
             db.info.get(_KNOWN_PATIENTS, set()).discard((caller.network_id, resource_id))
         now = utcnow()
@@ -352,10 +364,17 @@ class ResourceStore:
 
     # Internals ----------------------------------------------------------------------------------------
 
-    def _label_sections(self, resource_type: str, body: dict[str, Any]) -> None:
-        """Before anything is decided on a sheet: its sections' labels are its template's."""
-        if resource_type == "QuestionnaireResponse" and self.labels is not None:
-            self.labels.stamp(body)
+    def _sheet_rules_before(self, db: Session, caller: Caller, resource_type: str, resource_id: str,
+                            body: dict[str, Any], existing: bool) -> Change | None:
+        """A sheet checked against its template and lifecycle, after the access decision and before storage."""
+        if self.sheets is None or resource_type not in SHEET_RESOURCES:
+            return None
+        return self.sheets.before_write(db, caller, resource_type, resource_id, body, existing)
+
+    def _sheet_rules_after(self, db: Session, caller: Caller, stored: Stored, body: dict[str, Any],
+                           patient_id: str | None, change: Change | None) -> None:
+        if self.sheets is not None and change is not None:
+            self.sheets.after_write(db, caller, stored, body, patient_id, change)
 
     def _audit_integrity_failure(self, db: Session, row: ResourceVersion | VersionRow) -> None:
         """Record the refusal; the error keeps this write (``keep_writes``) while the request fails."""
