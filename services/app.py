@@ -36,15 +36,17 @@ from services.share.fhir.endpoints import authenticated as fhir_authenticated
 from services.share.fhir.endpoints import public as fhir_public
 from services.share.fhir.resources import router as fhir_resources
 from services.share.fhir.responses import outcome_response
+from services.share.fhir.sheets import router as fhir_sheets
 from services.share.fhir.teams import router as fhir_teams
 
 
 def create_app(
     settings: Settings | None = None, *, auth: bool = True, share: bool = True, plaintext_baseline: bool = False,
-    enforce_access: bool = True,
+    enforce_access: bool = True, sheet_rules: bool = True,
 ) -> FastAPI:
-    """The application; ``plaintext_baseline`` (unencrypted storage) exists only for bench/store.py, and
-    ``enforce_access`` off (no access decisions, no audit) only for bench/access.py's baseline."""
+    """The application; ``plaintext_baseline`` (unencrypted storage) exists only for bench/store.py,
+    ``enforce_access`` off (no access decisions, no audit) only for bench/access.py's baseline, and ``sheet_rules``
+    off (sheets stored as any resource: no template check, no scene rules) only for bench/sheets.py's."""
     settings = settings or Settings()
     configure_logging()
 
@@ -58,7 +60,7 @@ def create_app(
         background: list[asyncio.Task[None]] = []
         if share:
             share_ctx = app.state.share = ShareContext.build(settings, plaintext_baseline=plaintext_baseline,
-                                                             enforce_access=enforce_access)
+                                                             enforce_access=enforce_access, sheet_rules=sheet_rules)
             if settings.audit_chain_interval_seconds > 0:
                 background.append(asyncio.create_task(chain_forever(share_ctx, settings.audit_chain_interval_seconds)))
             if share_ctx.audit_buffer is not None:
@@ -90,6 +92,7 @@ def create_app(
         app.include_router(fhir_operations)  # before /fhir/{type}/{id}, which would take Patient/{id}/$op
         app.include_router(fhir_access_report)
         app.include_router(fhir_teams)  # /fhir/$invitations, before /fhir/{type}
+        app.include_router(fhir_sheets)  # QuestionnaireResponse/{id}/$document …, before /fhir/{type}/{id}
         app.include_router(fhir_audit_events)  # the audit log as AuditEvents, before /fhir/{type}
         app.include_router(fhir_resources)
         app.include_router(fhir_batch)

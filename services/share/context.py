@@ -83,24 +83,26 @@ class ShareContext:
         self.db.dispose()
 
     @classmethod
-    def build(cls, settings: Settings, *, plaintext_baseline: bool = False, enforce_access: bool = True
-              ) -> ShareContext:
+    def build(cls, settings: Settings, *, plaintext_baseline: bool = False, enforce_access: bool = True,
+              sheet_rules: bool = True) -> ShareContext:
         """``plaintext_baseline`` stores bodies and index terms unencrypted: for bench/store.py's baseline only;
-        ``enforce_access`` off serves everything to every caller: for bench/access.py's baseline only."""
+        ``enforce_access`` off serves everything to every caller: for bench/access.py's baseline only;
+        ``sheet_rules`` off stores sheets unchecked, with no scene rules: for bench/sheets.py's baseline only."""
         keyring = KeyRing.load(settings)
         blind = BlindIndex(keyring.index_key)
         matrix = load_matrix(settings.schemas_dir)
         policies = NetworkPolicies(settings.auth_url, ttl_seconds=settings.network_policy_ttl_seconds)
         gate = Gate(matrix, policies, enforce=enforce_access)
         sheets = SheetRules.load(settings.schemas_dir,
-                                 lambda network_id: policies.current(network_id).emergency_review_days)
+                                 lambda network_id: policies.current(network_id).emergency_review_days) \
+            if sheet_rules else None
         store = ResourceStore(DataKeys(keyring), Indexer(blind), gate=gate, sheets=sheets)
         if plaintext_baseline:
             from services.share.store.baseline import PlainCipher, PlainIndex, PlainKeys
 
             blind = PlainIndex(keyring.index_key)
             store = ResourceStore(PlainKeys(keyring), Indexer(blind), PlainCipher(), gate=gate,
-                                  sheets=SheetRules.load(settings.schemas_dir))
+                                  sheets=sheets)
         db = Database(settings.resolved_share_database_url)
         return cls(
             settings=settings,

@@ -92,6 +92,7 @@ def resource_response(ctx: Context, item: Stored, status: int = 200, prefer: str
 
 def run_search(ctx: Context, db: Session, principal: Principal, resource_type: str, query: S.SearchQuery) -> Response:
     network = principal.network
+    templates_installed(ctx, db, principal, resource_type)
     base = ctx.settings.fhir_base
     patient = S.patient_of(query)
     prefetched = None
@@ -131,6 +132,15 @@ def run_search(ctx: Context, db: Session, principal: Principal, resource_type: s
             links["previous"] = f"{base}/{resource_type}?{urlencode([*query.echo, ('_before', cursor)])}"
     total = ctx.search.total(db, network, query) if query.want_total else None
     return FhirResponse(bundles.searchset(base, matches, included, links, total))
+
+
+def templates_installed(ctx: Context, db: Session, principal: Principal, resource_type: str) -> None:
+    """Before Questionnaires are read: the shipped templates are in this network's store (sheets/registry.py)."""
+    if resource_type != "Questionnaire" or ctx.store.sheets is None:
+        return
+    server = Caller(network_id=principal.network, subject="system:renkei")
+    ctx.store.sheets.registry.ensure_installed(
+        db, principal.network, lambda s, rid, body: ctx.store.create(s, server, "Questionnaire", body, resource_id=rid))
 
 
 Audited = tuple[Principal, Interaction]
@@ -259,8 +269,12 @@ async def read(resource_type: str, resource_id: str, request: Request, ctx: Cont
         return await in_transaction(ctx, lambda db: binary.read(request, ctx, db, principal, resource_id), audit)
     resource_type_of(resource_type, reader=principal)
     caller = caller_of(principal)
-    return await reading(ctx, lambda db: resource_response(ctx, ctx.store.read(db, caller, resource_type, resource_id)),
-                         audit)
+
+    def work(db: Session) -> Response:
+        templates_installed(ctx, db, principal, resource_type)
+        return resource_response(ctx, ctx.store.read(db, caller, resource_type, resource_id))
+
+    return await reading(ctx, work, audit)
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{version}")

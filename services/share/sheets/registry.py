@@ -73,8 +73,9 @@ class TemplateRegistry:
         files = sorted(directory.glob("*.json")) if directory.is_dir() else []
         return cls([Template.of(orjson.loads(path.read_bytes()), shipped=True) for path in files], schemas_dir)
 
-    def find(self, db: Session, network_id: str, canonical: str) -> Template | None:
-        """The template a sheet names (``url|version``): shipped, or an active one of the network."""
+    def find(self, db: Session, network_id: str, canonical: str, any_status: bool = False) -> Template | None:
+        """The template a sheet names (``url|version``): shipped, or an active one of the network (with
+        ``any_status``, a retired one too: a sheet written against it is still rendered)."""
         found = self.shipped.get(canonical)
         if found is not None:
             return found
@@ -82,7 +83,7 @@ class TemplateRegistry:
         row = db.execute(select(SheetTemplate.body, SheetTemplate.status).where(
             SheetTemplate.network_id == network_id, SheetTemplate.url == url, SheetTemplate.version == version,
             SheetTemplate.shipped.is_(False))).first()
-        if row is None or row.status != "active":
+        if row is None or (row.status != "active" and not any_status):
             return None
         template = self._parsed.get(row.body)
         if template is None:
@@ -111,7 +112,7 @@ class TemplateRegistry:
         return uuid.uuid5(_TEMPLATE_IDS, f"{network_id}\x00{canonical}").hex
 
     def ensure_installed(self, db: Session, network_id: str,
-                         create: Callable[[Session, str, dict[str, Any]], None]) -> None:
+                         create: Callable[[Session, str, dict[str, Any]], object]) -> None:
         """Store each shipped template this network lacks, with ``create(db, resource_id, body)`` (the store, as
         the server). Asks for a transaction when there is something to write."""
         if network_id in self._installed:

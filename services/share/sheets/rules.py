@@ -44,6 +44,8 @@ class Change:
     template: Template | None = None
     before: SheetRecord | None = None  # the sheet's record as it stood (None: a new sheet)
     previous: dict[str, Any] | None = None  # the previous version's body, where a scene rule compares
+    # the status before this write (None: a new sheet); kept apart, since ``before`` is updated in place
+    was: str | None = None
 
 
 class SheetRules:
@@ -88,7 +90,7 @@ class SheetRules:
             meta["tag"] = [*[t for t in meta.get("tag") or [] if t.get("system") != scenes.SHEET_FLAG], scenes.URGENT]
         previous = self._previous(db, caller, resource_id) if before is not None \
             and template.name in scenes.SUMMARISED and body.get("status") in SHARED else None
-        return Change(template, before, previous)
+        return Change(template, before, previous, before.status if before is not None else None)
 
     def _template(self, db: Session, caller: Caller, body: dict[str, Any]) -> Template:
         canonical = body.get("questionnaire")
@@ -160,7 +162,7 @@ class SheetRules:
             return
         record = self._record(db, caller, stored, body, patient_id, change)
         status = body.get("status")
-        became_shared = status in SHARED and (change.before is None or change.before.status not in SHARED)
+        became_shared = status in SHARED and change.was not in SHARED
         kind = record.kind
         if kind in ONE_CURRENT and became_shared:
             self._only_current(db, caller, record)

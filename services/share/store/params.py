@@ -113,6 +113,9 @@ PARAMS: dict[str, dict[str, Param]] = {
             _p("status", "token", "status"),
             _p("focus", "reference", "focus", targets=("QuestionnaireResponse",)),
             _p("code", "token", "code"),
+            _p("requester", "reference", "requester", targets=("Practitioner", "PractitionerRole", "Organization")),
+            # When the task is due (restriction.period.end): what is overdue is due=lt<today>.
+            _p("due", "date", "restriction.period.end"),
         ),
         "Binary": (),
         "DocumentReference": (
