@@ -197,6 +197,26 @@ def test_one_emergency_sheet_reviewed_and_opened_for_the_crew_with_the_acp_wishe
     assert "emptyReason" not in sections["dnar"] and "DNAR" in sections["dnar"]["text"]["div"] + "DNAR"
     assert sections["acp"]["emptyReason"]["coding"][0]["code"] == "unavailable"  # no ACP record yet
 
+    full = example("EmergencySheet", scene.pid, "dementia-fall-dnar")  # the example's crew blocks, as a report
+    blocks = [item for item in full["item"] if item["linkId"] in ("emergency.call", "emergency.crew")]
+    report = {"resourceType": "Parameters", "parameter": [
+        {"name": "report", "resource": {"resourceType": "QuestionnaireResponse", "status": "completed",
+                                        "item": blocks}},
+        {"name": "receiving", "valueReference": {"reference": f"Organization/{scene.network.orgs['hospital']}"}}]}
+    reported = scene.http.post(f"/fhir/Patient/{scene.pid}/$crew-report", json=report, headers={**crew, **FHIR_JSON})
+    assert reported.status_code == 200, reported.text
+    assert reported.json()["status"] == "amended" and reported.json()["meta"]["versionId"] == "2"
+    assert scene.get(scene.nurse, f"/fhir/QuestionnaireResponse/{sheet_id}").json()["item"][-1]["linkId"] == \
+        "emergency.crew"
+    told = scene.get(scene.nurse, "/fhir/Communication", patient=scene.pid).json()["entry"]
+    assert [m["resource"]["priority"] for m in told] == ["urgent"]
+    wrong = {"resourceType": "Parameters", "parameter": [{"name": "report", "resource": {
+        "resourceType": "QuestionnaireResponse", "item": [{"linkId": "emergency.wishes"}]}}]}
+    assert scene.http.post(f"/fhir/Patient/{scene.pid}/$crew-report", json=wrong,
+                           headers={**crew, **FHIR_JSON}).status_code == 400  # the crew's blocks only
+    assert scene.http.post(f"/fhir/Patient/{scene.pid}/$crew-report", json=report,
+                           headers={**scene.manager, **FHIR_JSON}).status_code == 403
+
     acp = created_id(scene.post(scene.doctor, example("AcpRecord", scene.pid, "lung-cancer-first-discussion")))
     review = scene.tasks(scene.doctor, "review", status="requested")
     assert len(review) == 1 and review[0]["focus"]["reference"] == f"QuestionnaireResponse/{sheet_id}"

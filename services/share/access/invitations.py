@@ -160,7 +160,8 @@ def find(db: Session, network_id: str, care_team_id: str, member: str) -> TeamIn
 
 
 def parameters(raw: bytes) -> dict[str, Any]:
-    """An operation's Parameters body as {name: value} (the value[x] of each single parameter)."""
+    """An operation's Parameters body as {name: value} (the value[x], or the resource, of each single
+    parameter)."""
     try:
         body = orjson.loads(raw) if raw.strip() else {"resourceType": "Parameters"}
     except orjson.JSONDecodeError:
@@ -171,7 +172,7 @@ def parameters(raw: bytes) -> dict[str, Any]:
     for parameter in body.get("parameter") or []:
         if not isinstance(parameter, dict) or not isinstance(parameter.get("name"), str):
             raise BadRequest("each parameter needs a name", code="invalid_parameters")
-        value = next((v for k, v in parameter.items() if k.startswith("value")), None)
+        value = next((v for k, v in parameter.items() if k.startswith("value")), parameter.get("resource"))
         if isinstance(value, dict) and "reference" in value:
             value = value["reference"]
         values[parameter["name"]] = value

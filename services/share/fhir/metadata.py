@@ -104,9 +104,32 @@ def _resource_capability(resource_type: str) -> dict[str, Any]:
 
 
 # Instance operations beyond FHIR's own (services/share/access/break_glass.py, services/share/audit/report.py,
-# services/share/fhir/teams.py).
+# services/share/fhir/teams.py, services/share/fhir/sheets.py).
 _OPERATIONS = {
+    "QuestionnaireResponse": [
+        {"name": "document", "definition": "http://hl7.org/fhir/OperationDefinition/Composition-document",
+         "documentation": "A shared sheet as a FHIR document Bundle (Composition first); a discharge sheet follows "
+                          "the JP-CLINS discharge summary. The same version gives the same document."},
+        {"name": "diff", "definition": "urn:renkei:operation:sheet-diff",
+         "documentation": "What changed between versions 'from' and 'to' (default: the last two), by linkId."},
+    ],
+    "Task": [
+        {"name": "acknowledge", "definition": "urn:renkei:operation:acknowledge",
+         "documentation": "The owner of an 'acknowledge' Task completes it; an optional 'question' goes back to "
+                          "the requester as a Communication."},
+    ],
+    "Bundle": [
+        {"name": "discharge-draft", "definition": "urn:renkei:operation:discharge-draft",
+         "documentation": "A discharge-sheet draft (in-progress) prefilled from a stored discharge-summary document."},
+    ],
     "Patient": [
+        {"name": "emergency-summary", "definition": "urn:renkei:operation:emergency-summary",
+         "documentation": "The current emergency sheet and the current ACP wishes as one document, the DNAR order "
+                          "apart from the wider wishes; what a break-the-glass reader opens."},
+        {"name": "crew-report", "definition": "urn:renkei:operation:crew-report",
+         "documentation": "The ambulance crew's blocks (the call, the crew's findings and destination) added to "
+                          "the current emergency sheet: Parameters 'report' (a QuestionnaireResponse with only "
+                          "emergency.call and emergency.crew) and optional 'receiving' (Organization/<id>)."},
         {"name": "break-glass", "definition": "urn:renkei:operation:break-glass",
          "documentation": "Emergency access outside the care team: a Parameters resource with a 'reason'; for the "
                           "professions the permission matrix names, for a limited time, audited."},

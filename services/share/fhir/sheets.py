@@ -9,7 +9,10 @@
 - ``POST /fhir/Task/{id}/$acknowledge``: the care manager or physician asked to acknowledge a sheet does so,
   optionally with a question back to its sender (a Communication);
 - ``POST /fhir/Bundle/{id}/$discharge-draft``: a stored discharge-summary document (JP-CLINS) prefills a
-  discharge-sheet draft for the caller's organisation.
+  discharge-sheet draft for the caller's organisation;
+- ``POST /fhir/Patient/{id}/$crew-report``: the ambulance crew adds its blocks (the call, what the crew found and
+  did, where it takes the patient) to the current emergency sheet, and the team (and a receiving hospital of the
+  network) is told in an urgent message.
 
 Every read goes through the store, so access decisions, redaction and the audit apply as to any read.
 """
@@ -25,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from services.kit.errors import BadRequest, Conflict, Forbidden, NotFound, RenkeiError
 from services.kit.tokens import Principal
+from services.share.access.decision import Action
 from services.share.access.invitations import parameters
 from services.share.context import ShareContext
 from services.share.fhir.auditing import Interaction
@@ -36,6 +40,7 @@ from services.share.sheets import diff, documents, scenes
 from services.share.sheets.lifecycle import SHARED
 from services.share.sheets.registry import Template
 from services.share.sheets.rules import SheetRules
+from services.share.store.service import Caller
 from services.share.store.types import reference_target
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
@@ -172,7 +177,71 @@ async def discharge_draft(bundle_id: str, ctx: Context, principal: CurrentPrinci
     return await in_transaction(ctx, work, (principal, Interaction("C", "discharge-draft", f"Bundle/{bundle_id}")))
 
 
+# The crew's blocks of the emergency sheet, the only sections a crew report may carry.
+CREW_SECTIONS = frozenset({"emergency.call", "emergency.crew"})
+
+
+@router.post("/Patient/{patient_id}/$crew-report", summary="The ambulance crew's blocks of the emergency sheet")
+async def crew_report(patient_id: str, request: Request, ctx: Context, principal: CurrentPrincipal) -> Response:
+    """Parameters: ``report``, a QuestionnaireResponse holding only the emergency.call and emergency.crew
+    sections; optional ``receiving``, the receiving hospital (Organization/<id>) to be told too."""
+    checked_id(patient_id)
+    values = parameters(await bounded_body(request, 256 * 1024))
+    report, receiving = values.get("report"), values.get("receiving")
+    sections = [item for item in (report or {}).get("item") or [] if isinstance(item, dict)] \
+        if isinstance(report, dict) else []
+    if not sections or any(item.get("linkId") not in CREW_SECTIONS for item in sections):
+        raise BadRequest("'report' is a QuestionnaireResponse with the emergency.call and emergency.crew sections "
+                         "only", code="invalid_parameters", expression=["Parameters.parameter.where(name='report')"])
+    if receiving is not None and not (isinstance(receiving, str) and receiving.startswith("Organization/")):
+        raise BadRequest("'receiving' is a reference Organization/<id>", code="invalid_parameters")
+
+    def work(db: Session) -> Response:
+        _may_report(ctx, db, principal, patient_id)
+        record = scenes.current_sheet(db, principal.network, patient_id, "EmergencySheet")
+        if record is None:
+            raise NotFound(f"Patient/{patient_id} has no current emergency sheet", code="no_emergency_sheet")
+        server = Caller(network_id=principal.network, subject=f"user:{principal.subject}",
+                        organization=principal.organization)  # the crew is the version's author
+        sheet = orjson.loads(ctx.store.read(db, server, SHEET, record.resource_id).body)
+        kept = [item for item in sheet.get("item") or [] if item.get("linkId") not in CREW_SECTIONS]
+        sheet.update(item=kept + sections, status="amended")
+        item = ctx.store.update(db, server, SHEET, record.resource_id, sheet, None)
+        ctx.store.create(db, server, "Communication", _crew_message(principal, patient_id, record.resource_id,
+                                                                    receiving))
+        return resource_response(ctx, item)
+
+    return await in_transaction(ctx, work, (principal, Interaction("U", "crew-report", f"Patient/{patient_id}")))
+
+
 # Helpers ------------------------------------------------------------------------------------------------
+
+
+def _may_report(ctx: ShareContext, db: Session, principal: Principal, patient_id: str) -> None:
+    """A crew report is for the professions break-the-glass is for (the crew, a physician), reading the
+    patient's emergency sheet as a team member or through a grant."""
+    if principal.kind != "user" or principal.profession not in ctx.matrix.break_glass.professions:
+        raise Forbidden(f"crew reports are for {', '.join(sorted(ctx.matrix.break_glass.professions))} only")
+    decision = ctx.gate.decision(db, principal, SHEET, Action.READ, patient_id, "EmergencySheet")
+    if not decision.allowed:
+        ctx.gate.refuse(db, decision, f"Patient/{patient_id}", patient_id)
+
+
+def _crew_message(principal: Principal, patient_id: str, sheet_id: str, receiving: Any) -> dict[str, Any]:
+    text = "救急隊が急変時情報共有シートに記入しました / the ambulance crew added its report to the emergency sheet"
+    message: dict[str, Any] = {
+        "resourceType": "Communication", "status": "completed", "priority": "urgent",
+        "category": [{"coding": [{"system": "urn:renkei:codesystem:message-category", "code": "report",
+                                  "display": "報告"}]}],
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "about": [{"reference": f"QuestionnaireResponse/{sheet_id}"}],
+        "sent": _now(), "sender": {"reference": f"Practitioner/{principal.subject}"},
+        "payload": [{"contentString": text}],
+    }
+    if receiving:
+        message["recipient"] = [{"reference": receiving}]
+    return message
+
 
 
 def _rules(ctx: ShareContext) -> SheetRules:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from services.kit.errors import NotFound
 from services.share.audit.trail import Access
+from services.share.sheets.models import SheetRecord
 from services.share.store.audit_records import store_audit_event
 from services.share.store.models import ResourceHead, ResourceVersion, SearchEntry
 from services.share.store.service import ERASED, ResourceStore
@@ -57,6 +58,8 @@ def erase_patient(store: ResourceStore, db: Session, patient_id: str, actor: str
                 SearchEntry.resource_type == resource_type, SearchEntry.resource_id == resource_id
             )
         )
+    # What the sheet rules knew of the patient's sheets (kinds, statuses, dates) goes with them.
+    db.execute(delete(SheetRecord).where(SheetRecord.network_id == network_id, SheetRecord.patient_id == patient_id))
     record = store_audit_event(
         "patient-erase", "患者データ消去 (crypto-shred)", f"Patient/{patient_id}", actor, action="D", outcome="0"
     )
