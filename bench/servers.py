@@ -92,6 +92,15 @@ def unchecked() -> "FastAPI":
     return create_app(Settings(), enforce_access=False)
 
 
+def ruleless() -> "FastAPI":
+    """The share service storing sheets as any other resource: no template check, no lifecycle, no scene rules
+    (bench/sheets.py's baseline: the bare store create of the same JSON)."""
+    from services.app import create_app
+    from services.kit.settings import Settings
+
+    return create_app(Settings(), sheet_rules=False)
+
+
 def bare() -> "FastAPI":
     from services.kit.settings import Settings
 
