@@ -321,7 +321,8 @@ def _single_statement(ctx: Context, resource_type: str, if_none_exist: str | Non
     what access decisions read (a CareTeam, a Consent: their rows in services/share/access/models.py change too),
     nor for a sheet or template, whose rules write more (services/share/sheets/rules.py)."""
     return (ctx.db.single_statement_writes and resource_type != "Patient" and resource_type not in PROJECTED
-            and resource_type not in SHEET_RESOURCES and not if_none_exist and not idempotency_key)
+            and not (resource_type in SHEET_RESOURCES and ctx.store.sheets is not None)
+            and not if_none_exist and not idempotency_key)
 
 
 def create_in(ctx: Context, db: Session, principal: Principal, resource_type: str, raw: bytes, body: dict[str, Any],

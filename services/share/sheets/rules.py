@@ -206,7 +206,9 @@ class SheetRules:
                              patient_id: str) -> None:
         for task_id, task in scenes.acknowledgement_tasks(db, caller.network_id, stored.resource_id, patient_id, body,
                                                           caller.organization):
-            if db.get(ResourceHead, ("Task", task_id)) is None:
+            # A new sheet's tasks are new (their ids derive from its id); a draft shared later may have been
+            # shared, withdrawn and shared again.
+            if stored.version == 1 or db.get(ResourceHead, ("Task", task_id)) is None:
                 self._store.create(db, scenes.server(caller), "Task", task, resource_id=task_id)
 
     def raise_review(self, db: Session, caller: Caller, patient_id: str, reason: str) -> str | None:
