@@ -173,9 +173,10 @@ async def _on_db_thread(ctx: Context, session: Callable[[], AbstractContextManag
         try:
             with session() as db:
                 db.info[SEEN] = notes
-                if audit is not None and audit[1].action == "C" and without_transaction(db):
-                    # A create in one statement writes its record in that statement (statements.py): both land,
-                    # or neither. The record is sealed when the statement is sent, after the access decision.
+                if audit is not None and audit[1].action == "C":
+                    # A create writes its record in the statement that writes the resource (statements.py, on
+                    # PostgreSQL): both land, or neither; in a transaction, one round trip less. The record is
+                    # sealed when the statement is sent, after the access decision.
                     db.info[AUDIT_WITH_WRITE] = lambda: auditing.rows(ctx.audit, db, audit[0], audit[1], notes, 201)
                 result = work(db)
                 if audit is None or db.info.get(AUDIT_WRITTEN):

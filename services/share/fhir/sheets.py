@@ -36,7 +36,7 @@ from services.share.fhir.negotiation import bounded_body
 from services.share.fhir.resources import caller_of, checked_id, in_transaction, resource_response
 from services.share.fhir.responses import FhirResponse
 from services.share.security.deps import Context, CurrentPrincipal
-from services.share.sheets import diff, documents, scenes
+from services.share.sheets import diff, documents, records, scenes
 from services.share.sheets.lifecycle import SHARED
 from services.share.sheets.registry import Template
 from services.share.sheets.rules import SheetRules
@@ -101,9 +101,11 @@ async def emergency_summary(patient_id: str, ctx: Context, principal: CurrentPri
         patient = orjson.loads(ctx.store.read(db, caller, "Patient", patient_id).body)
         sheets: dict[str, dict[str, Any]] = {}
         ids: dict[str, tuple[str, int]] = {}
+        current = {kind: found[0] for kind, found in records.context(db, principal.network, patient_id)
+                   .current.items()}
         templates: dict[str, dict[str, Any]] = {}
         for kind in ("EmergencySheet", "AcpRecord"):
-            record = scenes.current_sheet(db, principal.network, patient_id, kind)
+            record = current.get(kind)
             if record is None:
                 continue
             try:  # the ACP record may be beyond what this reader may see: then its section says it is withheld
@@ -198,7 +200,7 @@ async def crew_report(patient_id: str, request: Request, ctx: Context, principal
 
     def work(db: Session) -> Response:
         _may_report(ctx, db, principal, patient_id)
-        record = scenes.current_sheet(db, principal.network, patient_id, "EmergencySheet")
+        record = records.current(db, principal.network, patient_id, "EmergencySheet")
         if record is None:
             raise NotFound(f"Patient/{patient_id} has no current emergency sheet", code="no_emergency_sheet")
         server = Caller(network_id=principal.network, subject=f"user:{principal.subject}",

@@ -15,15 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from services.kit.codes import SECTION_LABEL_EXTENSION, SENSITIVITY_LABEL
 from services.kit.errors import Conflict, Forbidden, NotFound
 from services.share.access.layout import sheet_kind
-from services.share.sheets import scenes
+from services.share.sheets import records, scenes
 from services.share.sheets.lifecycle import DRAFTS, SHARED, SheetInvalid, check_transition, sheet_issue
 from services.share.sheets.models import SheetRecord, SheetTemplate
+from services.share.sheets.records import PatientSheets, SheetState
 from services.share.sheets.registry import Template, TemplateInvalid, TemplateRegistry
 from services.share.sheets.validation import validate_response
 from services.share.sheets.vitals import VitalRanges, is_urgent, observations_from_note
@@ -42,7 +43,7 @@ class Change:
     """What the rules learnt of a write before it, for after it."""
 
     template: Template | None = None
-    before: SheetRecord | None = None  # the sheet's record as it stood (None: a new sheet)
+    before: SheetState | None = None  # the sheet's record as it stood (None: a new sheet)
     previous: dict[str, Any] | None = None  # the previous version's body, where a scene rule compares
     # the status before this write (None: a new sheet); kept apart, since ``before`` is updated in place
     was: str | None = None
@@ -68,7 +69,7 @@ class SheetRules:
         if resource_type == "Questionnaire":
             self._check_template(db, caller, resource_id, body, existing)
             return Change()
-        before = db.get(SheetRecord, resource_id) if existing else None
+        before = records.state(db, resource_id) if existing else None
         if before is not None and before.status in DRAFTS and caller.principal is not None \
                 and before.author_organization != caller.organization:
             raise NotFound(f"QuestionnaireResponse/{resource_id} is not known")  # a draft: its author's alone
@@ -164,23 +165,30 @@ class SheetRules:
         status = body.get("status")
         became_shared = status in SHARED and change.was not in SHARED
         kind = record.kind
-        if kind in ONE_CURRENT and became_shared:
-            self._only_current(db, caller, record)
-        if kind == "DischargeSheet" and became_shared:
-            self._ask_acknowledgement(db, caller, stored, body, patient_id)
-        if kind in scenes.SUMMARISED and status in SHARED and scenes.summarised_change(kind, change.previous, body):
-            self.raise_review(db, caller, patient_id, scenes.changed_reason(kind))
+        wants_context = (kind in ONE_CURRENT and became_shared) or (kind == "DischargeSheet" and became_shared) \
+            or (kind in scenes.SUMMARISED and status in SHARED and scenes.summarised_change(kind, change.previous,
+                                                                                             body))
+        if wants_context:
+            if kind in ONE_CURRENT and became_shared:
+                scenes.lock_patient(db, patient_id)  # before the patient's current sheets are read
+            sheets = records.context(db, caller.network_id, patient_id)  # one round trip for all that follows
+            if kind in ONE_CURRENT and became_shared:
+                self._only_current(sheets, record)
+            if kind == "DischargeSheet" and became_shared:
+                self._ask_acknowledgement(db, caller, stored, body, patient_id, sheets)
+            if kind in scenes.SUMMARISED and status in SHARED \
+                    and scenes.summarised_change(kind, change.previous, body):
+                self.raise_review(db, caller, patient_id, scenes.changed_reason(kind), sheets)
         if kind == "EmergencySheet" and status == "amended" and record.review_task:
             self._close_review(db, caller, record)
         if kind == "DailyCareNote" and status in SHARED:
             self._record_vitals(db, caller, stored, body, change.template)
 
     def _record(self, db: Session, caller: Caller, stored: Stored, body: dict[str, Any], patient_id: str,
-                change: Change) -> SheetRecord:
-        record = change.before or SheetRecord(resource_id=stored.resource_id, network_id=caller.network_id,
-                                              patient_id=patient_id, author_organization=caller.organization,
-                                              review_task="")
+                change: Change) -> SheetState:
         assert change.template is not None
+        record = change.before or SheetState(stored.resource_id, caller.network_id, patient_id, "", "", "", 0,
+                                             caller.organization, stored.last_updated)
         record.kind = sheet_kind(body) or change.template.name
         record.template = str(body.get("questionnaire"))
         record.status = str(body.get("status"))
@@ -188,52 +196,49 @@ class SheetRules:
         record.updated_at = stored.last_updated
         if record.kind == "EmergencySheet":
             record.reviewed_at = scenes.reviewed_at(body) or stored.last_updated
-        if change.before is None:
-            db.add(record)
-        db.flush()
+        records.write(db, record, new=change.before is None)
         return record
 
-    def _only_current(self, db: Session, caller: Caller, record: SheetRecord) -> None:
-        scenes.lock_patient(db, record.patient_id)
-        other = scenes.current_sheet(db, caller.network_id, record.patient_id, record.kind,
-                                     other_than=record.resource_id)
+    @staticmethod
+    def _only_current(sheets: PatientSheets, record: SheetState) -> None:
+        other = next((s for s in sheets.current.get(record.kind, []) if s.resource_id != record.resource_id), None)
         if other is not None:
             raise Conflict(f"this patient's current {record.kind} is QuestionnaireResponse/{other.resource_id}; "
                            "amend it (PUT with status amended) instead of sharing a second one",
                            code="current_sheet_exists")
 
     def _ask_acknowledgement(self, db: Session, caller: Caller, stored: Stored, body: dict[str, Any],
-                             patient_id: str) -> None:
-        for task_id, task in scenes.acknowledgement_tasks(db, caller.network_id, stored.resource_id, patient_id, body,
-                                                          caller.organization):
-            # A new sheet's tasks are new (their ids derive from its id); a draft shared later may have been
-            # shared, withdrawn and shared again.
-            if stored.version == 1 or db.get(ResourceHead, ("Task", task_id)) is None:
-                self._store.create(db, scenes.server(caller), "Task", task, resource_id=task_id)
+                             patient_id: str, sheets: PatientSheets) -> None:
+        tasks = scenes.acknowledgement_tasks(sheets, stored.resource_id, patient_id, body, caller.organization)
+        # A new sheet's tasks are new (their ids derive from its id); a draft shared later is checked.
+        new = [("Task", task_id, task) for task_id, task in tasks
+               if stored.version == 1 or db.get(ResourceHead, ("Task", task_id)) is None]
+        self._store.create_new(db, scenes.server(caller), new)  # together: one round trip
 
-    def raise_review(self, db: Session, caller: Caller, patient_id: str, reason: str) -> str | None:
+    def raise_review(self, db: Session, caller: Caller, patient_id: str, reason: str,
+                     sheets: PatientSheets | None = None) -> str | None:
         """A review Task for the patient's current emergency sheet, unless one is open; its id, if raised."""
-        record = scenes.current_sheet(db, caller.network_id, patient_id, "EmergencySheet")
+        sheets = sheets or records.context(db, caller.network_id, patient_id)
+        record = next(iter(sheets.current.get("EmergencySheet", [])), None)
         if record is None or record.review_task:
             return None
         task_id = scenes.derived_id(record.resource_id, "review", str(record.version), reason[:40])
         if db.get(ResourceHead, ("Task", task_id)) is None:
-            task = scenes.review_task(db, caller.network_id, record.resource_id, patient_id, reason,
-                                      caller.organization)
+            task = scenes.review_task(sheets, record.resource_id, patient_id, reason, caller.organization)
             self._store.create(db, scenes.server(caller), "Task", task, resource_id=task_id)
+        records.set_review_task(db, record.resource_id, task_id)
         record.review_task = task_id
-        db.flush()
         return task_id
 
     def raise_overdue_review(self, db: Session, caller: Caller, patient_id: str) -> str | None:
         """The review Task of a patient's emergency sheet that is older than the network's period."""
-        record = scenes.current_sheet(db, caller.network_id, patient_id, "EmergencySheet")
+        record = records.current(db, caller.network_id, patient_id, "EmergencySheet")
         days = self.review_days(caller.network_id)
         if record is None or not scenes.review_due(record, days, datetime.now(UTC)):
             return None
         return self.raise_review(db, caller, patient_id, scenes.overdue_reason(days))
 
-    def _close_review(self, db: Session, caller: Caller, record: SheetRecord) -> None:
+    def _close_review(self, db: Session, caller: Caller, record: SheetState) -> None:
         """An amended emergency sheet is the review its open Task asked for."""
         row = statements(db).current(db, caller.network_id, "Task", record.review_task)
         if row is not None and not row.deleted:
@@ -244,8 +249,8 @@ class SheetRules:
                                    "valueReference": {"reference": f"QuestionnaireResponse/{record.resource_id}"
                                                                    f"/_history/{record.version}"}}]
                 self._store.update(db, scenes.server(caller), "Task", record.review_task, task, None)
+        records.set_review_task(db, record.resource_id, "")
         record.review_task = ""
-        db.flush()
 
     def _record_vitals(self, db: Session, caller: Caller, stored: Stored, body: dict[str, Any],
                        template: Template) -> None:
@@ -266,9 +271,7 @@ class SheetRules:
                 raise Forbidden("shipped templates are not deleted; retire a variant instead", code="shipped_template")
             self.registry.project(db, caller.network_id, resource_id, None)
         elif resource_type == "QuestionnaireResponse":
-            record = db.get(SheetRecord, resource_id)
-            if record is not None:
-                db.delete(record)
+            db.execute(delete(SheetRecord).where(SheetRecord.resource_id == resource_id))
 
     @property
     def _store(self) -> ResourceStore:

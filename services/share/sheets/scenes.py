@@ -20,10 +20,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.share.access.models import TeamParticipant
 from services.share.sheets import answers
-from services.share.sheets.lifecycle import SHARED
-from services.share.sheets.models import SheetRecord
+from services.share.sheets.records import PatientSheets, SheetState
 from services.share.store.models import ResourceHead
 
 TASK_CODE = "urn:renkei:codesystem:task-code"
@@ -44,20 +42,15 @@ def derived_id(*parts: str) -> str:
     return uuid.uuid5(_IDS, "\x00".join(parts)).hex
 
 
-def team_members(db: Session, network_id: str, patient_id: str, roles: tuple[str, ...]) -> list[dict[str, str]]:
-    """References to the patient's active, approved team participants in ``roles``, in the order of ``roles``."""
+def members_in(sheets: PatientSheets, roles: tuple[str, ...]) -> list[dict[str, str]]:
+    """References to the patient's current team participants in ``roles``, in the order of ``roles``."""
     now = datetime.now(UTC)
-    rows = db.execute(select(TeamParticipant.kind, TeamParticipant.member_id, TeamParticipant.role,
-                             TeamParticipant.start, TeamParticipant.end).where(
-        TeamParticipant.network_id == network_id, TeamParticipant.patient_id == patient_id,
-        TeamParticipant.team_status == "active", TeamParticipant.approved.is_(True),
-        TeamParticipant.role.in_(roles))).all()
-    current = [row for row in rows if (row.start is None or row.start <= now) and (row.end is None or now < row.end)]
+    current = [m for m in sheets.members if (m.start is None or m.start <= now) and (m.end is None or now < m.end)]
     found: list[dict[str, str]] = []
     for role in roles:
-        for row in current:
-            reference = {"reference": f"{_MEMBER_TYPES[row.kind]}/{row.member_id}"}
-            if row.role == role and reference not in found:
+        for member in current:
+            reference = {"reference": f"{_MEMBER_TYPES[member.kind]}/{member.member_id}"}
+            if member.role == role and reference not in found:
                 found.append(reference)
     return found
 
@@ -81,12 +74,12 @@ def task(code: str, display: str, text: str, sheet_id: str, patient_id: str, own
     return body
 
 
-def acknowledgement_tasks(db: Session, network_id: str, sheet_id: str, patient_id: str, sheet: dict[str, Any],
+def acknowledgement_tasks(sheets: PatientSheets, sheet_id: str, patient_id: str, sheet: dict[str, Any],
                           requester: str) -> list[tuple[str, dict[str, Any]]]:
     """(id, Task) for each care manager and home physician asked to acknowledge a shared discharge sheet."""
     due = answers.first(sheet, "discharge.basic.discharge-date")
     found = []
-    for owner in team_members(db, network_id, patient_id, ACKNOWLEDGERS):
+    for owner in members_in(sheets, ACKNOWLEDGERS):
         body = task("acknowledge", "受領確認", "退院時情報共有シートを確認してください / Please acknowledge the "
                     "discharge information sheet", sheet_id, patient_id, owner, requester,
                     due if isinstance(due, str) else None)
@@ -94,9 +87,8 @@ def acknowledgement_tasks(db: Session, network_id: str, sheet_id: str, patient_i
     return found
 
 
-def review_task(db: Session, network_id: str, sheet_id: str, patient_id: str, reason: str,
-                requester: str) -> dict[str, Any]:
-    owners = team_members(db, network_id, patient_id, REVIEWERS)
+def review_task(sheets: PatientSheets, sheet_id: str, patient_id: str, reason: str, requester: str) -> dict[str, Any]:
+    owners = members_in(sheets, REVIEWERS)
     return task("review", "急変時情報の見直し", reason, sheet_id, patient_id, owners[0] if owners else None, requester)
 
 
@@ -127,24 +119,13 @@ def _answered(section: Any) -> Any:
                   if isinstance(section, dict) and item.get("answer"))
 
 
-def current_sheet(db: Session, network_id: str, patient_id: str, kind: str,
-                  other_than: str | None = None) -> SheetRecord | None:
-    """The patient's current (shared) sheet of this kind, newest first."""
-    query = select(SheetRecord).where(
-        SheetRecord.network_id == network_id, SheetRecord.patient_id == patient_id, SheetRecord.kind == kind,
-        SheetRecord.status.in_(SHARED)).order_by(SheetRecord.updated_at.desc())
-    if other_than is not None:
-        query = query.where(SheetRecord.resource_id != other_than)
-    return db.scalars(query.limit(1)).first()
-
-
 def lock_patient(db: Session, patient_id: str) -> None:
     """Serialise "one current sheet of a kind" checks for one patient (PostgreSQL row lock; SQLite has one writer)."""
     db.execute(select(ResourceHead.version).where(ResourceHead.resource_type == "Patient",
                                                   ResourceHead.resource_id == patient_id).with_for_update())
 
 
-def review_due(record: SheetRecord, days: int, now: datetime) -> bool:
+def review_due(record: SheetState, days: int, now: datetime) -> bool:
     reviewed = record.reviewed_at or record.updated_at
     return not record.review_task and reviewed < now - timedelta(days=days)
 

@@ -121,7 +121,7 @@ def validate_response(response: dict[str, Any], template: dict[str, Any]) -> lis
 
 class _Validator:
     def __init__(self, template: dict[str, Any], response: dict[str, Any]) -> None:
-        self.nodes: dict[str, tuple[dict[str, Any], str | None]] = dict(_template_nodes(template.get("item"), None))
+        self.nodes, self.groups = _index(template)
         self.answers: dict[str, list[Any]] = {}
         for item in _response_items(response.get("item")):
             self.answers.setdefault(str(item.get("linkId")), []).extend(_dicts(item.get("answer")))
@@ -204,21 +204,13 @@ class _Validator:
         local: dict[str, list[Any]] = {}
         for child in _response_items(item.get("item")):
             local.setdefault(str(child.get("linkId")), []).extend(_dicts(child.get("answer")))
-        inside = {link for link, (_, parent) in self.nodes.items() if self._within(link, str(node.get("linkId")))}
+        inside = self.groups.get(str(node.get("linkId")), frozenset())
         self.answers = {**outer_answers, **{link: local.get(link, []) for link in inside}}
         self._enabled = {link: state for link, state in outer_enabled.items() if link not in inside}
         try:
             self.check_items(item.get("item"), node.get("item") or [], path, where)
         finally:
             self.answers, self._enabled = outer_answers, outer_enabled
-
-    def _within(self, link_id: str, group: str) -> bool:
-        parent = self.nodes.get(link_id, ({}, None))[1]
-        while parent is not None:
-            if parent == group:
-                return True
-            parent = self.nodes.get(parent, ({}, None))[1]
-        return False
 
     def check_answer(self, answer: dict[str, Any], node: dict[str, Any], path: tuple[str, ...], where: str) -> None:
         allowed = ANSWER_TYPES.get(str(node.get("type")), ())
@@ -268,6 +260,34 @@ class _Validator:
             case op if op in _ORDERED:
                 return any(_compare(_ORDERED[op], value, expected) for value in values)
         return False
+
+
+Nodes = dict[str, tuple[dict[str, Any], str | None]]  # linkId -> (template item, its parent's linkId)
+_INDEXES: dict[int, tuple[dict[str, Any], Nodes, dict[str, frozenset[str]]]] = {}
+
+
+def _index(template: dict[str, Any]) -> tuple[Nodes, dict[str, frozenset[str]]]:
+    """The template's items by linkId, and each repeating group's descendants: worked out once per template (the
+    registry's templates live as long as the process), not on every sheet."""
+    found = _INDEXES.get(id(template))
+    if found is not None and found[0] is template:
+        return found[1], found[2]
+    nodes: Nodes = dict(_template_nodes(template.get("item"), None))
+    groups: dict[str, set[str]] = {}
+    for link_id, (node, _) in nodes.items():
+        if node.get("type") == "group" and node.get("repeats"):
+            groups[link_id] = set()
+    for link_id in nodes:
+        parent = nodes[link_id][1]
+        while parent is not None:
+            if parent in groups:
+                groups[parent].add(link_id)
+            parent = nodes.get(parent, ({}, None))[1]
+    frozen = {group: frozenset(members) for group, members in groups.items()}
+    if len(_INDEXES) > 256:
+        _INDEXES.clear()
+    _INDEXES[id(template)] = (template, nodes, frozen)  # the template is kept, so its id is not reused meanwhile
+    return nodes, frozen
 
 
 def _dicts(value: Any) -> list[dict[str, Any]]:

@@ -93,7 +93,7 @@ _PG_TYPES = {
 }
 
 
-# Session.info entries for a write that runs without a transaction (Database.reading): AUDIT_WITH_WRITE, a
+# Session.info entries for a create (in a transaction or, by Database.reading, without one): AUDIT_WITH_WRITE, a
 # function giving the interaction's sealed audit rows, which the version's single statement then writes too (so
 # the record lands with the write, or neither does); AUDIT_WRITTEN, set once it has.
 AUDIT_WITH_WRITE = "renkei.store.audit_with_write"
@@ -130,6 +130,21 @@ def _pg_insert(check_patient: bool, new_head: bool, audit: bool = False) -> str:
     return f"WITH {', '.join(parts)} SELECT count(*) FROM v"
 
 
+def _pg_insert_many() -> str:
+    """One PostgreSQL statement writing the first versions, heads and index entries of several new resources:
+    one array per column (every count shares one prepared statement), the index rows as one JSON document."""
+
+    def arrays(columns: Sequence[str]) -> str:
+        return ", ".join(f"%s::{_PG_TYPES[c]}[]" for c in columns)
+
+    record = ", ".join(f"{c} {_PG_TYPES[c]}" for c in INDEX_COLUMNS)
+    return (f"WITH v AS (INSERT INTO resource_versions ({', '.join(VERSION_COLUMNS)})"
+            f" SELECT * FROM unnest({arrays(VERSION_COLUMNS)})),"
+            f" h AS (INSERT INTO resources ({', '.join(HEAD_COLUMNS)}) SELECT * FROM unnest({arrays(HEAD_COLUMNS)}))"
+            f" INSERT INTO search_index ({', '.join(INDEX_COLUMNS)}) SELECT {', '.join(INDEX_COLUMNS)}"
+            f" FROM jsonb_to_recordset(%s::jsonb) AS x({record})")
+
+
 class Statements:
     """The hot statements for one database dialect."""
 
@@ -139,6 +154,7 @@ class Statements:
         self.insert_version = _insert_sql(d, "resource_versions", VERSION_COLUMNS)
         self.insert_head = _insert_sql(d, "resources", HEAD_COLUMNS)
         self.insert_index = _insert_sql(d, "search_index", INDEX_COLUMNS)
+        self.pg_insert_many = _pg_insert_many()
         # PostgreSQL writes a whole new version in one statement (see _pg_insert); keyed by (check, new head).
         self._pg_inserts = {(check, new, audit): _pg_insert(check, new, audit)
                             for check in (False, True) for new in (False, True) for audit in (False, True)}
@@ -225,6 +241,13 @@ class Statements:
                   None if r[6] is None else datetime.fromisoformat(r[6]), r[7], r[8], r[9], r[10])
                  for r in orjson.loads(rows[0][-1])]
         return [self._version(row) for row in rows], facts  # the facts column after the key is not read
+
+    def rows(self, db: Session, sql: str, parameters: Sequence[Any], *, flush: bool = True) -> list[tuple[Any, ...]]:
+        """The rows of a statement of another module's (written with ``dialect.mark`` placeholders), on the
+        session's connection without the ORM's compiling — for the few statements a hot path runs each time."""
+        with self._cursor(db, flush=flush) as cursor:
+            cursor.execute(sql, parameters)
+            return list(cursor.fetchall()) if cursor.description else []
 
     def patient(self, db: Session, patient_id: str) -> tuple[str, bool] | None:
         """(network id, deleted) of a Patient's head, or None."""
@@ -317,6 +340,23 @@ class Statements:
             if index:
                 cursor.executemany(self.insert_index, [self._values(entry, INDEX_COLUMNS) for entry in index])
         return True
+
+    def insert_new(self, db: Session, resources: Sequence[tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]]
+                   ) -> None:
+        """Several new resources' (version, head, index entries) at once — in one statement on PostgreSQL (what a
+        shared sheet's rules write beside it: services/share/sheets/rules.py). Their patient must exist."""
+        if not resources:
+            return
+        if self.dialect.sqlite:
+            for version, head, index in resources:
+                self.insert(db, version, head, index)
+            return
+        parameters: list[Any] = [list(c) for c in zip(*(self._values(v, VERSION_COLUMNS) for v, _, _ in resources),
+                                                      strict=True)]
+        parameters += [list(c) for c in zip(*(self._values(h, HEAD_COLUMNS) for _, h, _ in resources), strict=True)]
+        parameters.append(orjson.dumps([entry for _, _, index in resources for entry in index]).decode())
+        with self._cursor(db) as cursor:
+            cursor.execute(self.pg_insert_many, parameters)
 
     def _pg_insert_rows(self, db: Session, version: dict[str, Any], head: dict[str, Any] | None,
                         index: list[dict[str, Any]], patient: tuple[str, str] | None) -> bool:
