@@ -27,6 +27,7 @@ from services.share.access.decision import (
     Action,
     Basis,
     Decision,
+    Participant,
     PatientFacts,
     Request,
     decide,
@@ -99,6 +100,12 @@ class Gate:
             subject = principal.subject if principal.kind == "user" else None
             cache.update(many_patient_facts(db, principal.network, missing, _now(), subject))
         return cache
+
+    def team_read(self, db: Session, patient_id: str) -> tuple[Participant, ...] | None:
+        """The patient's care team as this session's decisions read it (None: no decision read it yet) — for
+        what the sheet rules ask of the team, without reading it twice."""
+        found: PatientFacts | None = db.info.get(FACTS_CACHE, {}).get(patient_id)
+        return found.team if found is not None else None
 
     def prime(self, db: Session, principal: Principal, patient_id: str, rows: list[tuple[Any, ...]]) -> None:
         """Facts of a patient read along with a page (Statements.timeline_with_facts): no query of their own."""

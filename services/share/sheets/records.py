@@ -8,12 +8,14 @@ scene rules ask, and the current (shared) sheets of the kinds a patient has one 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.orm import Session
 
-from services.share.store.statements import Statements, statements
+from services.share.store.statements import NewRows, Statements, statements
 
 SHARED = ("completed", "amended")
 _COLUMNS = ("resource_id", "network_id", "patient_id", "kind", "template", "status", "version",
@@ -91,18 +93,24 @@ def state(db: Session, resource_id: str) -> SheetState | None:
     return SheetState(**values)
 
 
-def write(db: Session, sheet: SheetState, new: bool) -> None:
+def write(db: Session, sheet: SheetState, new: bool, *, with_context: bool = False,
+          beside: Sequence[NewRows] = ()) -> PatientSheets | None:
+    """Write a sheet's row, and the new resources ``beside`` it (its Tasks); with ``with_context``, also read its
+    patient's ``context`` — on PostgreSQL all in one statement (the read sees the patient's other sheets as they
+    were before this write, which is what the rules compare with)."""
     found = statements(db)
+    sql = _sql(found)
     time_in = found.dialect.time_in
     if new:
-        values = [getattr(sheet, column) for column in _COLUMNS]
+        values: list[Any] = [getattr(sheet, column) for column in _COLUMNS]
         values[_COLUMNS.index("updated_at")] = time_in(sheet.updated_at)
         values[_COLUMNS.index("reviewed_at")] = time_in(sheet.reviewed_at)
-        found.rows(db, _sql(found).insert, values, flush=False)
-        return
-    found.rows(db, _sql(found).update, (sheet.kind, sheet.template, sheet.status, sheet.version,
-                                        time_in(sheet.updated_at), time_in(sheet.reviewed_at), sheet.review_task,
-                                        sheet.resource_id), flush=False)
+    else:
+        values = [sheet.kind, sheet.template, sheet.status, sheet.version, time_in(sheet.updated_at),
+                  time_in(sheet.reviewed_at), sheet.review_task, sheet.resource_id]
+    then = (sql.context, _context_parameters(sheet.network_id, sheet.patient_id)) if with_context else None
+    rows = found.insert_new(db, beside, also=(sql.insert if new else sql.update, values), then=then)
+    return _patient_sheets(found, sheet.network_id, sheet.patient_id, rows) if with_context else None
 
 
 def set_review_task(db: Session, resource_id: str, task_id: str) -> None:
@@ -117,8 +125,17 @@ def current(db: Session, network_id: str, patient_id: str, kind: str) -> SheetSt
 
 def context(db: Session, network_id: str, patient_id: str) -> PatientSheets:
     found = statements(db)
+    rows = found.rows(db, _sql(found).context, _context_parameters(network_id, patient_id))
+    return _patient_sheets(found, network_id, patient_id, rows)
+
+
+def _context_parameters(network_id: str, patient_id: str) -> tuple[Any, ...]:
+    return network_id, patient_id, True, network_id, patient_id
+
+
+def _patient_sheets(found: Statements, network_id: str, patient_id: str, rows: list[tuple[Any, ...]]
+                    ) -> PatientSheets:
     time_out = found.dialect.time_out
-    rows = found.rows(db, _sql(found).context, (network_id, patient_id, True, network_id, patient_id))
     sheets = PatientSheets()
     for row in rows:
         if row[0] == "m":

@@ -24,12 +24,12 @@ from services.share.access.layout import sheet_kind
 from services.share.sheets import records, scenes
 from services.share.sheets.lifecycle import DRAFTS, SHARED, SheetInvalid, check_transition, sheet_issue
 from services.share.sheets.models import SheetRecord, SheetTemplate
-from services.share.sheets.records import PatientSheets, SheetState
+from services.share.sheets.records import Member, PatientSheets, SheetState
 from services.share.sheets.registry import Template, TemplateInvalid, TemplateRegistry
 from services.share.sheets.validation import validate_response
 from services.share.sheets.vitals import VitalRanges, is_urgent, observations_from_note
 from services.share.store.models import ResourceHead
-from services.share.store.statements import statements
+from services.share.store.statements import NewRows, statements
 
 if TYPE_CHECKING:
     from services.share.store.service import Caller, ResourceStore, Stored
@@ -161,31 +161,30 @@ class SheetRules:
             return
         if change.template is None or not patient_id:
             return
-        record = self._record(db, caller, stored, body, patient_id, change)
         status = body.get("status")
         became_shared = status in SHARED and change.was not in SHARED
-        kind = record.kind
-        wants_context = (kind in ONE_CURRENT and became_shared) or (kind == "DischargeSheet" and became_shared) \
-            or (kind in scenes.SUMMARISED and status in SHARED and scenes.summarised_change(kind, change.previous,
-                                                                                             body))
-        if wants_context:
-            if kind in ONE_CURRENT and became_shared:
-                scenes.lock_patient(db, patient_id)  # before the patient's current sheets are read
-            sheets = records.context(db, caller.network_id, patient_id)  # one round trip for all that follows
-            if kind in ONE_CURRENT and became_shared:
-                self._only_current(sheets, record)
-            if kind == "DischargeSheet" and became_shared:
-                self._ask_acknowledgement(db, caller, stored, body, patient_id, sheets)
-            if kind in scenes.SUMMARISED and status in SHARED \
-                    and scenes.summarised_change(kind, change.previous, body):
-                self.raise_review(db, caller, patient_id, scenes.changed_reason(kind), sheets)
+        kind = sheet_kind(body) or change.template.name
+        summarised = kind in scenes.SUMMARISED and status in SHARED \
+            and scenes.summarised_change(kind, change.previous, body)
+        if kind in ONE_CURRENT and became_shared:
+            scenes.lock_patient(db, patient_id)  # before the patient's current sheets are read
+        tasks = self._acknowledgements(db, caller, stored, body, patient_id) \
+            if kind == "DischargeSheet" and became_shared else []
+        # The sheet's row, its Tasks and what the rules below read of its patient: one round trip.
+        record, sheets = self._record(db, caller, stored, body, patient_id, change,
+                                      with_context=(kind in ONE_CURRENT and became_shared) or summarised,
+                                      beside=self._store.prepare_created(db, scenes.server(caller), tasks))
+        if sheets is not None and kind in ONE_CURRENT and became_shared:
+            self._only_current(sheets, record)
+        if sheets is not None and summarised:
+            self.raise_review(db, caller, patient_id, scenes.changed_reason(kind), sheets)
         if kind == "EmergencySheet" and status == "amended" and record.review_task:
             self._close_review(db, caller, record)
         if kind == "DailyCareNote" and status in SHARED:
             self._record_vitals(db, caller, stored, body, change.template)
 
     def _record(self, db: Session, caller: Caller, stored: Stored, body: dict[str, Any], patient_id: str,
-                change: Change) -> SheetState:
+                change: Change, with_context: bool, beside: list[NewRows]) -> tuple[SheetState, PatientSheets | None]:
         assert change.template is not None
         record = change.before or SheetState(stored.resource_id, caller.network_id, patient_id, "", "", "", 0,
                                              caller.organization, stored.last_updated)
@@ -196,8 +195,8 @@ class SheetRules:
         record.updated_at = stored.last_updated
         if record.kind == "EmergencySheet":
             record.reviewed_at = scenes.reviewed_at(body) or stored.last_updated
-        records.write(db, record, new=change.before is None)
-        return record
+        return record, records.write(db, record, new=change.before is None, with_context=with_context,
+                                     beside=beside)
 
     @staticmethod
     def _only_current(sheets: PatientSheets, record: SheetState) -> None:
@@ -207,13 +206,16 @@ class SheetRules:
                            "amend it (PUT with status amended) instead of sharing a second one",
                            code="current_sheet_exists")
 
-    def _ask_acknowledgement(self, db: Session, caller: Caller, stored: Stored, body: dict[str, Any],
-                             patient_id: str, sheets: PatientSheets) -> None:
-        tasks = scenes.acknowledgement_tasks(sheets, stored.resource_id, patient_id, body, caller.organization)
+    def _acknowledgements(self, db: Session, caller: Caller, stored: Stored, body: dict[str, Any],
+                          patient_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+        """The Tasks asking the care manager and the primary physician to acknowledge a shared discharge sheet."""
+        team = self._store.gate.team_read(db, patient_id) if self._store.gate is not None else None
+        members = [Member(p.kind, p.member, p.role, p.start, p.end) for p in team if p.approved] \
+            if team is not None else records.context(db, caller.network_id, patient_id).members
+        tasks = scenes.acknowledgement_tasks(members, stored.resource_id, patient_id, body, caller.organization)
         # A new sheet's tasks are new (their ids derive from its id); a draft shared later is checked.
-        new = [("Task", task_id, task) for task_id, task in tasks
-               if stored.version == 1 or db.get(ResourceHead, ("Task", task_id)) is None]
-        self._store.create_new(db, scenes.server(caller), new)  # together: one round trip
+        return [("Task", task_id, task) for task_id, task in tasks
+                if stored.version == 1 or db.get(ResourceHead, ("Task", task_id)) is None]
 
     def raise_review(self, db: Session, caller: Caller, patient_id: str, reason: str,
                      sheets: PatientSheets | None = None) -> str | None:
@@ -224,7 +226,7 @@ class SheetRules:
             return None
         task_id = scenes.derived_id(record.resource_id, "review", str(record.version), reason[:40])
         if db.get(ResourceHead, ("Task", task_id)) is None:
-            task = scenes.review_task(sheets, record.resource_id, patient_id, reason, caller.organization)
+            task = scenes.review_task(sheets.members, record.resource_id, patient_id, reason, caller.organization)
             self._store.create(db, scenes.server(caller), "Task", task, resource_id=task_id)
         records.set_review_task(db, record.resource_id, task_id)
         record.review_task = task_id

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.share.sheets import answers
-from services.share.sheets.records import PatientSheets, SheetState
+from services.share.sheets.records import Member, SheetState
 from services.share.store.models import ResourceHead
 
 TASK_CODE = "urn:renkei:codesystem:task-code"
@@ -42,10 +42,10 @@ def derived_id(*parts: str) -> str:
     return uuid.uuid5(_IDS, "\x00".join(parts)).hex
 
 
-def members_in(sheets: PatientSheets, roles: tuple[str, ...]) -> list[dict[str, str]]:
+def members_in(members: list[Member], roles: tuple[str, ...]) -> list[dict[str, str]]:
     """References to the patient's current team participants in ``roles``, in the order of ``roles``."""
     now = datetime.now(UTC)
-    current = [m for m in sheets.members if (m.start is None or m.start <= now) and (m.end is None or now < m.end)]
+    current = [m for m in members if (m.start is None or m.start <= now) and (m.end is None or now < m.end)]
     found: list[dict[str, str]] = []
     for role in roles:
         for member in current:
@@ -74,12 +74,12 @@ def task(code: str, display: str, text: str, sheet_id: str, patient_id: str, own
     return body
 
 
-def acknowledgement_tasks(sheets: PatientSheets, sheet_id: str, patient_id: str, sheet: dict[str, Any],
+def acknowledgement_tasks(members: list[Member], sheet_id: str, patient_id: str, sheet: dict[str, Any],
                           requester: str) -> list[tuple[str, dict[str, Any]]]:
     """(id, Task) for each care manager and home physician asked to acknowledge a shared discharge sheet."""
     due = answers.first(sheet, "discharge.basic.discharge-date")
     found = []
-    for owner in members_in(sheets, ACKNOWLEDGERS):
+    for owner in members_in(members, ACKNOWLEDGERS):
         body = task("acknowledge", "受領確認", "退院時情報共有シートを確認してください / Please acknowledge the "
                     "discharge information sheet", sheet_id, patient_id, owner, requester,
                     due if isinstance(due, str) else None)
@@ -87,8 +87,9 @@ def acknowledgement_tasks(sheets: PatientSheets, sheet_id: str, patient_id: str,
     return found
 
 
-def review_task(sheets: PatientSheets, sheet_id: str, patient_id: str, reason: str, requester: str) -> dict[str, Any]:
-    owners = members_in(sheets, REVIEWERS)
+def review_task(members: list[Member], sheet_id: str, patient_id: str, reason: str, requester: str
+                ) -> dict[str, Any]:
+    owners = members_in(members, REVIEWERS)
     return task("review", "急変時情報の見直し", reason, sheet_id, patient_id, owners[0] if owners else None, requester)
 
 

@@ -31,7 +31,7 @@ from services.share.crypto.envelope import TamperedCiphertext, open_sealed, reso
 from services.share.store.audit_records import store_audit_event
 from services.share.store.indexing import Indexer
 from services.share.store.models import ResourceHead, ResourceVersion, SearchEntry
-from services.share.store.statements import VersionRow, statements
+from services.share.store.statements import NewRows, VersionRow, statements
 from services.share.store.types import COMPARTMENT_ELEMENT, compartment_patient
 
 if TYPE_CHECKING:
@@ -151,17 +151,18 @@ class ResourceStore:
             self.create(db, replace(caller, principal=None), "CareTeam", team)
         return stored
 
-    def create_new(self, db: Session, caller: Caller, resources: list[tuple[str, str, dict[str, Any]]]) -> None:
-        """New resources the server writes beside another (the Tasks a shared sheet asks for: sheets/rules.py):
-        (type, id, body) each, of a patient that exists, none of them decided on or projected — written together,
-        in one statement on PostgreSQL."""
+    def prepare_created(self, db: Session, caller: Caller, resources: list[tuple[str, str, dict[str, Any]]]
+                        ) -> list[NewRows]:
+        """The rows of new resources the server writes beside another (the Tasks a shared sheet asks for:
+        sheets/rules.py), for ``Statements.insert_new`` to write together: (type, id, body) each, of a patient that
+        exists, none of them decided on or projected."""
         assert caller.principal is None and not any(t in PROJECTED or t == "Patient" for t, _, _ in resources)
         prepared = []
         for resource_type, resource_id, body in resources:
             patient_id = self._compartment(db, caller, resource_type, resource_id, body, verify=False)
             _, rows = self._rows(db, caller, resource_type, resource_id, 1, patient_id, body, "POST")
             prepared.append((rows.version, rows.head, rows.index))
-        statements(db).insert_new(db, prepared)
+        return prepared
 
     def update(
         self,

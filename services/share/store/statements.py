@@ -82,6 +82,8 @@ def _insert_sql(dialect: Dialect, table: str, columns: Sequence[str]) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({dialect.placeholders(len(columns))})"
 
 
+# A new resource's rows: its first version, its head, its index entries (Statements.insert_new).
+NewRows = tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]
 _VERSION_SELECT = ", ".join(f"v.{c}" for c in VERSION_COLUMNS)
 _KEY_SELECT = "k.id, k.network_id, k.patient_id, k.kek_version, k.wrapped, k.destroyed_at"
 _PG_TYPES = {
@@ -131,18 +133,19 @@ def _pg_insert(check_patient: bool, new_head: bool, audit: bool = False) -> str:
 
 
 def _pg_insert_many() -> str:
-    """One PostgreSQL statement writing the first versions, heads and index entries of several new resources:
-    one array per column (every count shares one prepared statement), the index rows as one JSON document."""
+    """The common table expressions writing the first versions, heads and index entries of several new resources
+    in one PostgreSQL statement: one array per column (every count shares one prepared statement), the index rows
+    as one JSON document."""
 
     def arrays(columns: Sequence[str]) -> str:
         return ", ".join(f"%s::{_PG_TYPES[c]}[]" for c in columns)
 
     record = ", ".join(f"{c} {_PG_TYPES[c]}" for c in INDEX_COLUMNS)
-    return (f"WITH v AS (INSERT INTO resource_versions ({', '.join(VERSION_COLUMNS)})"
+    return (f"v AS (INSERT INTO resource_versions ({', '.join(VERSION_COLUMNS)})"
             f" SELECT * FROM unnest({arrays(VERSION_COLUMNS)})),"
-            f" h AS (INSERT INTO resources ({', '.join(HEAD_COLUMNS)}) SELECT * FROM unnest({arrays(HEAD_COLUMNS)}))"
-            f" INSERT INTO search_index ({', '.join(INDEX_COLUMNS)}) SELECT {', '.join(INDEX_COLUMNS)}"
-            f" FROM jsonb_to_recordset(%s::jsonb) AS x({record})")
+            f" h AS (INSERT INTO resources ({', '.join(HEAD_COLUMNS)}) SELECT * FROM unnest({arrays(HEAD_COLUMNS)})),"
+            f" i AS (INSERT INTO search_index ({', '.join(INDEX_COLUMNS)}) SELECT {', '.join(INDEX_COLUMNS)}"
+            f" FROM jsonb_to_recordset(%s::jsonb) AS x({record}))")
 
 
 class Statements:
@@ -341,22 +344,38 @@ class Statements:
                 cursor.executemany(self.insert_index, [self._values(entry, INDEX_COLUMNS) for entry in index])
         return True
 
-    def insert_new(self, db: Session, resources: Sequence[tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]]
-                   ) -> None:
-        """Several new resources' (version, head, index entries) at once — in one statement on PostgreSQL (what a
-        shared sheet's rules write beside it: services/share/sheets/rules.py). Their patient must exist."""
-        if not resources:
-            return
+    def insert_new(self, db: Session, resources: Sequence[NewRows], *, also: tuple[str, Sequence[Any]] | None = None,
+                   then: tuple[str, Sequence[Any]] | None = None) -> list[tuple[Any, ...]]:
+        """Several new resources' (version, head, index entries) at once, a statement ``also`` to run with them (a
+        write) and a query ``then`` whose rows are answered — on PostgreSQL all in one statement (what a shared
+        sheet's rules write beside it: services/share/sheets/rules.py). The resources' patient must exist."""
         if self.dialect.sqlite:
             for version, head, index in resources:
                 self.insert(db, version, head, index)
-            return
-        parameters: list[Any] = [list(c) for c in zip(*(self._values(v, VERSION_COLUMNS) for v, _, _ in resources),
-                                                      strict=True)]
-        parameters += [list(c) for c in zip(*(self._values(h, HEAD_COLUMNS) for _, h, _ in resources), strict=True)]
-        parameters.append(orjson.dumps([entry for _, _, index in resources for entry in index]).decode())
+            if also is not None:
+                self.rows(db, *also, flush=False)
+            return self.rows(db, *then, flush=False) if then is not None else []
+        ctes: list[str] = []
+        parameters: list[Any] = []
+        if resources:
+            ctes.append(self.pg_insert_many)
+            parameters += [list(c) for c in zip(*(self._values(v, VERSION_COLUMNS) for v, _, _ in resources),
+                                                strict=True)]
+            parameters += [list(c) for c in zip(*(self._values(h, HEAD_COLUMNS) for _, h, _ in resources),
+                                                strict=True)]
+            parameters.append(orjson.dumps([entry for _, _, index in resources for entry in index]).decode())
+        if also is not None:
+            ctes.append(f"also AS ({also[0]})")
+            parameters += also[1]
+        query = "SELECT 1"
+        if then is not None:
+            query = then[0]
+            parameters += then[1]
+        if not ctes and then is None:
+            return []
         with self._cursor(db) as cursor:
-            cursor.execute(self.pg_insert_many, parameters)
+            cursor.execute(f"WITH {', '.join(ctes)} {query}" if ctes else query, parameters)
+            return list(cursor.fetchall()) if then is not None else []
 
     def _pg_insert_rows(self, db: Session, version: dict[str, Any], head: dict[str, Any] | None,
                         index: list[dict[str, Any]], patient: tuple[str, str] | None) -> bool:
