@@ -19,10 +19,10 @@ from services.share.access.layout import marker
 from services.share.sheets.documents import (
     JP_CLINS_SECTION,
     SHEET_SECTION,
-    discharge_draft,
     emergency_summary,
     sheet_document,
 )
+from services.share.sheets.inbound import discharge_draft
 from services.share.sheets.validation import validate_response
 from services.share.store.types import binding_errors
 

@@ -14,11 +14,9 @@ from hypothesis import strategies as st
 
 from services.kit.settings import REPO_ROOT
 from services.share.sheets.validation import validate_response
+from services.share.sheets.vital_ranges import DEFAULT_RANGES, VitalRanges, VitalRangesError
 from services.share.sheets.vitals import (
-    DEFAULT_RANGES,
     Finding,
-    VitalRanges,
-    VitalRangesError,
     is_urgent,
     observations_from_note,
     urgent_findings,

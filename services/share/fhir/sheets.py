@@ -36,7 +36,7 @@ from services.share.fhir.negotiation import bounded_body
 from services.share.fhir.resources import caller_of, checked_id, in_transaction, resource_response
 from services.share.fhir.responses import FhirResponse
 from services.share.security.deps import Context, CurrentPrincipal
-from services.share.sheets import diff, documents, records, scenes
+from services.share.sheets import diff, documents, inbound, records, scenes
 from services.share.sheets.lifecycle import SHARED
 from services.share.sheets.registry import Template
 from services.share.sheets.rules import SheetRules
@@ -171,7 +171,7 @@ async def discharge_draft(bundle_id: str, ctx: Context, principal: CurrentPrinci
         # The document is in its patient's compartment (store/types.py): its Composition names one of ours.
         subject = reference_target(((document.get("entry") or [{}])[0].get("resource") or {}).get("subject"))
         try:
-            draft = documents.discharge_draft(document, patient_reference=f"Patient/{subject[1] if subject else ''}")
+            draft = inbound.discharge_draft(document, patient_reference=f"Patient/{subject[1] if subject else ''}")
         except ValueError as error:
             raise Unprocessable(str(error), code="not_a_discharge_summary") from None
         return resource_response(ctx, ctx.store.create(db, caller, SHEET, draft), 201)

@@ -1,5 +1,6 @@
-"""Reading answers out of a sheet by linkId — for the scene rules, which need a date or a section, never the
-whole sheet as a model."""
+"""Reading a sheet's JSON by linkId — for the validator, the scene rules, documents and vitals, which each need a
+date, a section or the answers of one question, never the whole sheet as a model. Anything malformed counts as
+absent rather than raising: what these read was validated, or is being."""
 
 from __future__ import annotations
 
@@ -7,42 +8,47 @@ from collections.abc import Iterator
 from typing import Any
 
 
-def items(body: Any) -> Iterator[dict[str, Any]]:
-    """Every item of a sheet, at any depth (under groups and under answers)."""
-    for item in body.get("item") or [] if isinstance(body, dict) else []:
-        if not isinstance(item, dict):
-            continue
+def dicts(value: Any) -> list[dict[str, Any]]:
+    """The JSON objects of a list field."""
+    return [entry for entry in value if isinstance(entry, dict)] if isinstance(value, list) else []
+
+
+def walk(item_list: Any) -> Iterator[dict[str, Any]]:
+    """Every item of an item list, at any depth (under groups and under answers), parents first."""
+    for item in dicts(item_list):
         yield item
-        yield from items(item)
-        for answer in item.get("answer") or []:
-            yield from items(answer)
+        yield from below(item)
 
 
-def values(body: Any, link_id: str) -> list[Any]:
-    """The answer values (valueX) of every item with this linkId."""
+def below(node: Any) -> Iterator[dict[str, Any]]:
+    """Every item under a sheet or an item: its items and its answers' items, at any depth."""
+    if not isinstance(node, dict):
+        return
+    yield from walk(node.get("item"))
+    for answer in dicts(node.get("answer")):
+        yield from walk(answer.get("item"))
+
+
+def values(node: Any, link_id: str) -> list[Any]:
+    """The answer values (valueX) of every item with this linkId under ``node`` (a sheet or an item)."""
     found = []
-    for item in items(body):
-        if item.get("linkId") != link_id:
-            continue
-        for answer in item.get("answer") or []:
-            if isinstance(answer, dict):
+    for item in below(node):
+        if item.get("linkId") == link_id:
+            for answer in dicts(item.get("answer")):
                 found += [value for key, value in answer.items() if key.startswith("value")]
     return found
 
 
-def first(body: Any, link_id: str) -> Any:
-    found = values(body, link_id)
+def first(node: Any, link_id: str) -> Any:
+    found = values(node, link_id)
     return found[0] if found else None
 
 
 def section(body: Any, link_id: str) -> Any:
     """A top-level section as sent (None if absent): to tell whether it changed between two versions."""
-    for item in body.get("item") or [] if isinstance(body, dict) else []:
-        if isinstance(item, dict) and item.get("linkId") == link_id:
-            return item
-    return None
+    return next((item for item in dicts(body.get("item") if isinstance(body, dict) else None)
+                 if item.get("linkId") == link_id), None)
 
 
 def has_answers(item: Any) -> bool:
-    return isinstance(item, dict) and any(values({"item": [item]}, str(child.get("linkId")))
-                                          for child in items({"item": [item]}))
+    return any(item.get("answer") for item in below(item)) if isinstance(item, dict) else False

@@ -1,4 +1,4 @@
-"""FHIR documents made from sheets, and a discharge-sheet draft made from a hospital's document.
+"""FHIR documents made from sheets (a discharge-sheet draft made from a hospital's document: inbound.py).
 
 A sheet (a QuestionnaireResponse) is the record professionals fill in; a hospital, an ambulance crew or a
 break-the-glass reader needs something they can read and file without knowing our templates: a FHIR document
@@ -19,14 +19,15 @@ from __future__ import annotations
 import html
 import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from html.parser import HTMLParser
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
 
 from services.kit.codes import SHEET_KIND, WITHHELD_EXTENSION
 from services.share.access.layout import sheet_kind
+from services.share.sheets import answers
+from services.share.sheets.answers import dicts
 
 Json = dict[str, Any]
 Resolve = Callable[[Any], "Json | None"]  # a Reference → the Bundle entry's resource it points at
@@ -97,7 +98,7 @@ def sheet_document(
     extracted = _discharge_resources(sheet, seed, subject) if kind == "DischargeSheet" else {}
     sections = [
         _sheet_section(group, sheet, kind, [sheet_url, *extracted.get(str(group.get("linkId")), {})])
-        for group in _dicts(template.get("item"))
+        for group in dicts(template.get("item"))
     ]
     composition = {
         **_composition_head(seed, version, _status(sheet), _document_type(kind, template), subject),
@@ -127,7 +128,7 @@ def _sheet_section(group: Json, sheet: Json, kind: str, sources: list[str]) -> J
     link_id = str(group.get("linkId"))
     title = str(group.get("text") or link_id)
     code = _discharge_code(link_id, title) if kind == "DischargeSheet" else _sheet_section_code(link_id, title)
-    found = [item for item in _dicts(sheet.get("item")) if item.get("linkId") == link_id]
+    found = [item for item in dicts(sheet.get("item")) if item.get("linkId") == link_id]
     if any(_is_withheld(item) for item in found):
         return _empty_section(title, code, "withheld")
     body = "".join(_render_items(item.get("item"), group.get("item")) for item in found)
@@ -175,7 +176,7 @@ Extracted = dict[str, dict[str, Json]]  # top-level linkId → {fullUrl: resourc
 def _discharge_resources(sheet: Json, seed: tuple[str, int], subject: Json) -> Extracted:
     """An Encounter for the stay, a Condition per diagnosis and a MedicationStatement per discharge prescription —
     each only from the sections the reader can see (a withheld marker has no items to read)."""
-    groups = {str(item.get("linkId")): item for item in _dicts(sheet.get("item")) if not _is_withheld(item)}
+    groups = {str(item.get("linkId")): item for item in dicts(sheet.get("item")) if not _is_withheld(item)}
     found: Extracted = {}
     basic = groups.get("discharge.basic")
     if basic is not None and (encounter := _encounter(basic, subject, sheet)) is not None:
@@ -183,7 +184,7 @@ def _discharge_resources(sheet: Json, seed: tuple[str, int], subject: Json) -> E
     if (medical := groups.get("discharge.medical")) is not None:
         found["discharge.medical"] = _keyed(seed, "condition", list(_conditions(medical, subject)))
     if (medication := groups.get("discharge.medication")) is not None:
-        lines = _values(medication, "discharge.medication.prescribed")
+        lines = answers.values(medication, "discharge.medication.prescribed")
         found["discharge.medication"] = _keyed(seed, "medication", [_medication(line, subject) for line in lines])
     return {link_id: resources for link_id, resources in found.items() if resources}
 
@@ -208,10 +209,10 @@ def _stay(extracted: Extracted) -> tuple[str, Json] | None:
 
 
 def _encounter(basic: Json, subject: Json, sheet: Json) -> Json | None:
-    admitted = _first(basic, "discharge.basic.admission-date")
+    admitted = answers.first(basic, "discharge.basic.admission-date")
     if not isinstance(admitted, str):
         return None
-    discharged = _first(basic, "discharge.basic.discharge-date")
+    discharged = answers.first(basic, "discharge.basic.discharge-date")
     period = {"start": admitted, **({"end": discharged} if isinstance(discharged, str) else {})}
     # A planned discharge date after the sheet was written means the stay is still going on.
     authored = str(sheet.get("authored") or "")[:10]
@@ -224,21 +225,21 @@ def _encounter(basic: Json, subject: Json, sheet: Json) -> Json | None:
         "subject": subject,
         "period": period,
     }
-    if isinstance(hospital := _first(basic, "discharge.basic.hospital"), str):
+    if isinstance(hospital := answers.first(basic, "discharge.basic.hospital"), str):
         encounter["serviceProvider"] = {"display": hospital}
     return encounter
 
 
 def _conditions(medical: Json, subject: Json) -> Iterator[Json]:
-    for diagnosis in _items_named(medical, "discharge.medical.diagnosis"):
-        name = _first(diagnosis, "discharge.medical.diagnosis.name")
+    for diagnosis in (i for i in answers.below(medical) if i.get("linkId") == "discharge.medical.diagnosis"):
+        name = answers.first(diagnosis, "discharge.medical.diagnosis.name")
         if not isinstance(name, str):
             continue
         condition: Json = {"resourceType": "Condition", "code": {"text": name}, "subject": subject}
-        if _first(diagnosis, "discharge.medical.diagnosis.under-treatment") is True:
+        if answers.first(diagnosis, "discharge.medical.diagnosis.under-treatment") is True:
             condition["clinicalStatus"] = {"coding": [{
                 "system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]}
-        if isinstance(onset := _first(diagnosis, "discharge.medical.diagnosis.onset"), str):
+        if isinstance(onset := answers.first(diagnosis, "discharge.medical.diagnosis.onset"), str):
             condition["onsetDateTime"] = onset
         yield condition
 
@@ -347,17 +348,17 @@ def _summary_section(
 
 def _parts_section(title: str, code: Json, parts: list[Part], sheet: Json, template: Json, sources: list[str]) -> Json:
     """A section drawn from some top-level groups (or some children of them) of one sheet."""
-    groups = {str(node.get("linkId")): node for node in _dicts(template.get("item"))}
+    groups = {str(node.get("linkId")): node for node in dicts(template.get("item"))}
     bodies: list[str] = []
     notes: list[str] = []  # one line per withheld part, so a reader knows something is there
     for link_id, only in parts:
         group = groups.get(link_id, {"linkId": link_id})
-        found = [item for item in _dicts(sheet.get("item")) if item.get("linkId") == link_id]
+        found = [item for item in dicts(sheet.get("item")) if item.get("linkId") == link_id]
         if any(_is_withheld(item) for item in found):
             notes.append(f"<li>{_escape(_part_label(group, only))}: {_WITHHELD_NOTE}</li>")
             continue
-        nodes = [n for n in _dicts(group.get("item")) if only is None or n.get("linkId") in only]
-        children = [child for item in found for child in _dicts(item.get("item"))
+        nodes = [n for n in dicts(group.get("item")) if only is None or n.get("linkId") in only]
+        children = [child for item in found for child in dicts(item.get("item"))
                     if only is None or child.get("linkId") in only]
         body = _render_items(children, nodes)
         if body and len(parts) > 1 and only is None:
@@ -372,213 +373,13 @@ def _parts_section(title: str, code: Json, parts: list[Part], sheet: Json, templ
 
 def _part_label(group: Json, only: tuple[str, ...] | None) -> str:
     if only is not None:
-        child = next((n for n in _dicts(group.get("item")) if n.get("linkId") == only[0]), None)
+        child = next((n for n in dicts(group.get("item")) if n.get("linkId") == only[0]), None)
         if child is not None:
             return str(child.get("text") or only[0])
     return str(group.get("text") or group.get("linkId"))
 
 
 # --- discharge_draft ------------------------------------------------------------------------------------------
-
-
-def discharge_draft(document: Json, *, patient_reference: str, questionnaire: str = DISCHARGE_SHEET) -> Json:
-    """An ``in-progress`` discharge sheet prefilled from an inbound JP-CLINS discharge summary document.
-
-    Only what maps cleanly is taken — dates, hospital, cause and diagnoses, the course as plain text, discharge
-    prescriptions as lines — so a professional completes the rest instead of correcting guesses.
-    """
-    composition = _discharge_composition(document)
-    resources = _resolver(document)
-    sections = list(_all_sections(composition.get("section")))
-    encounter = resources(composition.get("encounter"))
-    period = next((e["period"] for e in _dicts(composition.get("event")) if isinstance(e.get("period"), dict)),
-                  (encounter or {}).get("period") or {})
-    basic = [
-        _question("discharge.basic.hospital", "valueString", _hospital(composition, encounter, resources)),
-        _question("discharge.basic.admission-date", "valueDate", _date(period.get("start"))),
-        _question("discharge.basic.discharge-date", "valueDate", _date(period.get("end"))),
-    ]
-    diagnoses = _section_conditions(sections, resources, ("344", "342"))
-    cause = _section_text(sections, "312") or (diagnoses[0][0] if diagnoses else None)
-    medical = [
-        _question("discharge.medical.cause", "valueString", _one_line(cause)),
-        *(_diagnosis_group(name, onset) for name, onset in diagnoses),
-        _question("discharge.medical.course", "valueString", _section_text(sections, "333")),
-    ]
-    prescriptions = [_prescription_line(r) for r in _section_resources(sections, resources, ("444",))]
-    medication = [_question("discharge.medication.prescribed", "valueString", *filter(None, prescriptions))]
-    groups = [("discharge.basic", basic), ("discharge.medical", medical), ("discharge.medication", medication)]
-    return {
-        "resourceType": "QuestionnaireResponse",
-        "questionnaire": questionnaire,
-        "status": "in-progress",
-        "subject": {"reference": patient_reference},
-        "item": [{"linkId": link_id, "item": kept} for link_id, items in groups if (kept := _present(items))],
-    }
-
-
-def _discharge_composition(document: Json) -> Json:
-    if not isinstance(document, dict) or document.get("resourceType") != "Bundle" or document.get("type") != "document":
-        raise ValueError("a discharge draft needs a FHIR document Bundle (resourceType Bundle, type document)")
-    entries = _dicts(document.get("entry"))
-    first = entries[0].get("resource") if entries else None
-    if not isinstance(first, dict) or first.get("resourceType") != "Composition":
-        raise ValueError("the document's first entry must be its Composition")
-    codes = {coding.get("code") for coding in _dicts((first.get("type") or {}).get("coding"))}
-    if DISCHARGE_SUMMARY not in codes:
-        raise ValueError(f"the Composition is not a discharge summary (type {sorted(map(str, codes))}, "
-                         f"expected LOINC {DISCHARGE_SUMMARY})")
-    return first
-
-
-def _resolver(document: Json) -> Resolve:
-    """Looks up a Reference among the Bundle's entries, by fullUrl or by ``Type/id``."""
-    index: dict[str, Json] = {}
-    for entry in _dicts(document.get("entry")):
-        resource = entry.get("resource")
-        if not isinstance(resource, dict):
-            continue
-        if isinstance(entry.get("fullUrl"), str):
-            index[entry["fullUrl"]] = resource
-        if resource.get("id"):
-            index[f"{resource.get('resourceType')}/{resource['id']}"] = resource
-
-    def resolve(reference: Any) -> Json | None:
-        target = reference.get("reference") if isinstance(reference, dict) else None
-        if not isinstance(target, str):
-            return None
-        return index.get(target) or index.get("/".join(target.split("/")[-2:]))
-
-    return resolve
-
-
-def _all_sections(sections: Any) -> Iterator[Json]:
-    """Every section, nested ones too: JP-CLINS puts the structured sections under a 300 section."""
-    for section in _dicts(sections):
-        yield section
-        yield from _all_sections(section.get("section"))
-
-
-def _section_codes(section: Json) -> set[str]:
-    codings = _dicts((section.get("code") or {}).get("coding"))
-    systems = (JP_CLINS_SECTION, JP_DISCHARGE_SUMMARY_SECTION)
-    return {str(coding.get("code")) for coding in codings if coding.get("system") in systems}
-
-
-def _sections_with(sections: list[Json], codes: Iterable[str]) -> list[Json]:
-    wanted = set(codes)
-    return [section for section in sections if _section_codes(section) & wanted]
-
-
-def _section_text(sections: list[Json], code: str) -> str | None:
-    texts = [_plain_text(str((s.get("text") or {}).get("div") or "")) for s in _sections_with(sections, (code,))]
-    joined = "\n".join(text for text in texts if text)
-    return joined or None
-
-
-def _section_resources(sections: list[Json], resolve: Resolve, codes: tuple[str, ...]) -> list[Json]:
-    """The resources the first section (in ``codes`` order of preference) with entries refers to."""
-    for code in codes:
-        found = [r for s in _sections_with(sections, (code,)) for e in _dicts(s.get("entry")) if (r := resolve(e))]
-        if found:
-            return found
-    return []
-
-
-def _section_conditions(sections: list[Json], resolve: Resolve, codes: tuple[str, ...]) -> list[tuple[str, str | None]]:
-    conditions = [r for r in _section_resources(sections, resolve, codes) if r.get("resourceType") == "Condition"]
-    found = []
-    for condition in conditions:
-        name = _concept_text(condition.get("code"))
-        if name:
-            found.append((name, _date(condition.get("onsetDateTime"))))
-    return found
-
-
-def _hospital(composition: Json, encounter: Json | None, resolve: Resolve) -> str | None:
-    """The discharging hospital: the stay's service provider, else the document's custodian or author Organization."""
-    provider = (encounter or {}).get("serviceProvider")
-    for reference in (provider, composition.get("custodian"), *_dicts(composition.get("author"))):
-        organization = resolve(reference)
-        if organization is not None and organization.get("resourceType") == "Organization" and organization.get("name"):
-            return str(organization["name"])
-    if isinstance(provider, dict) and provider.get("display"):
-        return str(provider["display"])
-    return None
-
-
-def _prescription_line(resource: Json) -> str | None:
-    if resource.get("resourceType") not in ("MedicationRequest", "MedicationStatement"):
-        return None
-    name = _concept_text(resource.get("medicationCodeableConcept"))
-    if not name:
-        return None
-    dosages = _dicts(resource.get("dosageInstruction") or resource.get("dosage"))
-    instructions = [str(d["text"]).strip() for d in dosages if isinstance(d.get("text"), str) and d["text"].strip()]
-    return " ".join([name, *instructions])
-
-
-def _diagnosis_group(name: str, onset: str | None) -> Json:
-    items = [_question("discharge.medical.diagnosis.name", "valueString", name),
-             _question("discharge.medical.diagnosis.onset", "valueDate", onset)]
-    return {"linkId": "discharge.medical.diagnosis", "item": _present(items)}
-
-
-def _question(link_id: str, value_type: str, *values: Any) -> Json | None:
-    answers = [{value_type: value} for value in values if value]
-    return {"linkId": link_id, "answer": answers} if answers else None
-
-
-def _present(items: list[Json | None]) -> list[Json]:
-    return [item for item in items if item is not None]
-
-
-def _date(value: Any) -> str | None:
-    """The date part of a date or dateTime (a discharge sheet asks for dates)."""
-    if not isinstance(value, str):
-        return None
-    return value[:10] if re.fullmatch(r"\d{4}(-\d{2}(-\d{2})?)?", value[:10]) else None
-
-
-def _one_line(text: str | None) -> str | None:
-    return " ".join(text.split()) if text else None
-
-
-def _concept_text(concept: Any) -> str | None:
-    if not isinstance(concept, dict):
-        return None
-    if isinstance(concept.get("text"), str) and concept["text"].strip():
-        return str(concept["text"]).strip()
-    return next((str(c["display"]) for c in _dicts(concept.get("coding")) if c.get("display")), None)
-
-
-class _TextOnly(HTMLParser):
-    """The text of an XHTML narrative, a line per block element."""
-
-    BLOCKS = frozenset({"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol"})
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.pieces: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self.BLOCKS:
-            self.pieces.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self.BLOCKS:
-            self.pieces.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        self.pieces.append(data)
-
-
-def _plain_text(div: str) -> str:
-    parser = _TextOnly()
-    parser.feed(div)
-    parser.close()
-    lines = (" ".join(line.split()) for line in "".join(parser.pieces).splitlines())
-    return "\n".join(line for line in lines if line)
 
 
 # --- shared pieces --------------------------------------------------------------------------------------------
@@ -665,8 +466,8 @@ def _narrative(body: str) -> Json:
 def _render_items(items: Any, nodes: Any) -> str:
     """A list of answered items with their template's Japanese labels; items the template lacks are left out,
     since a label is all that tells a reader what an answer means."""
-    by_id = {node.get("linkId"): node for node in _dicts(nodes)}
-    rendered = [_render_item(item, by_id[item.get("linkId")]) for item in _dicts(items) if item.get("linkId") in by_id]
+    by_id = {node.get("linkId"): node for node in dicts(nodes)}
+    rendered = [_render_item(item, by_id[item.get("linkId")]) for item in dicts(items) if item.get("linkId") in by_id]
     shown = "".join(piece for piece in rendered if piece)
     return f"<ul>{shown}</ul>" if shown else ""
 
@@ -676,7 +477,7 @@ def _render_item(item: Json, node: Json) -> str:
     if node.get("type") == "group":
         inner = _render_items(item.get("item"), node.get("item"))
         return f"<li>{label}{inner}</li>" if inner else ""
-    answers = _dicts(item.get("answer"))
+    answers = dicts(item.get("answer"))
     shown = [text for answer in answers if (text := _answer_text(answer, node))]
     if not shown:
         return ""
@@ -706,7 +507,7 @@ def _answer_text(answer: Json, node: Json) -> str:
 def _coding_display(coding: Json, node: Json) -> str:
     if coding.get("display"):
         return str(coding["display"])
-    for option in _dicts(node.get("answerOption")):
+    for option in dicts(node.get("answerOption")):
         known = option.get("valueCoding") or {}
         if (known.get("system"), known.get("code")) == (coding.get("system"), coding.get("code")):
             return str(known.get("display") or coding.get("code"))
@@ -720,29 +521,3 @@ def _escape(text: str) -> str:
 
 def _is_withheld(item: Json) -> bool:
     return any(isinstance(e, dict) and e.get("url") == WITHHELD_EXTENSION for e in item.get("extension") or [])
-
-
-def _items_named(item: Json, link_id: str) -> Iterator[Json]:
-    """Every item with ``link_id`` below ``item`` (repetitions of a group each yield one)."""
-    for child in _dicts(item.get("item")):
-        if child.get("linkId") == link_id:
-            yield child
-        yield from _items_named(child, link_id)
-    for answer in _dicts(item.get("answer")):
-        yield from _items_named(answer, link_id)
-
-
-def _values(item: Json, link_id: str) -> list[Any]:
-    values = []
-    for found in _items_named(item, link_id):
-        for answer in _dicts(found.get("answer")):
-            values += [v for k, v in answer.items() if k.startswith("value")]
-    return values
-
-
-def _first(item: Json, link_id: str) -> Any:
-    return next(iter(_values(item, link_id)), None)
-
-
-def _dicts(value: Any) -> list[Json]:
-    return [entry for entry in value if isinstance(entry, dict)] if isinstance(value, list) else []

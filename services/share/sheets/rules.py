@@ -27,7 +27,8 @@ from services.share.sheets.models import SheetRecord, SheetTemplate
 from services.share.sheets.records import Member, PatientSheets, SheetState
 from services.share.sheets.registry import Template, TemplateInvalid, TemplateRegistry
 from services.share.sheets.validation import validate_response
-from services.share.sheets.vitals import VitalRanges, is_urgent, observations_from_note
+from services.share.sheets.vital_ranges import VitalRanges
+from services.share.sheets.vitals import is_urgent, observations_from_note
 from services.share.store.models import ResourceHead
 from services.share.store.statements import NewRows, statements
 

@@ -116,7 +116,7 @@ def summarised_change(kind: str, before: dict[str, Any] | None, after: dict[str,
 
 def _answered(section: Any) -> Any:
     """A section's answers by linkId, without what the server stamped (labels) or the client's text."""
-    return sorted((str(item.get("linkId")), repr(item.get("answer"))) for item in answers.items({"item": [section]})
+    return sorted((str(item.get("linkId")), repr(item.get("answer"))) for item in answers.walk([section])
                   if isinstance(section, dict) and item.get("answer"))
 
 

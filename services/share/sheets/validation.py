@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from services.share.sheets.answers import dicts
 from services.share.sheets.templates import english_text
 
 
@@ -124,7 +125,7 @@ class _Validator:
         self.nodes, self.groups = _index(template)
         self.answers: dict[str, list[Any]] = {}
         for item in _response_items(response.get("item")):
-            self.answers.setdefault(str(item.get("linkId")), []).extend(_dicts(item.get("answer")))
+            self.answers.setdefault(str(item.get("linkId")), []).extend(dicts(item.get("answer")))
         self.issues: list[Issue] = []
         self._enabled: dict[str, bool] = {}
         self._resolving: set[str] = set()
@@ -141,7 +142,7 @@ class _Validator:
 
     def check_items(self, items: Any, nodes: list[dict[str, Any]], path: tuple[str, ...], parent: str) -> None:
         """One item list of the response (top level, a group's, an answer's) against the template's children."""
-        items = _dicts(items)
+        items = dicts(items)
         by_id = {node.get("linkId"): node for node in nodes}
         for index, item in enumerate(items):
             where = f"{parent}.item[{index}]"
@@ -175,7 +176,7 @@ class _Validator:
                 self.add("disabled-answered", node, path, where, "disabled")
             return
         kind = node.get("type")
-        answers = _dicts(item.get("answer"))
+        answers = dicts(item.get("answer"))
         if kind == "group":
             if answers:
                 self.add("answer-type", node, path, where, "group")
@@ -203,7 +204,7 @@ class _Validator:
         outer_answers, outer_enabled = self.answers, self._enabled
         local: dict[str, list[Any]] = {}
         for child in _response_items(item.get("item")):
-            local.setdefault(str(child.get("linkId")), []).extend(_dicts(child.get("answer")))
+            local.setdefault(str(child.get("linkId")), []).extend(dicts(child.get("answer")))
         inside = self.groups.get(str(node.get("linkId")), frozenset())
         self.answers = {**outer_answers, **{link: local.get(link, []) for link in inside}}
         self._enabled = {link: state for link, state in outer_enabled.items() if link not in inside}
@@ -218,7 +219,7 @@ class _Validator:
         if entry is None or entry[0] not in allowed or not _SHAPES[entry[0]](entry[1]):
             self.add("answer-type", node, path, where, "type", wanted=" / ".join(allowed) or "-")
             return
-        options = [option[entry[0]] for option in _dicts(node.get("answerOption")) if entry[0] in option]
+        options = [option[entry[0]] for option in dicts(node.get("answerOption")) if entry[0] in option]
         # Free text of an open-choice has no options to match; a coded answer always must.
         if entry[0] == "valueCoding" and options and not any(_equal(entry[1], option) for option in options):
             code = f"{entry[1].get('system')}#{entry[1].get('code')}"
@@ -239,7 +240,7 @@ class _Validator:
         node, parent = self.nodes.get(link_id, ({}, None))
         if parent is not None and not self.enabled(parent):
             return False
-        results = [self.condition_met(condition) for condition in _dicts(node.get("enableWhen"))]
+        results = [self.condition_met(condition) for condition in dicts(node.get("enableWhen"))]
         if not results:
             return True
         return any(results) if node.get("enableBehavior") == "any" else all(results)
@@ -290,22 +291,17 @@ def _index(template: dict[str, Any]) -> tuple[Nodes, dict[str, frozenset[str]]]:
     return nodes, frozen
 
 
-def _dicts(value: Any) -> list[dict[str, Any]]:
-    """The JSON objects of a list field; anything malformed counts as absent rather than crashing the check."""
-    return [entry for entry in value if isinstance(entry, dict)] if isinstance(value, list) else []
-
-
 def _template_nodes(items: Any, parent: str | None) -> Iterator[tuple[str, tuple[dict[str, Any], str | None]]]:
-    for node in _dicts(items):
+    for node in dicts(items):
         yield str(node.get("linkId")), (node, parent)
         yield from _template_nodes(node.get("item"), str(node.get("linkId")))
 
 
 def _response_items(items: Any) -> Iterator[dict[str, Any]]:
-    for item in _dicts(items):
+    for item in dicts(items):
         yield item
         yield from _response_items(item.get("item"))
-        for answer in _dicts(item.get("answer")):
+        for answer in dicts(item.get("answer")):
             yield from _response_items(answer.get("item"))
 
 
@@ -315,7 +311,7 @@ def _value_entry(answer: dict[str, Any]) -> tuple[str, Any] | None:
 
 def _has_content(item: dict[str, Any]) -> bool:
     """An answer with a value somewhere in the item: an empty group or a bare linkId does not fill a field."""
-    answers = (answer for each in _response_items([item]) for answer in _dicts(each.get("answer")))
+    answers = (answer for each in _response_items([item]) for answer in dicts(each.get("answer")))
     return any(_value_entry(answer) is not None for answer in answers)
 
 

@@ -14,18 +14,14 @@ A reading that is no finite number still counts as unanswered rather than raisin
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 from typing import Any
 
-import orjson
-
 from services.kit.codes import SENSITIVITY_LABEL
-from services.kit.settings import REPO_ROOT
 from services.share.access.layout import section_label
+from services.share.sheets.answers import dicts
+from services.share.sheets.vital_ranges import VitalRanges, beyond, default_ranges, fill, is_number
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -33,7 +29,6 @@ CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 UNIT_EXTENSION = "http://hl7.org/fhir/StructureDefinition/questionnaire-unit"
 IDENTIFIER_SYSTEM = "urn:renkei:identifier:sheet-observation"
-DEFAULT_RANGES = REPO_ROOT / "schemas" / "sheets" / "vital-ranges.json"
 
 VISIT_TIME = "daily.visit.time"
 VISIT_URGENT = "daily.visit.urgent"
@@ -61,46 +56,6 @@ _FLOW_CODING = {"system": LOINC, "code": "3151-8", "display": "Inhaled oxygen fl
 _DISPLAYS = {"N": "Normal", "L": "Low", "H": "High", "LL": "Critical low", "HH": "Critical high"}
 _SEVERITY = {"N": 0, "L": 1, "H": 1, "LL": 2, "HH": 2}
 _STATUSES = {"amended": "amended", "entered-in-error": "entered-in-error", "in-progress": "preliminary"}
-_URGENT_KEYS = ("below", "atOrAbove")
-
-
-class VitalRangesError(ValueError):
-    """A ranges file that cannot be used; the message names the file and the offending entry."""
-
-
-@dataclass(frozen=True)
-class VitalRange:
-    link_id: str
-    unit: str
-    normal_low: float
-    normal_high: float
-    urgent: dict[str, float]  # "below" / "atOrAbove" → bound; either may be absent
-    messages: dict[str, tuple[str, str]]  # same keys → (Japanese, English) templates with {value} and {bound}
-
-    def interpretation(self, value: float) -> str:
-        if "below" in self.urgent and _beyond("below", value, self.urgent["below"]):
-            return "LL"
-        if "atOrAbove" in self.urgent and _beyond("atOrAbove", value, self.urgent["atOrAbove"]):
-            return "HH"
-        if value < self.normal_low:
-            return "L"
-        return "H" if value > self.normal_high else "N"
-
-
-@dataclass(frozen=True)
-class VitalRanges:
-    by_link_id: dict[str, VitalRange]
-
-    @classmethod
-    def load(cls, path: Path) -> VitalRanges:
-        try:
-            data = orjson.loads(path.read_bytes())
-        except (OSError, orjson.JSONDecodeError) as error:
-            raise VitalRangesError(f"{path}: cannot be read as JSON: {error}") from None
-        vitals = data.get("vitals") if isinstance(data, dict) else None
-        if not isinstance(vitals, dict) or not vitals:
-            raise VitalRangesError(f"{path}: needs a non-empty object 'vitals' keyed by linkId")
-        return cls({link_id: _parse_range(path, link_id, entry) for link_id, entry in vitals.items()})
 
 
 @dataclass(frozen=True)
@@ -112,63 +67,14 @@ class Finding:
     message_en: str
 
 
-def _parse_range(path: Path, link_id: str, entry: Any) -> VitalRange:
-    def fail(why: str) -> VitalRangesError:
-        return VitalRangesError(f"{path}: vitals[{link_id!r}]: {why}")
-
-    if not isinstance(entry, dict):
-        raise fail("must be an object")
-    normal, urgent, messages = entry.get("normal"), entry.get("urgent"), entry.get("messages")
-    if not isinstance(entry.get("unit"), str) or not entry["unit"]:
-        raise fail("needs a UCUM 'unit'")
-    if not isinstance(normal, dict) or not all(_is_number(normal.get(key)) for key in ("low", "high")):
-        raise fail("'normal' needs numbers 'low' and 'high'")
-    if normal["low"] > normal["high"]:
-        raise fail("'normal': low is above high")
-    if not isinstance(urgent, dict) or set(urgent) - set(_URGENT_KEYS) or not all(map(_is_number, urgent.values())):
-        raise fail(f"'urgent' takes numbers under {' / '.join(_URGENT_KEYS)} only")
-    # An urgent bound inside the normal range would call a normal reading urgent.
-    if urgent.get("below", -math.inf) > normal["low"] or urgent.get("atOrAbove", math.inf) <= normal["high"]:
-        raise fail("the urgent bounds must lie outside the normal range")
-    return VitalRange(link_id, entry["unit"], normal["low"], normal["high"], dict(urgent),
-                      {key: _parse_message(fail, messages, key) for key in urgent})
-
-
-def _parse_message(fail: Callable[[str], VitalRangesError], messages: Any, key: str) -> tuple[str, str]:
-    message = messages.get(key) if isinstance(messages, dict) else None
-    ja, en = (message.get("ja"), message.get("en")) if isinstance(message, dict) else (None, None)
-    if not (isinstance(ja, str) and ja and isinstance(en, str) and en):
-        raise fail(f"'messages.{key}' needs 'ja' and 'en' texts")
-    try:
-        # Formatted once here, so a stray brace fails at load, not when the first urgent reading comes in.
-        _fill(ja, 1, 1), _fill(en, 1, 1)
-    except (KeyError, IndexError, ValueError) as error:
-        raise fail(f"'messages.{key}' may use only {{value}} and {{bound}}: {error!r}") from None
-    return ja, en
-
-
-@cache
-def default_ranges() -> VitalRanges:
-    return VitalRanges.load(DEFAULT_RANGES)
-
-
 # --- reading the note -----------------------------------------------------------------------------------------
 
 
-def _is_number(value: Any) -> bool:
-    # JSON true would pass isinstance(.., int); NaN and infinities are no reading and no valid FHIR decimal.
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _dicts(value: Any) -> list[dict[str, Any]]:
-    return [entry for entry in value if isinstance(entry, dict)] if isinstance(value, list) else []
-
-
 def _items(items: Any) -> Iterator[dict[str, Any]]:
-    for item in _dicts(items):
+    for item in dicts(items):
         yield item
         yield from _items(item.get("item"))
-        for answer in _dicts(item.get("answer")):
+        for answer in dicts(item.get("answer")):
             yield from _items(answer.get("item"))
 
 
@@ -177,7 +83,7 @@ def _answers(note: dict[str, Any]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for item in _items(note.get("item")):
         link_id = item.get("linkId")
-        for answer in _dicts(item.get("answer"))[:1]:
+        for answer in dicts(item.get("answer"))[:1]:
             value = next((v for k, v in answer.items() if k.startswith("value")), None)
             if isinstance(link_id, str) and value is not None:
                 found.setdefault(link_id, value)
@@ -186,7 +92,7 @@ def _answers(note: dict[str, Any]) -> dict[str, Any]:
 
 def _reading(answers: dict[str, Any], link_id: str) -> float | None:
     value = answers.get(link_id)
-    return value if isinstance(value, int | float) and _is_number(value) else None
+    return value if isinstance(value, int | float) and is_number(value) else None
 
 
 # --- what the template says about each vital -------------------------------------------------------------------
@@ -205,9 +111,9 @@ class _Vital:
 
 def _vitals(template: dict[str, Any]) -> list[_Vital]:
     found: list[_Vital] = []
-    for section in _dicts(template.get("item")):
+    for section in dicts(template.get("item")):
         label = section_label(section)
-        for node in _dicts(section.get("item")):
+        for node in dicts(section.get("item")):
             vital = _vital(node, label)
             if vital is not None:
                 found.append(vital)
@@ -219,8 +125,8 @@ def _vital(node: dict[str, Any], label: str | None) -> _Vital | None:
     if node.get("type") not in ("decimal", "integer", "group"):
         return None
     link_id = str(node.get("linkId"))
-    codings = [c for c in _dicts(node.get("code")) if c.get("system") == LOINC and c.get("code")]
-    unit = next((e["valueCoding"].get("code") for e in _dicts(node.get("extension"))
+    codings = [c for c in dicts(node.get("code")) if c.get("system") == LOINC and c.get("code")]
+    unit = next((e["valueCoding"].get("code") for e in dicts(node.get("extension"))
                  if e.get("url") == UNIT_EXTENSION and isinstance(e.get("valueCoding"), dict)), None)
     category = "vital-signs"
     if not codings and link_id in _UNCODED:
@@ -231,7 +137,7 @@ def _vital(node: dict[str, Any], label: str | None) -> _Vital | None:
     codings += [_PROFILE_CODINGS[c["code"]] for c in codings if c["code"] in _PROFILE_CODINGS]
     if node.get("type") != "group":
         return _Vital(link_id, tuple(codings), str(node.get("text") or link_id), unit, category, label)
-    parts = tuple(part for child in _dicts(node.get("item")) if (part := _vital(child, label)) is not None)
+    parts = tuple(part for child in dicts(node.get("item")) if (part := _vital(child, label)) is not None)
     if not parts:
         return None
     return _Vital(link_id, tuple(codings), str(node.get("text") or link_id), unit, category, label, parts)
@@ -365,9 +271,9 @@ def urgent_findings(note: dict[str, Any], ranges: VitalRanges) -> list[Finding]:
         if value is None:
             continue
         for key, bound in bounds.urgent.items():
-            if _beyond(key, value, bound):
+            if beyond(key, value, bound):
                 ja, en = bounds.messages[key]
-                findings.append(Finding(link_id, value, bound, _fill(ja, value, bound), _fill(en, value, bound)))
+                findings.append(Finding(link_id, value, bound, fill(ja, value, bound), fill(en, value, bound)))
     return findings
 
 
@@ -376,11 +282,3 @@ def is_urgent(note: dict[str, Any], ranges: VitalRanges) -> bool:
     return _answers(note).get(VISIT_URGENT) is True or bool(urgent_findings(note, ranges))
 
 
-def _beyond(key: str, value: float, bound: float) -> bool:
-    # "below" is strict and "atOrAbove" is not, as clinical rules are written: urgent at 38.0 °C, below 35.0 °C.
-    return value < bound if key == "below" else value >= bound
-
-
-def _fill(text: str, value: float, bound: float) -> str:
-    # str() keeps what the recorder wrote: 128 stays 128, 38.0 stays 38.0.
-    return text.format(value=value, bound=bound)
