@@ -21,11 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import cpu_seconds
 from bench.fixtures import daily_note
 from bench.load import Workload
-from bench.pg import POSTMASTERS, own_postgres
+from bench.pg import POSTMASTERS
 from bench.seed import seed
-from bench.store import PG, Server, analyze, bootstrap_network, databases, measure_alternating
+from bench.store import PG, Server, analyze, bootstrap_network, measure_alternating, scene
 from services.share.audit.models import AuditEntry
 
 PASSWORD = "bench password 2026"
@@ -99,17 +97,10 @@ def main() -> None:
     args = parser.parse_args()
     results: dict[str, Any] = {"config": vars(args)}
 
-    with own_postgres() if args.pg == "own" else nullcontext(args.pg) as server_url, \
-            tempfile.TemporaryDirectory() as scratch_dir, databases("auth", "share", server=server_url) as urls:
-        scratch = Path(scratch_dir)
-        data = scratch / "data"  # one data directory: both servers read the same key files
-        renkei = Server("renkei", data, urls["auth"], urls["share"], args.workers)
-        unchecked = Server("unchecked", data, urls["auth"], urls["share"], args.workers)
-        # One issuer: the baseline accepts the tokens the renkei server's identity service signs.
-        unchecked.env["RENKEI_PUBLIC_URL"] = renkei.base
-        # The audit records are the checked server's: so is chaining them (the baseline would otherwise do part of
-        # that work during its own turns, on the same database).
-        unchecked.env["RENKEI_AUDIT_CHAIN_INTERVAL_SECONDS"] = "0"
+    with scene(args.pg) as where:
+        scratch, urls, server_url = where.scratch, where.urls, where.server_url
+        renkei = where.primary("renkei", args.workers)
+        unchecked = renkei.baseline("unchecked")
         try:
             network, organization = prepare(renkei, scratch)
             print(f"1. seeding {args.patients:,} patients × {args.sheets} daily care notes", flush=True)

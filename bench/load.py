@@ -36,6 +36,7 @@ class Workload:
     author: str = "bench-author"
     path: str = "/fhir/QuestionnaireResponse"
     count: int = 20  # a search page's size
+    make: Callable[[str, str, int], dict[str, Any]] = sheet  # a create's body: (patient, author, day)
 
 
 def _requests(work: Workload) -> dict[str, Request]:
@@ -44,7 +45,7 @@ def _requests(work: Workload) -> dict[str, Request]:
               "Connection: keep-alive\r\n")
 
     def create(rng: random.Random) -> bytes:
-        body = orjson.dumps(sheet(rng.choice(work.patients), work.author, rng.randrange(365)))
+        body = orjson.dumps(work.make(rng.choice(work.patients), work.author, rng.randrange(365)))
         head = (f"POST {work.path} HTTP/1.1\r\n{common}Content-Type: application/fhir+json\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n")
         return head.encode() + body

@@ -5,7 +5,9 @@
 
 Two servers of the same application on the same PostgreSQL databases (a cluster of the run's own, configured as
 deployed: bench/pg.py) and key files, measured in alternating turns after a warm-up of each:
-  renkei    as deployed: a physician shares a completed DischargeSheet (bench/fixtures.py: valid, about 3.6 KB) —
+  renkei    as deployed: a physician shares a completed DischargeSheet (bench/fixtures.py ``sheet``: one of the example
+            sheets trimmed to 4.4 KB, the size bench/store.py writes; ``--sheet full``: the examples as filled,
+            every section answered, about 16 KB) —
             parsed, access decided (team, consent, profession, sheet kind), checked against the exact template
             version it names, section labels stamped, lifecycle checked, encrypted and written with its audit
             record, a sheet_records row, and an "acknowledge" Task for each of the patient's care manager and
@@ -30,24 +32,23 @@ import dataclasses
 import json
 import statistics
 import sys
-import tempfile
 import uuid
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 from sqlalchemy import create_engine, func, insert, select
 from sqlalchemy.engine import Engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import cpu_seconds, percentile
-from bench.fixtures import sheet
+from bench.fixtures import full_sheet, sheet
 from bench.load import Workload, run
-from bench.pg import POSTMASTERS, own_postgres
+from bench.pg import POSTMASTERS
 from bench.seed import seed
-from bench.store import PG, Server, analyze, bootstrap_network, databases
+from bench.store import PG, Server, analyze, bootstrap_network, scene
 from services.share.access.models import TeamParticipant
 from services.share.audit.models import AuditEntry
 from services.share.sheets.models import SheetRecord
@@ -131,22 +132,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of unmeasured load per path first")
     parser.add_argument("--patients", type=int, default=200, help="patients the sheets are shared for")
     parser.add_argument("--workers", type=int, default=2, help="server worker processes (each server alike)")
+    parser.add_argument("--sheet", choices=("trimmed", "full"), default="trimmed",
+                        help="trimmed: the example sheets cut to 4.4 KB; full: as filled (about 16 KB)")
     parser.add_argument("--pg", default="own",
                         help=f"'own' (default): a cluster of this run's own; or an admin database URL ({PG})")
     args = parser.parse_args()
     results: dict[str, Any] = {"config": vars(args)}
 
-    with own_postgres() if args.pg == "own" else nullcontext(args.pg) as server_url, \
-            tempfile.TemporaryDirectory() as scratch_dir, databases("auth", "share", server=server_url) as urls:
-        scratch = Path(scratch_dir)
-        data = scratch / "data"  # one data directory: both servers read the same key files
-        renkei = Server("renkei", data, urls["auth"], urls["share"], args.workers)
-        ruleless = Server("ruleless", data, urls["auth"], urls["share"], args.workers)
-        # One issuer: the baseline accepts the tokens the renkei server's identity service signs.
-        ruleless.env["RENKEI_PUBLIC_URL"] = renkei.base
-        # One server chains the audit log (both write records): the baseline would otherwise chain the renkei
-        # server's records during its own turns, and the other way round, on the same database.
-        ruleless.env["RENKEI_AUDIT_CHAIN_INTERVAL_SECONDS"] = "0"
+    with scene(args.pg) as where:
+        scratch, urls, server_url = where.scratch, where.urls, where.server_url
+        renkei = where.primary("renkei", args.workers)
+        ruleless = renkei.baseline("ruleless")
         engine = create_engine(urls["share"].replace("postgresql://", "postgresql+psycopg://"))
         try:
             network, clinic = prepare(renkei, scratch)
@@ -174,7 +170,8 @@ def main() -> None:
 
 def measure(args: argparse.Namespace, servers: dict[str, Server], token: str, patients: list[str], engine: Engine,
             server_url: str, results: dict[str, Any]) -> None:
-    works = {label: Workload(server.base, token, {"create": 1.0}, args.seconds / args.turns, patients=patients)
+    works = {label: Workload(server.base, token, {"create": 1.0}, args.seconds / args.turns, patients=patients,
+                             make=full_sheet if args.sheet == "full" else sheet)
              for label, server in servers.items()}
     postmaster = POSTMASTERS.get(server_url)
 
@@ -192,7 +189,9 @@ def measure(args: argparse.Namespace, servers: dict[str, Server], token: str, pa
         if errors:
             print(f"  {label}: {errors} errors during the warm-up", flush=True)
 
-    print(f"3. POST /fhir/QuestionnaireResponse (a completed discharge sheet), {args.connections} connections, "
+    size = len(orjson.dumps(works[SHEETS].make(patients[0], "bench-author", 1))) / 1024
+    print(f"3. POST /fhir/QuestionnaireResponse (a completed discharge sheet, {args.sheet}, {size:.1f} KB), "
+          f"{args.connections} connections, "
           f"{args.turns} alternating turns of {args.seconds / args.turns:.0f} s per path", flush=True)
     turns: dict[str, list[dict[str, Any]]] = {label: [] for label in servers}
     pooled: dict[str, list[float]] = {label: [] for label in servers}

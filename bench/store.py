@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,28 @@ def databases(*labels: str, server: str = PG) -> Iterator[dict[str, str]]:
         admin.dispose()
 
 
+@dataclass(frozen=True)
+class Scene:
+    """Where a two-server benchmark runs: its PostgreSQL server, the two databases, a scratch directory."""
+
+    server_url: str
+    urls: dict[str, str]
+    scratch: Path
+
+    def primary(self, mode: str, workers: int) -> Server:
+        """The measured server; its baseline is ``primary(...).baseline(mode)`` (one data directory: both read the
+        same key files)."""
+        return Server(mode, self.scratch / "data", self.urls["auth"], self.urls["share"], workers)
+
+
+@contextmanager
+def scene(pg: str) -> Iterator[Scene]:
+    """``pg`` 'own': a PostgreSQL cluster of the run's own (bench/pg.py); else an admin database URL."""
+    with own_postgres() if pg == "own" else nullcontext(pg) as server_url, \
+            tempfile.TemporaryDirectory() as scratch, databases("auth", "share", server=server_url) as urls:
+        yield Scene(server_url, urls, Path(scratch))
+
+
 class Server:
     def __init__(self, mode: str, data_dir: Path, auth_url: str | None, share_url: str, workers: int) -> None:
         self.mode, self.port, self.workers = mode, free_port(), workers
@@ -82,6 +105,16 @@ class Server:
         self.process: subprocess.Popen[bytes] | None = None
         self.peak_rss_mb = 0.0
         self._watching = False
+
+    def baseline(self, mode: str) -> Server:
+        """A server of another ``mode`` on this one's databases and key files, accepting the tokens this one's
+        identity service signs, and leaving the audit chain to this one: the baseline would otherwise chain this
+        server's records during its own turns, on the same database."""
+        found = Server(mode, Path(self.env["RENKEI_DATA_DIR"]), self.env.get("RENKEI_AUTH_DATABASE_URL"),
+                       self.env["RENKEI_SHARE_DATABASE_URL"], self.workers)
+        found.env["RENKEI_PUBLIC_URL"] = self.base
+        found.env["RENKEI_AUDIT_CHAIN_INTERVAL_SECONDS"] = "0"
+        return found
 
     def start(self) -> Server:
         args = [sys.executable, str(Path(__file__).parent / "servers.py"), self.mode, str(self.port), str(self.workers)]

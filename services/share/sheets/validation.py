@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from services.share.sheets.answers import dicts
+from services.share.sheets.answers import dicts, walk
 from services.share.sheets.templates import english_text
 
 
@@ -124,7 +124,7 @@ class _Validator:
     def __init__(self, template: dict[str, Any], response: dict[str, Any]) -> None:
         self.nodes, self.groups = _index(template)
         self.answers: dict[str, list[Any]] = {}
-        for item in _response_items(response.get("item")):
+        for item in walk(response.get("item")):
             self.answers.setdefault(str(item.get("linkId")), []).extend(dicts(item.get("answer")))
         self.issues: list[Issue] = []
         self._enabled: dict[str, bool] = {}
@@ -153,20 +153,23 @@ class _Validator:
                 self.add("unknown-item", {"linkId": link_id}, (*path, str(link_id)), where, "unknown")
             else:
                 self.check_item(item, node, (*path, str(node["linkId"])), where)
+        positions: dict[Any, list[int]] = {}
+        for index, item in enumerate(items):
+            link_id = item.get("linkId")
+            if isinstance(link_id, str):
+                positions.setdefault(link_id, []).append(index)
         for node in nodes:
-            self.check_occurrences(items, node, path, parent)
+            self.check_occurrences(items, positions.get(node.get("linkId"), []), node, path, parent)
 
-    def check_occurrences(
-        self, items: list[dict[str, Any]], node: dict[str, Any], path: tuple[str, ...], parent: str
-    ) -> None:
+    def check_occurrences(self, items: list[dict[str, Any]], indexes: list[int], node: dict[str, Any],
+                          path: tuple[str, ...], parent: str) -> None:
+        """``indexes``: where the node's linkId occurs in ``items``."""
         link_id = node.get("linkId")
-        indexes = [index for index, item in enumerate(items) if item.get("linkId") == link_id]
         here = (*path, str(link_id))
         # A repeating question keeps all its answers in one item; only a repeating group occurs more than once.
         if len(indexes) > 1 and not (node.get("type") == "group" and node.get("repeats")):
             self.add("not-repeating", node, here, f"{parent}.item[{indexes[1]}]", "once")
-        filled = any(_has_content(items[index]) for index in indexes)
-        if node.get("required") and not filled and self.enabled(str(link_id)):
+        if node.get("required") and not any(_has_content(items[i]) for i in indexes) and self.enabled(str(link_id)):
             self.add("required", node, here, f"{parent}.item.where(linkId='{link_id}')", "required")
 
     def check_item(self, item: dict[str, Any], node: dict[str, Any], path: tuple[str, ...], where: str) -> None:
@@ -203,7 +206,7 @@ class _Validator:
         not in any repetition."""
         outer_answers, outer_enabled = self.answers, self._enabled
         local: dict[str, list[Any]] = {}
-        for child in _response_items(item.get("item")):
+        for child in walk(item.get("item")):
             local.setdefault(str(child.get("linkId")), []).extend(dicts(child.get("answer")))
         inside = self.groups.get(str(node.get("linkId")), frozenset())
         self.answers = {**outer_answers, **{link: local.get(link, []) for link in inside}}
@@ -297,21 +300,13 @@ def _template_nodes(items: Any, parent: str | None) -> Iterator[tuple[str, tuple
         yield from _template_nodes(node.get("item"), str(node.get("linkId")))
 
 
-def _response_items(items: Any) -> Iterator[dict[str, Any]]:
-    for item in dicts(items):
-        yield item
-        yield from _response_items(item.get("item"))
-        for answer in dicts(item.get("answer")):
-            yield from _response_items(answer.get("item"))
-
-
 def _value_entry(answer: dict[str, Any]) -> tuple[str, Any] | None:
     return next(((key, value) for key, value in answer.items() if key.startswith("value")), None)
 
 
 def _has_content(item: dict[str, Any]) -> bool:
     """An answer with a value somewhere in the item: an empty group or a bare linkId does not fill a field."""
-    answers = (answer for each in _response_items([item]) for answer in dicts(each.get("answer")))
+    answers = (answer for each in walk([item]) for answer in dicts(each.get("answer")))
     return any(_value_entry(answer) is not None for answer in answers)
 
 

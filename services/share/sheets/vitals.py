@@ -14,13 +14,12 @@ A reading that is no finite number still counts as unanswered rather than raisin
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from services.kit.codes import SENSITIVITY_LABEL
 from services.share.access.layout import section_label
-from services.share.sheets.answers import dicts
+from services.share.sheets.answers import dicts, walk
 from services.share.sheets.vital_ranges import VitalRanges, beyond, default_ranges, fill, is_number
 
 LOINC = "http://loinc.org"
@@ -70,18 +69,10 @@ class Finding:
 # --- reading the note -----------------------------------------------------------------------------------------
 
 
-def _items(items: Any) -> Iterator[dict[str, Any]]:
-    for item in dicts(items):
-        yield item
-        yield from _items(item.get("item"))
-        for answer in dicts(item.get("answer")):
-            yield from _items(answer.get("item"))
-
-
 def _answers(note: dict[str, Any]) -> dict[str, Any]:
     """The first answer value of each linkId; a malformed note yields fewer answers, never an exception."""
     found: dict[str, Any] = {}
-    for item in _items(note.get("item")):
+    for item in walk(note.get("item")):
         link_id = item.get("linkId")
         for answer in dicts(item.get("answer"))[:1]:
             value = next((v for k, v in answer.items() if k.startswith("value")), None)
