@@ -34,7 +34,7 @@ from services.share.access.decision import (
     deny,
     scope_allows,
 )
-from services.share.access.layout import marker, parsed_layout, section_label, sheet_kind
+from services.share.access.layout import DRAFT_MARK, marker, parsed_layout, section_label, sheet_kind
 from services.share.access.matrix import Matrix
 from services.share.access.models import BreakGlassGrant, TeamParticipant
 from services.share.access.policy import NetworkPolicies
@@ -327,8 +327,9 @@ _DRAFT = deny("a draft sheet is its author's organisation's until it is shared",
 def _foreign_draft(row: Any, principal: Principal) -> bool:
     """A sheet not yet shared (in-progress: its stored layout says so), written by another organisation."""
     layout = getattr(row, "layout", None)
-    return (layout is not None and row.resource_type == "QuestionnaireResponse"
-            and row.author_organization != principal.organization and parsed_layout(layout).draft)
+    # The draft mark closes the stored layout (layout.py DRAFT_MARK): a byte comparison, not a parse, per row.
+    return (layout is not None and layout.endswith(DRAFT_MARK) and row.resource_type == "QuestionnaireResponse"
+            and row.author_organization != principal.organization)
 
 
 def sheet_kind_of(resource_type: str, body: dict[str, Any] | None) -> str | None:

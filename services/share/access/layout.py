@@ -19,6 +19,7 @@ from services.kit.codes import REDACTED, SECTION_LABEL_EXTENSION, SENSITIVITY_LA
 
 # A sheet's statuses before it is shared (services/share/sheets/lifecycle.py).
 DRAFTS = frozenset({"in-progress", "stopped"})
+DRAFT_MARK = b',"d":1}'
 WITHHELD_TEXT = "（閲覧権限のない項目のため非表示 / withheld: not visible to your role）"
 
 
@@ -67,10 +68,10 @@ def layout_of(body: dict[str, Any], plaintext: bytes) -> bytes | None:
     marking = _redaction_point(body["meta"], plaintext, start, start + len(meta))
     if marking is None:
         return None
-    found: dict[str, Any] = {"q": sheet_kind(body), "m": [start, start + len(meta)], "r": marking, "s": spans}
-    if body.get("status") in DRAFTS:
-        found["d"] = 1  # a draft: its author's organisation alone reads it (gate.py)
-    return orjson.dumps(found)
+    found = {"q": sheet_kind(body), "m": [start, start + len(meta)], "r": marking, "s": spans}
+    layout = orjson.dumps(found)
+    # A draft: its author's organisation alone reads it (gate.py), which checks the mark at the layout's end.
+    return layout[:-1] + DRAFT_MARK if body.get("status") in DRAFTS else layout
 
 
 _REDACTED = orjson.dumps(REDACTED)
