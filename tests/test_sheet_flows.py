@@ -86,6 +86,8 @@ def test_a_discharge_sheet_goes_from_draft_to_shared_to_acknowledged(scene: Scen
     unfinished = {**sheet, "item": [i for i in sheet["item"] if i["linkId"] != "discharge.handovers"]}
     draft = created_id(scene.post(scene.ward, unfinished))  # a draft may be unfinished
     assert scene.get(scene.manager, f"/fhir/QuestionnaireResponse/{draft}").status_code == 404  # the ward's alone
+    assert scene.http.delete(f"/fhir/QuestionnaireResponse/{draft}", headers=scene.doctor).status_code == 404
+    assert scene.put(scene.doctor, draft, unfinished).status_code == 404
     assert draft not in str(scene.get(scene.manager, "/fhir/QuestionnaireResponse", patient=scene.pid).json())
     assert scene.tasks(scene.ward, "acknowledge") == []
     assert issues(scene.put(scene.ward, draft, {**unfinished, "status": "completed"})) == [

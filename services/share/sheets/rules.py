@@ -274,6 +274,10 @@ class SheetRules:
                 raise Forbidden("shipped templates are not deleted; retire a variant instead", code="shipped_template")
             self.registry.project(db, caller.network_id, resource_id, None)
         elif resource_type == "QuestionnaireResponse":
+            before = records.state(db, resource_id)
+            if before is not None and before.status in DRAFTS and caller.principal is not None \
+                    and before.author_organization != caller.organization:
+                raise NotFound(f"QuestionnaireResponse/{resource_id} is not known")  # a draft: its author's alone
             db.execute(delete(SheetRecord).where(SheetRecord.resource_id == resource_id))
 
     @property
