@@ -39,6 +39,7 @@ from services.share.fhir.resources import router as fhir_resources
 from services.share.fhir.responses import outcome_response
 from services.share.fhir.sheets import router as fhir_sheets
 from services.share.fhir.teams import router as fhir_teams
+from services.share.sheets.reviews import review_forever
 
 
 def create_app(
@@ -64,6 +65,9 @@ def create_app(
                                                              enforce_access=enforce_access, sheet_rules=sheet_rules)
             if settings.audit_chain_interval_seconds > 0:
                 background.append(asyncio.create_task(chain_forever(share_ctx, settings.audit_chain_interval_seconds)))
+            if settings.emergency_review_interval_seconds > 0 and share_ctx.store.sheets is not None:
+                background.append(asyncio.create_task(
+                    review_forever(share_ctx, settings.emergency_review_interval_seconds)))
             if share_ctx.audit_buffer is not None:
                 background.append(asyncio.create_task(
                     flush_forever(share_ctx.audit_buffer, settings.audit_flush_seconds, share_ctx.run_upkeep)))

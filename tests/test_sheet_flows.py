@@ -16,6 +16,7 @@ from fhir.resources.R4B.bundle import Bundle
 from sqlalchemy import update
 
 from services.share.sheets.models import SheetRecord
+from services.share.sheets.reviews import raise_overdue_reviews
 from tests.fhir_helpers import EXAMPLES, FHIR_JSON, create, created_id, example, patient
 from tests.infra import LiveServer, Network
 from tests.test_access_rules import add_to_team, consent, open_network
@@ -237,6 +238,20 @@ def test_one_emergency_sheet_reviewed_and_opened_for_the_crew_with_the_acp_wishe
     assert scene.get(crew, f"/fhir/Patient/{scene.pid}/$emergency-summary").status_code == 200
     overdue = scene.tasks(scene.doctor, "review", status="requested")
     assert len(overdue) == 1 and "90" in overdue[0]["description"]
+
+
+def test_the_review_pass_raises_one_task_for_an_old_emergency_sheet_nobody_opened(server: LiveServer,
+                                                                                   scene: Scene) -> None:
+    sheet_id = created_id(scene.post(scene.doctor, example("EmergencySheet", scene.pid)))
+    share = server.app.state.share
+    later = datetime.now(UTC) + timedelta(days=91)
+    assert raise_overdue_reviews(share) == 0 or scene.tasks(scene.doctor, "review") == []  # not due yet
+    assert scene.tasks(scene.doctor, "review") == []
+    assert raise_overdue_reviews(share, now=later) >= 1  # other tests' sheets may be due too
+    assert raise_overdue_reviews(share, now=later) == 0  # one open review per sheet, whoever runs the pass
+    (review,) = scene.tasks(scene.doctor, "review", status="requested")
+    assert review["focus"]["reference"] == f"QuestionnaireResponse/{sheet_id}"
+    assert review["owner"]["reference"] == scene.user("physician")  # the primary physician reviews
 
 
 def test_acp_discussions_are_versions_of_one_record_never_overwritten(scene: Scene) -> None:

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # a killed worker loses at most this interval's read records. 0: each read waits for its own record instead.
     # PostgreSQL only; on SQLite each read records in its own session.
     audit_flush_seconds: float = Field(default=0.05, ge=0, le=5)
+    # How often the share service looks for emergency sheets older than their network's review period and raises
+    # their review Task (services/share/sheets/reviews.py). 0: never (another instance does it).
+    emergency_review_interval_seconds: float = Field(default=3600.0, ge=0)
 
     # Key material. The master key encrypts TOTP secrets and signing keys at rest in the auth database;
     # when unset it is read from (or generated into) ``<data_dir>/keys/auth-master.key`` with mode 0600.

@@ -233,11 +233,12 @@ class SheetRules:
         record.review_task = task_id
         return task_id
 
-    def raise_overdue_review(self, db: Session, caller: Caller, patient_id: str) -> str | None:
+    def raise_overdue_review(self, db: Session, caller: Caller, patient_id: str,
+                             now: datetime | None = None) -> str | None:
         """The review Task of a patient's emergency sheet that is older than the network's period."""
         record = records.current(db, caller.network_id, patient_id, "EmergencySheet")
         days = self.review_days(caller.network_id)
-        if record is None or not scenes.review_due(record, days, datetime.now(UTC)):
+        if record is None or not scenes.review_due(record, days, now or datetime.now(UTC)):
             return None
         return self.raise_review(db, caller, patient_id, scenes.overdue_reason(days))
 
