@@ -37,6 +37,9 @@ class Workload:
     path: str = "/fhir/QuestionnaireResponse"
     count: int = 20  # a search page's size
     make: Callable[[str, str, int], dict[str, Any]] = sheet  # a create's body: (patient, author, day)
+    # Requests a second over all connections, each connection sending on a fixed schedule, every latency counted
+    # from when its request was due (a slow answer delays the next send without hiding the wait); 0: closed loop.
+    rate: float = 0.0
 
 
 def _requests(work: Workload) -> dict[str, Request]:
@@ -77,18 +80,23 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     return status
 
 
-async def _connection(work: Workload, seed: int, deadline: float,
+async def _connection(work: Workload, seed: int, connections: int, deadline: float,
                       latencies: dict[str, list[float]], failures: list[int]) -> None:
     rng = random.Random(seed)
     requests = _requests(work)
     names, weights = zip(*work.mix.items(), strict=True)
     address = urlsplit(work.base)
     reader, writer = await asyncio.open_connection(address.hostname, address.port)
+    interval = connections / work.rate if work.rate else 0.0
+    due = time.perf_counter() + interval * seed / connections  # the connections' schedules interleave
     try:
         while time.monotonic() < deadline:
             name = rng.choices(names, weights)[0]
             request = requests[name](rng)
-            start = time.perf_counter()
+            if interval:
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            start = due if interval else time.perf_counter()
+            due += interval
             status = await _exchange(reader, writer, request)
             elapsed = time.perf_counter() - start
             if status >= 400:
@@ -104,7 +112,8 @@ async def _drive(work: Workload, connections: int) -> tuple[dict[str, list[float
     failures = [0]
     began = time.monotonic()
     deadline = began + work.seconds
-    await asyncio.gather(*(_connection(work, seed, deadline, latencies, failures) for seed in range(connections)))
+    await asyncio.gather(*(_connection(work, seed, connections, deadline, latencies, failures)
+                           for seed in range(connections)))
     return latencies, failures[0], time.monotonic() - began
 
 

@@ -22,7 +22,10 @@ results), CPU per request of the server and the database, Tasks, sheet records a
 sheet, and the cost of the sheet path against the bare create: the larger of the time-per-sheet ratio (the
 inverse of throughput; the closed loop keeps the machine busy) and the median-latency ratio.
 Targets (the [sheets] issue): at least 300 sheets a second on this 2-core machine, p99 at most 50 ms, and the
-sheet path at most 2× the bare create.
+sheet path at most 2× the bare create. The throughput and the cost are measured at saturation (the closed loop);
+the p99 at the rate the target names — each server is then driven at 300 sheets a second on a fixed schedule,
+every latency counted from when its request was due, so a slow answer cannot hide the wait it causes. (At
+saturation every request also waits behind the ones queued before it: that p99 is printed too.)
 """
 
 from __future__ import annotations
@@ -132,6 +135,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of unmeasured load per path first")
     parser.add_argument("--patients", type=int, default=200, help="patients the sheets are shared for")
     parser.add_argument("--workers", type=int, default=2, help="server worker processes (each server alike)")
+    parser.add_argument("--paced", type=float, default=20.0,
+                        help="seconds per path at the target rate (step 4)")
     parser.add_argument("--sheet", choices=("trimmed", "full"), default="trimmed",
                         help="trimmed: the example sheets cut to 4.4 KB; full: as filled (about 16 KB)")
     parser.add_argument("--pg", default="own",
@@ -208,6 +213,15 @@ def measure(args: argparse.Namespace, servers: dict[str, Server], token: str, pa
             pooled[label] += latencies["create"]
             print(f"  turn {turn + 1} {label:24} {figures['throughput']:6.0f} sheets/s  p50 {figures['p50_ms']:5.1f}"
                   f"  p95 {figures['p95_ms']:5.1f}  p99 {figures['p99_ms']:5.1f} ms  errors {errors}", flush=True)
+    print(f"4. the same at the target's rate, {TARGET_THROUGHPUT:.0f} sheets/s on a fixed schedule, "
+          f"{args.paced:g} s per path (each latency counted from when its request was due)", flush=True)
+    paced: dict[str, dict[str, Any]] = {}
+    for label in labels:
+        latencies, errors, seconds = run(dataclasses.replace(works[label], seconds=args.paced,
+                                                             rate=TARGET_THROUGHPUT), args.connections)
+        paced[label] = turn_figures(latencies["create"], errors, seconds)
+        print(f"  {label:31} {paced[label]['throughput']:6.0f} sheets/s  p50 {paced[label]['p50_ms']:5.1f}  "
+              f"p95 {paced[label]['p95_ms']:5.1f}  p99 {paced[label]['p99_ms']:5.1f} ms  errors {errors}", flush=True)
     for label in labels:
         done = turns[label]
         created = sum(t["n"] for t in done)
@@ -220,6 +234,7 @@ def measure(args: argparse.Namespace, servers: dict[str, Server], token: str, pa
                                        for part in done[0]["cpu_seconds"]}
         entry["rows_per_request"] = {name: sum(t["rows"][name] for t in done) / created for name in done[0]["rows"]}
         entry["turns"] = done
+        entry["at_target_rate"] = paced[label]
         results[label] = entry
 
 
@@ -251,19 +266,23 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
               "no errors": on["errors"] == 0 and off["errors"] == 0}
     for name, passed in checks.items():
         print(f"  check: {name} — {'yes' if passed else 'NO'}")
+    at_rate = on["at_target_rate"]
     targets = [(f"throughput ≥ {TARGET_THROUGHPUT:.0f} sheets/s", f"{on['throughput']:.0f} sheets/s",
                 on["throughput"] >= TARGET_THROUGHPUT),
-               (f"p99 ≤ {TARGET_P99_MS:.0f} ms", f"{on['p99_ms']:.1f} ms", on["p99_ms"] <= TARGET_P99_MS),
+               (f"p99 ≤ {TARGET_P99_MS:.0f} ms at {TARGET_THROUGHPUT:.0f}/s", f"{at_rate['p99_ms']:.1f} ms",
+                at_rate["p99_ms"] <= TARGET_P99_MS and at_rate["throughput"] >= TARGET_THROUGHPUT * 0.97),
                (f"sheet path ≤ {TARGET_RATIO:.0f}× the bare create", f"{cost:.2f}×", cost <= TARGET_RATIO)]
     for name, value, passed in targets:
         print(f"  target {name:34} {value:>14}   {'PASS' if passed else 'FAIL'}")
-    print("  (the cost against the bare create: the larger of the time-per-sheet and p50 ratios)")
+    print("  (the cost against the bare create: the larger of the time-per-sheet and p50 ratios; the p99 target at "
+          "the rate it names, step 4 — at saturation, step 3, every request also waits for the ones queued before it)")
     results["comparison"] = {"time_per_sheet_ratio": per_sheet, "p50_ratio": p50, "cost": cost,
                              "checks": checks, "targets": {name: passed for name, _, passed in targets}}
     print("\nreproduce:")
     print(f"  .venv/bin/python bench/sheets.py --seconds {args.seconds:g} --turns {args.turns} "
           f"--connections {args.connections} --warmup {args.warmup:g} --patients {args.patients} "
-          f"--workers {args.workers}" + (f" --pg {args.pg}" if args.pg != "own" else ""))
+          f"--workers {args.workers} --paced {args.paced:g} --sheet {args.sheet}"
+          + (f" --pg {args.pg}" if args.pg != "own" else ""))
     print("  .venv/bin/python bench/sheets.py --seconds 120    # longer turns, steadier figures")
 
 
