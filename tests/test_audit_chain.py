@@ -225,7 +225,7 @@ def test_the_service_chains_what_is_appended_in_the_background(server: LiveServe
     ctx = server.app.state.share
     network = f"net-{uuid.uuid4().hex[:6]}"
     write(ctx.db.sessions, AuditTrail(ctx.store.keys), 4, network)
-    deadline = time.monotonic() + 20  # the chainer runs every audit_chain_interval_seconds (2 s by default)
+    deadline = time.monotonic() + 20  # the chainer runs every audit_chain_interval_seconds (0.5 s by default)
     while True:
         with ctx.db.sessions() as db:
             unchained = db.scalar(select(func.count()).select_from(AuditEntry)
