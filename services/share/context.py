@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -69,6 +69,18 @@ class ShareContext:
         if self._upkeep_threads is None:
             self._upkeep_threads = ThreadPoolExecutor(2, thread_name_prefix="renkei-upkeep")
         return await asyncio.get_running_loop().run_in_executor(self._upkeep_threads, work)
+
+    async def every(self, interval_seconds: float, one_pass: Callable[[], Awaitable[object]], failed: str) -> None:
+        """Run ``one_pass`` every ``interval_seconds`` until cancelled (the application's shutdown). A failed pass
+        is logged as ``failed`` and tried again next time: background work never stops the service."""
+        while True:
+            try:
+                await one_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception(failed)
+            await asyncio.sleep(interval_seconds)
 
     def close(self) -> None:
         for pool in (self._db_threads, self._upkeep_threads):

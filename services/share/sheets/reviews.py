@@ -9,7 +9,6 @@ running the pass raise it once.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -53,15 +52,12 @@ def _networks(ctx: ShareContext) -> set[str]:
 
 async def review_forever(ctx: ShareContext, interval_seconds: float) -> None:
     """Runs until cancelled (the application's shutdown); a failed pass is logged and tried again next time."""
-    while True:
-        try:
-            for network_id in await ctx.run_upkeep(lambda: _networks(ctx)):
-                await ctx.policies.of(network_id)  # each network's own period, as its policy says now
-            raised = await ctx.run_upkeep(lambda: raise_overdue_reviews(ctx))
-            if raised:
-                log.info("emergency_reviews_raised", tasks=raised)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("emergency_review_pass_failed")
-        await asyncio.sleep(interval_seconds)
+
+    async def one_pass() -> None:
+        for network_id in await ctx.run_upkeep(lambda: _networks(ctx)):
+            await ctx.policies.of(network_id)  # each network's own period, as its policy says now
+        raised = await ctx.run_upkeep(lambda: raise_overdue_reviews(ctx))
+        if raised:
+            log.info("emergency_reviews_raised", tasks=raised)
+
+    await ctx.every(interval_seconds, one_pass, "emergency_review_pass_failed")
