@@ -18,7 +18,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
@@ -157,26 +156,6 @@ def find(db: Session, network_id: str, care_team_id: str, member: str) -> TeamIn
     if found is None:
         raise NotFound(f"no invitation of {member} to CareTeam/{care_team_id}")
     return found
-
-
-def parameters(raw: bytes) -> dict[str, Any]:
-    """An operation's Parameters body as {name: value} (the value[x], or the resource, of each single
-    parameter)."""
-    try:
-        body = orjson.loads(raw) if raw.strip() else {"resourceType": "Parameters"}
-    except orjson.JSONDecodeError:
-        raise BadRequest("the body is not valid JSON", code="invalid_json") from None
-    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
-        raise BadRequest("this operation takes a Parameters resource", code="invalid_parameters")
-    values: dict[str, Any] = {}
-    for parameter in body.get("parameter") or []:
-        if not isinstance(parameter, dict) or not isinstance(parameter.get("name"), str):
-            raise BadRequest("each parameter needs a name", code="invalid_parameters")
-        value = next((v for k, v in parameter.items() if k.startswith("value")), parameter.get("resource"))
-        if isinstance(value, dict) and "reference" in value:
-            value = value["reference"]
-        values[parameter["name"]] = value
-    return values
 
 
 def answer(invitations: list[TeamInvitation]) -> dict[str, Any]:

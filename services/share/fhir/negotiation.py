@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import Request
 
-from services.kit.errors import RenkeiError
+from services.kit.errors import BadRequest, RenkeiError
 
 JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
 
@@ -84,3 +85,23 @@ def optional_headers(request: Request, *names: str) -> tuple[str | None, ...]:
     """The first value of each header, or None. Cheaper than declared parameters on the hottest routes."""
     headers = request.headers
     return tuple(headers.get(name) for name in names)
+
+
+def operation_parameters(raw: bytes) -> dict[str, Any]:
+    """An operation's Parameters body as {name: value} (the value[x], or the resource, of each single
+    parameter)."""
+    try:
+        body = orjson.loads(raw) if raw.strip() else {"resourceType": "Parameters"}
+    except orjson.JSONDecodeError:
+        raise BadRequest("the body is not valid JSON", code="invalid_json") from None
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise BadRequest("this operation takes a Parameters resource", code="invalid_parameters")
+    values: dict[str, Any] = {}
+    for parameter in body.get("parameter") or []:
+        if not isinstance(parameter, dict) or not isinstance(parameter.get("name"), str):
+            raise BadRequest("each parameter needs a name", code="invalid_parameters")
+        value = next((v for k, v in parameter.items() if k.startswith("value")), parameter.get("resource"))
+        if isinstance(value, dict) and "reference" in value:
+            value = value["reference"]
+        values[parameter["name"]] = value
+    return values

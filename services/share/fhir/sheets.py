@@ -29,10 +29,9 @@ from sqlalchemy.orm import Session
 from services.kit.errors import BadRequest, Conflict, Forbidden, NotFound, RenkeiError
 from services.kit.tokens import Principal
 from services.share.access.decision import Action
-from services.share.access.invitations import parameters
 from services.share.context import ShareContext
 from services.share.fhir.auditing import Interaction
-from services.share.fhir.negotiation import bounded_body
+from services.share.fhir.negotiation import bounded_body, operation_parameters
 from services.share.fhir.resources import caller_of, checked_id, in_transaction, resource_response
 from services.share.fhir.responses import FhirResponse
 from services.share.security.deps import Context, CurrentPrincipal
@@ -130,7 +129,7 @@ async def emergency_summary(patient_id: str, ctx: Context, principal: CurrentPri
 @router.post("/Task/{task_id}/$acknowledge", summary="Acknowledge a shared sheet, optionally asking a question")
 async def acknowledge(task_id: str, request: Request, ctx: Context, principal: CurrentPrincipal) -> Response:
     checked_id(task_id)
-    question = parameters(await bounded_body(request, 64 * 1024)).get("question")
+    question = operation_parameters(await bounded_body(request, 64 * 1024)).get("question")
     if question is not None and (not isinstance(question, str) or not question.strip() or len(question) > 2000):
         raise BadRequest("'question' is a text of 1 to 2,000 characters", code="invalid_parameters",
                          expression=["Parameters.parameter.where(name='question')"])
@@ -152,7 +151,9 @@ async def acknowledge(task_id: str, request: Request, ctx: Context, principal: C
         task["executionPeriod"] = {**(task.get("executionPeriod") or {}), "end": now}
         task["lastModified"] = now
         if question:
-            message = ctx.store.create(db, caller, "Communication", _question(task, principal, question, now))
+            asked = _message(principal, task.get("for"), str((task.get("focus") or {}).get("reference") or ""),
+                             ("question", "質問"), "routine", question, task.get("requester"))
+            message = ctx.store.create(db, caller, "Communication", asked)
             task["output"] = [*(task.get("output") or []), {
                 "type": {"text": "確認時の質問 / question asked on acknowledging"},
                 "valueReference": {"reference": f"Communication/{message.resource_id}"}}]
@@ -188,7 +189,7 @@ async def crew_report(patient_id: str, request: Request, ctx: Context, principal
     """Parameters: ``report``, a QuestionnaireResponse holding only the emergency.call and emergency.crew
     sections; optional ``receiving``, the receiving hospital (Organization/<id>) to be told too."""
     checked_id(patient_id)
-    values = parameters(await bounded_body(request, 256 * 1024))
+    values = operation_parameters(await bounded_body(request, 256 * 1024))
     report, receiving = values.get("report"), values.get("receiving")
     sections = [item for item in (report or {}).get("item") or [] if isinstance(item, dict)] \
         if isinstance(report, dict) else []
@@ -209,8 +210,10 @@ async def crew_report(patient_id: str, request: Request, ctx: Context, principal
         kept = [item for item in sheet.get("item") or [] if item.get("linkId") not in CREW_SECTIONS]
         sheet.update(item=kept + sections, status="amended")
         item = ctx.store.update(db, server, SHEET, record.resource_id, sheet, None)
-        ctx.store.create(db, server, "Communication", _crew_message(principal, patient_id, record.resource_id,
-                                                                    receiving))
+        told = _message(principal, {"reference": f"Patient/{patient_id}"}, f"{SHEET}/{record.resource_id}",
+                        ("report", "報告"), "urgent", "救急隊が急変時情報共有シートに記入しました / the ambulance crew "
+                        "added its report to the emergency sheet", {"reference": receiving} if receiving else None)
+        ctx.store.create(db, server, "Communication", told)
         return resource_response(ctx, item)
 
     return await in_transaction(ctx, work, (principal, Interaction("U", "crew-report", f"Patient/{patient_id}")))
@@ -227,22 +230,6 @@ def _may_report(ctx: ShareContext, db: Session, principal: Principal, patient_id
     decision = ctx.gate.decision(db, principal, SHEET, Action.READ, patient_id, "EmergencySheet")
     if not decision.allowed:
         ctx.gate.refuse(db, decision, f"Patient/{patient_id}", patient_id)
-
-
-def _crew_message(principal: Principal, patient_id: str, sheet_id: str, receiving: Any) -> dict[str, Any]:
-    text = "救急隊が急変時情報共有シートに記入しました / the ambulance crew added its report to the emergency sheet"
-    message: dict[str, Any] = {
-        "resourceType": "Communication", "status": "completed", "priority": "urgent",
-        "category": [{"coding": [{"system": "urn:renkei:codesystem:message-category", "code": "report",
-                                  "display": "報告"}]}],
-        "subject": {"reference": f"Patient/{patient_id}"},
-        "about": [{"reference": f"QuestionnaireResponse/{sheet_id}"}],
-        "sent": _now(), "sender": {"reference": f"Practitioner/{principal.subject}"},
-        "payload": [{"contentString": text}],
-    }
-    if receiving:
-        message["recipient"] = [{"reference": receiving}]
-    return message
 
 
 
@@ -276,18 +263,19 @@ def _owns(principal: Principal, owner: Any) -> bool:
     return reference in (f"Practitioner/{principal.subject}", f"Organization/{principal.organization}")
 
 
-def _question(task: dict[str, Any], principal: Principal, question: str, now: str) -> dict[str, Any]:
-    """The question an acknowledger sends back to the sheet's sender, as a team message about the sheet."""
+def _message(principal: Principal, subject: Any, about: str, category: tuple[str, str], priority: str, text: str,
+             recipient: Any) -> dict[str, Any]:
+    """A team message about a sheet (a Communication): a question back to its sender, a crew's report."""
     message: dict[str, Any] = {
-        "resourceType": "Communication", "status": "completed", "priority": "routine",
-        "category": [{"coding": [{"system": "urn:renkei:codesystem:message-category", "code": "question",
-                                  "display": "質問"}]}],
-        "subject": task.get("for"), "about": [task["focus"]] if task.get("focus") else [],
-        "sent": now, "sender": {"reference": f"Practitioner/{principal.subject}"},
-        "payload": [{"contentString": question}],
+        "resourceType": "Communication", "status": "completed", "priority": priority,
+        "category": [{"coding": [{"system": "urn:renkei:codesystem:message-category", "code": category[0],
+                                  "display": category[1]}]}],
+        "subject": subject, "about": [{"reference": about}] if about else [],
+        "sent": _now(), "sender": {"reference": f"Practitioner/{principal.subject}"},
+        "payload": [{"contentString": text}],
     }
-    if task.get("requester"):
-        message["recipient"] = [task["requester"]]
+    if recipient:
+        message["recipient"] = [recipient]
     return message
 
 

@@ -24,7 +24,7 @@ from services.share.access import invitations
 from services.share.access.decision import Action
 from services.share.context import ShareContext
 from services.share.fhir.auditing import Interaction
-from services.share.fhir.negotiation import bounded_body
+from services.share.fhir.negotiation import bounded_body, operation_parameters
 from services.share.fhir.resources import checked_id, in_transaction
 from services.share.fhir.responses import FhirResponse
 from services.share.security.deps import Context, CurrentPrincipal
@@ -54,7 +54,7 @@ async def my_invitations(ctx: Context, principal: CurrentPrincipal) -> Response:
 @router.post("/CareTeam/{team_id}/$accept", summary="The invited user (or organisation) accepts")
 async def accept(team_id: str, request: Request, ctx: Context, principal: CurrentPrincipal) -> Response:
     checked_id(team_id)
-    values = invitations.parameters(await bounded_body(request, 64 * 1024))
+    values = operation_parameters(await bounded_body(request, 64 * 1024))
     member = values.get("member") or f"Practitioner/{principal.subject}"
 
     def work(db: Session) -> dict[str, Any]:
@@ -69,7 +69,7 @@ async def accept(team_id: str, request: Request, ctx: Context, principal: Curren
 @router.post("/CareTeam/{team_id}/$approve", summary="An organisation's or the patient's approval of a newcomer")
 async def approve(team_id: str, request: Request, ctx: Context, principal: CurrentPrincipal) -> Response:
     checked_id(team_id)
-    values = invitations.parameters(await bounded_body(request, 64 * 1024))
+    values = operation_parameters(await bounded_body(request, 64 * 1024))
     approval, note = values.get("approval"), values.get("note")
     if approval not in ("organization", "patient"):
         raise BadRequest("'approval' is organization or patient", code="invalid_parameters",

@@ -15,9 +15,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from services.share.sheets.lifecycle import SHARED
 from services.share.store.statements import NewRows, Statements, statements
 
-SHARED = ("completed", "amended")
 _COLUMNS = ("resource_id", "network_id", "patient_id", "kind", "template", "status", "version",
             "author_organization", "updated_at", "reviewed_at", "review_task")
 
@@ -69,7 +69,8 @@ class _Sql:
             f" AND approved = {m}"
             f" UNION ALL SELECT 's', resource_id, kind, template, status, version, author_organization, review_task,"
             f" updated_at, reviewed_at, NULL FROM sheet_records WHERE network_id = {m} AND patient_id = {m}"
-            f" AND status IN ('completed', 'amended') AND kind IN ('EmergencySheet', 'AcpRecord')")
+            f" AND status IN ({', '.join(repr(status) for status in sorted(SHARED))})"
+            f" AND kind IN ('EmergencySheet', 'AcpRecord')")
 
 
 _BY_MARK: dict[str, _Sql] = {}

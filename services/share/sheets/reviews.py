@@ -15,7 +15,7 @@ import structlog
 from sqlalchemy import Select, select
 
 from services.share.context import ShareContext
-from services.share.sheets import records
+from services.share.sheets.lifecycle import SHARED
 from services.share.sheets.models import SheetRecord
 from services.share.store.service import Caller
 
@@ -41,7 +41,7 @@ def _candidates(now: datetime) -> Select[str, str]:
     """(network, patient) of the shared emergency sheets with no open review, reviewed before any network's
     shortest period."""
     return select(SheetRecord.network_id, SheetRecord.patient_id).where(
-        SheetRecord.kind == "EmergencySheet", SheetRecord.status.in_(records.SHARED), SheetRecord.review_task == "",
+        SheetRecord.kind == "EmergencySheet", SheetRecord.status.in_(SHARED), SheetRecord.review_task == "",
         SheetRecord.reviewed_at < now - timedelta(days=SHORTEST_DAYS))
 
 

@@ -9,6 +9,7 @@ write: the projections the rules read (models.py) and the scene rules (scenes.py
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,12 +47,11 @@ class Change:
     template: Template | None = None
     before: SheetState | None = None  # the sheet's record as it stood (None: a new sheet)
     previous: dict[str, Any] | None = None  # the previous version's body, where a scene rule compares
-    # the status before this write (None: a new sheet); kept apart, since ``before`` is updated in place
-    was: str | None = None
 
 
 class SheetRules:
-    def __init__(self, registry: TemplateRegistry, ranges: VitalRanges, review_days: Any = None) -> None:
+    def __init__(self, registry: TemplateRegistry, ranges: VitalRanges,
+                 review_days: Callable[[str], int] | None = None) -> None:
         self.registry = registry
         self.ranges = ranges
         self.store: ResourceStore | None = None  # set by the store that applies these rules
@@ -59,7 +59,7 @@ class SheetRules:
         self.review_days = review_days or (lambda network_id: 90)
 
     @classmethod
-    def load(cls, schemas_dir: Path, review_days: Any = None) -> SheetRules:
+    def load(cls, schemas_dir: Path, review_days: Callable[[str], int] | None = None) -> SheetRules:
         return cls(TemplateRegistry.load(schemas_dir), VitalRanges.load(schemas_dir / "sheets" / "vital-ranges.json"),
                    review_days)
 
@@ -92,7 +92,7 @@ class SheetRules:
             meta["tag"] = [*[t for t in meta.get("tag") or [] if t.get("system") != scenes.SHEET_FLAG], scenes.URGENT]
         previous = self._previous(db, caller, resource_id) if before is not None \
             and template.name in scenes.SUMMARISED and body.get("status") in SHARED else None
-        return Change(template, before, previous, before.status if before is not None else None)
+        return Change(template, before, previous)
 
     def _template(self, db: Session, caller: Caller, body: dict[str, Any]) -> Template:
         canonical = body.get("questionnaire")
@@ -163,7 +163,8 @@ class SheetRules:
         if change.template is None or not patient_id:
             return
         status = body.get("status")
-        became_shared = status in SHARED and change.was not in SHARED
+        # Read before _record updates the sheet's row (change.before) to this write.
+        became_shared = status in SHARED and (change.before is None or change.before.status not in SHARED)
         kind = sheet_kind(body) or change.template.name
         summarised = kind in scenes.SUMMARISED and status in SHARED \
             and scenes.summarised_change(kind, change.previous, body)
