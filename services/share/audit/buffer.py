@@ -59,6 +59,7 @@ class AuditBuffer:
         self.db = db
         self.max_pending = max_pending
         self._rows: list[AuditRow] = []
+        self._in_flight = 0  # rows taken off the queue by the flush under way, not yet stored
         self._lock = threading.Lock()
         self._writing = threading.Lock()  # one flush at a time, so rows reach the table in the order added
 
@@ -70,7 +71,9 @@ class AuditBuffer:
 
     @property
     def pending(self) -> int:
-        return len(self._rows)
+        """Rows not yet stored: queued, or in the INSERT under way (which may yet fail and queue them again)."""
+        with self._lock:
+            return len(self._rows) + self._in_flight
 
     def flush(self) -> int:
         """Write every row added so far; how many were taken off the queue. On failure the rows not written stay
@@ -78,6 +81,7 @@ class AuditBuffer:
         with self._writing:
             with self._lock:
                 rows, self._rows = self._rows, []
+                self._in_flight = len(rows)
             done = 0
             try:
                 while done < len(rows):
@@ -92,7 +96,10 @@ class AuditBuffer:
             except BaseException:
                 with self._lock:
                     self._rows[:0] = rows[done:]  # before anything added meanwhile: the order holds
+                    self._in_flight = 0
                 raise
+            with self._lock:
+                self._in_flight = 0
             return done
 
     def _insert(self, rows: list[AuditRow]) -> None:
