@@ -32,6 +32,8 @@ from services.share.audit.chainer import chain_forever
 from services.share.audit.report import router as fhir_access_report
 from services.share.audit.search import router as fhir_audit_events
 from services.share.context import ShareContext
+from services.share.events.hub import Hub
+from services.share.events.wakeup import WakeOnWrite
 from services.share.fhir.batch import router as fhir_batch
 from services.share.fhir.endpoints import authenticated as fhir_authenticated
 from services.share.fhir.endpoints import public as fhir_public
@@ -39,6 +41,7 @@ from services.share.fhir.resources import router as fhir_resources
 from services.share.fhir.responses import outcome_response
 from services.share.fhir.sheets import router as fhir_sheets
 from services.share.fhir.teams import router as fhir_teams
+from services.share.push.ws import router as push_socket
 from services.share.sheets.reviews import review_forever
 
 
@@ -71,6 +74,10 @@ def create_app(
             if share_ctx.audit_buffer is not None:
                 background.append(asyncio.create_task(
                     flush_forever(share_ctx.audit_buffer, settings.audit_flush_seconds, share_ctx.run_upkeep)))
+            hub = app.state.hub = Hub(share_ctx)
+            background.append(asyncio.create_task(hub.run()))
+            if settings.redis_url:
+                background.append(asyncio.create_task(hub.listen(settings.redis_url)))
         settle_memory()
         yield
         for task in background:
@@ -103,6 +110,8 @@ def create_app(
         app.include_router(fhir_resources)
         app.include_router(fhir_batch)
         app.include_router(fhir_authenticated)
+        app.include_router(push_socket)
+        app.add_middleware(WakeOnWrite)
     if auth:
         app.include_router(auth_router())
     install_error_handlers(app)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,6 +48,19 @@ class Settings(BaseSettings):
     # How often the share service looks for emergency sheets older than their network's review period and raises
     # their review Task (services/share/sheets/reviews.py). 0: never (another instance does it).
     emergency_review_interval_seconds: float = Field(default=3600.0, ge=0)
+    # Push (services/share/events, services/share/push). How often each share process numbers and reads the event
+    # log even when no wake-up came: the longest a reader waits for another instance's write while the wake-up
+    # channel (Redis) is down or a message was missed.
+    event_poll_seconds: float = Field(default=1.0, gt=0, le=30)
+    # WebSocket /ws: seconds to authenticate after the handshake; the server's heartbeat period (a client silent
+    # for two periods is dropped); events queued for one connection before it is closed as too slow (4002:
+    # resume from your cursor).
+    ws_auth_seconds: float = Field(default=5.0, gt=0)
+    ws_heartbeat_seconds: float = Field(default=20.0, gt=0)
+    ws_queue_events: int = Field(default=1000, ge=1)
+    # Browser origins allowed to open /ws (JSON list); the public URL's origin always is. A client that sends no
+    # Origin (a native app, a hospital system) is not a browser page and is let through to authenticate.
+    allowed_origins: list[str] = Field(default_factory=list)
 
     # Key material. The master key encrypts TOTP secrets and signing keys at rest in the auth database;
     # when unset it is read from (or generated into) ``<data_dir>/keys/auth-master.key`` with mode 0600.
@@ -133,6 +147,12 @@ class Settings(BaseSettings):
     def auth_url(self) -> str:
         """The identity service's base (``…/auth``) as the share service reaches it."""
         return self.share_auth_url or self.jwks_url.rsplit("/", 1)[0]
+
+    @property
+    def ws_origins(self) -> frozenset[str]:
+        """Origins allowed to open the WebSocket: the configured ones and the public URL's own."""
+        parts = urlsplit(self.public_url)
+        return frozenset([*(origin.rstrip("/") for origin in self.allowed_origins), f"{parts.scheme}://{parts.netloc}"])
 
     @property
     def expected_issuer(self) -> str:

@@ -1,0 +1,55 @@
+"""Reading the event log: what happened after a cursor, in sequence order (ids only, never clinical text)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from services.share.access.layout import DRAFT_MARK
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    seq: int
+    network_id: str
+    patient_id: str
+    resource_type: str
+    resource_id: str
+    version: int
+    kind: str
+    author_organization: str
+    draft: bool
+
+    @property
+    def layout(self) -> bytes | None:
+        """What the access gate reads to tell a draft sheet (Gate.readable treats an event as the row it names)."""
+        return DRAFT_MARK if self.draft else None
+
+    def frame(self) -> dict[str, object]:
+        """The WebSocket ``event`` frame (docs/push-protocol.md)."""
+        return {"type": "event", "seq": self.seq, "kind": self.kind,
+                "resource": {"type": self.resource_type, "id": self.resource_id, "version": str(self.version)},
+                "patient": self.patient_id or None}
+
+
+_COLUMNS = "seq, network_id, patient_id, resource_type, resource_id, version, kind, author_organization, draft"
+_SELECT = f"SELECT {_COLUMNS} FROM event_log WHERE"  # noqa: S608 - constants only
+_AFTER = text(f"{_SELECT} seq > :after ORDER BY seq LIMIT :limit")
+_AFTER_IN = text(f"{_SELECT} network_id = :network AND seq > :after ORDER BY seq LIMIT :limit")
+_HEAD = text("SELECT coalesce(max(seq), 0) FROM event_log")
+
+
+def events_after(db: Session, after: int, limit: int, network_id: str | None = None) -> list[Event]:
+    """Up to ``limit`` numbered events after ``after``, in order; of one network when ``network_id`` is given."""
+    if network_id is None:
+        rows = db.execute(_AFTER, {"after": after, "limit": limit})
+    else:
+        rows = db.execute(_AFTER_IN, {"network": network_id, "after": after, "limit": limit})
+    return [Event(int(r[0]), r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], bool(r[8])) for r in rows]
+
+
+def head(db: Session) -> int:
+    """The highest sequence number given so far (0: none)."""
+    return int(db.scalar(_HEAD) or 0)

@@ -1,0 +1,34 @@
+"""Giving committed events their sequence numbers, one pass at a time across every instance.
+
+Writers only append (the trigger of migration 0011: no lock, no counter row that every commit would queue on). A
+pass numbers every committed event still without a number, in the order they were appended, after the highest
+number given so far, and commits. Passes never overlap (a PostgreSQL advisory lock, held to the pass's commit;
+SQLite has one writer anyway), so numbers become visible in increasing order and a reader's cursor never passes
+an event still to come. What this costs: an event reaches readers one pass after its write's commit — a pass is
+woken right after each local commit (services/share/events/hub.py), and every instance also runs one on a short
+timer, so a write on another instance waits at most that long even when the wake-up channel is down.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+_SEQUENCER_LOCK = 0x52454E45  # pg_try_advisory_xact_lock key: one sequencer pass at a time across instances
+BATCH = 5000  # events numbered per pass at most; a larger backlog takes several passes
+
+_NUMBER = text(
+    "WITH top AS (SELECT coalesce(max(seq), 0) AS m FROM event_log),"
+    " pending AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM event_log WHERE seq IS NULL"
+    "             ORDER BY id LIMIT :batch)"
+    " UPDATE event_log SET seq = (SELECT m FROM top) + pending.n FROM pending WHERE event_log.id = pending.id"
+)
+
+
+def sequence_pending(db: Session) -> int:
+    """Number the committed events waiting; how many were numbered (0 also when another instance's pass holds
+    the lock: that pass numbers them). Run in a transaction of its own."""
+    if db.get_bind().dialect.name == "postgresql" and not db.scalar(
+            text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _SEQUENCER_LOCK}):
+        return 0
+    return int(db.execute(_NUMBER, {"batch": BATCH}).rowcount or 0)  # type: ignore[attr-defined]
