@@ -37,6 +37,7 @@ from services.share.events.wakeup import WakeOnWrite
 from services.share.fhir.batch import router as fhir_batch
 from services.share.fhir.endpoints import authenticated as fhir_authenticated
 from services.share.fhir.endpoints import public as fhir_public
+from services.share.fhir.messages import router as fhir_messages
 from services.share.fhir.resources import router as fhir_resources
 from services.share.fhir.responses import outcome_response
 from services.share.fhir.sheets import router as fhir_sheets
@@ -106,6 +107,7 @@ def create_app(
         app.include_router(fhir_access_report)
         app.include_router(fhir_teams)  # /fhir/$invitations, before /fhir/{type}
         app.include_router(fhir_sheets)  # QuestionnaireResponse/{id}/$document …, before /fhir/{type}/{id}
+        app.include_router(fhir_messages)  # Communication/{id}/$read …, before /fhir/{type}/{id}
         app.include_router(fhir_audit_events)  # the audit log as AuditEvents, before /fhir/{type}
         app.include_router(fhir_resources)
         app.include_router(fhir_batch)

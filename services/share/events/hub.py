@@ -98,6 +98,14 @@ class Hub:
             if len(events) < READ_BATCH:
                 return
 
+    async def number_now(self) -> None:
+        """Number what has committed so far, before a request that needs its write's place in the log (read
+        receipts); the subscribers are served by the pass this wakes."""
+        if await self.ctx.run_upkeep(self._sequence):
+            if self._publish is not None:
+                self._publish()
+            self.wake()
+
     def _head(self) -> int:
         with self.ctx.db.reading() as db:
             return head(db)

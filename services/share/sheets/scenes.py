@@ -56,12 +56,12 @@ def members_in(members: list[Member], roles: tuple[str, ...]) -> list[dict[str, 
 
 
 def task(code: str, display: str, text: str, sheet_id: str, patient_id: str, owner: dict[str, str] | None,
-         requester: str, due: str | None = None) -> dict[str, Any]:
+         requester: str, due: str | None = None, focus_type: str = "QuestionnaireResponse") -> dict[str, Any]:
     body: dict[str, Any] = {
         "resourceType": "Task", "status": "requested", "intent": "order", "priority": "routine",
         "code": {"coding": [{"system": TASK_CODE, "code": code, "display": display}], "text": display},
         "description": text,
-        "focus": {"reference": f"QuestionnaireResponse/{sheet_id}"},
+        "focus": {"reference": f"{focus_type}/{sheet_id}"},
         "for": {"reference": f"Patient/{patient_id}"},
         "authoredOn": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -28,6 +28,7 @@ from services.share.access.projection import PROJECTED, project
 from services.share.audit.trail import Access, AuditTrail
 from services.share.crypto.datakeys import DataKeys, KeyDestroyed
 from services.share.crypto.envelope import TamperedCiphertext, open_sealed, resource_aad, seal
+from services.share.messages import acknowledgements
 from services.share.store.audit_records import store_audit_event
 from services.share.store.indexing import Indexer
 from services.share.store.models import ResourceHead, ResourceVersion, SearchEntry
@@ -149,7 +150,19 @@ class ResourceStore:
             # The registrant is the first of the new patient's team (access/registration.py).
             team = registration.first_team(self.gate.matrix, caller.principal, resource_id)
             self.create(db, replace(caller, principal=None), "CareTeam", team)
+        if resource_type == "Communication" and patient_id and acknowledgements.required(body):
+            self._ask_acknowledgements(db, caller, resource_id, body, patient_id)
         return stored
+
+    def _ask_acknowledgements(self, db: Session, caller: Caller, message_id: str, body: dict[str, Any],
+                              patient_id: str) -> None:
+        """An urgent message that must be acknowledged asks each member it names (or the whole team) in a Task,
+        written in the message's transaction (services/share/messages/acknowledgements.py)."""
+        now = utcnow()
+        team = self.gate.team_read(db, patient_id) if self.gate is not None else None
+        members = [f"Practitioner/{p.member}" for p in team or () if p.kind == "practitioner" and p.active(now)]
+        for task in acknowledgements.tasks(body, message_id, patient_id, members, caller.organization):
+            self.create(db, replace(caller, principal=None), "Task", task)
 
     def prepare_created(self, db: Session, caller: Caller, resources: list[tuple[str, str, dict[str, Any]]]
                         ) -> list[NewRows]:

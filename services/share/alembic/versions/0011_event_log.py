@@ -1,4 +1,5 @@
-"""the event log: every committed write of a resource appends an event, by a trigger in the writing transaction
+"""the event log: every committed write of a resource appends an event, by a trigger in the writing transaction;
+and each member's read position in each patient's team thread
 
 Revision ID: 0011
 Revises: 0010
@@ -76,9 +77,19 @@ def upgrade() -> None:
         batch_op.create_index('ix_event_log_unsequenced', ['id'], unique=False,
                               postgresql_where=sa.text('seq IS NULL'), sqlite_where=sa.text('seq IS NULL'))
     op.execute(_POSTGRES if op.get_bind().dialect.name == 'postgresql' else _SQLITE)
+    op.create_table(
+        'read_positions',
+        sa.Column('network_id', sa.String(length=64), nullable=False),
+        sa.Column('patient_id', sa.String(length=64), nullable=False),
+        sa.Column('reader', sa.String(length=200), nullable=False),
+        sa.Column('seq', sa.BigInteger(), nullable=False),
+        sa.Column('read_at', services.kit.db.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint('network_id', 'patient_id', 'reader', name=op.f('pk_read_positions')),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('read_positions')
     if op.get_bind().dialect.name == 'postgresql':
         op.execute("DROP TRIGGER resource_versions_event ON resource_versions")
         op.execute("DROP FUNCTION renkei_event_for_versions()")
