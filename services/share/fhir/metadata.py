@@ -104,8 +104,15 @@ def _resource_capability(resource_type: str) -> dict[str, Any]:
 
 
 # Instance operations beyond FHIR's own (services/share/access/break_glass.py, services/share/audit/report.py,
-# services/share/fhir/teams.py, services/share/fhir/sheets.py).
+# services/share/fhir/teams.py, services/share/fhir/sheets.py, services/share/fhir/messages.py).
 _OPERATIONS = {
+    "Communication": [
+        {"name": "read", "definition": "urn:renkei:operation:read",
+         "documentation": "The caller has read this message and every earlier one of the patient's thread; a read "
+                          "position only moves forward."},
+        {"name": "read-status", "definition": "urn:renkei:operation:read-status",
+         "documentation": "Who of the patient's current team has read this message (and when), and who has not."},
+    ],
     "QuestionnaireResponse": [
         {"name": "document", "definition": "http://hl7.org/fhir/OperationDefinition/Composition-document",
          "documentation": "A shared sheet as a FHIR document Bundle (Composition first); a discharge sheet follows "
