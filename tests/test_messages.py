@@ -12,6 +12,7 @@ from services.share.messages.acknowledgements import REQUIRED
 from tests.fhir_helpers import FHIR_JSON, create, created_id, patient
 from tests.infra import LiveServer
 from tests.test_access_rules import add_to_team, consent, open_network
+from tests.test_push_socket import receive, subscribed
 
 CATEGORY = "urn:renkei:codesystem:message-category"
 TASK = "urn:renkei:codesystem:task-code"
@@ -115,3 +116,20 @@ def test_an_urgent_message_that_must_be_acknowledged_asks_each_recipient_in_a_ta
                                                                               "valueBoolean": True}])))
     assert len(thread.http.get("/fhir/Task", params={"patient": thread.pid, "code": f"{TASK}|acknowledge"},
                                headers=thread.doctor).json().get("entry", [])) == 1
+
+
+def test_an_urgent_message_is_also_an_urgent_event_for_the_team(server: LiveServer) -> None:
+    thread = Thread(server)
+    socket = subscribed(server, thread.nurse["Authorization"].removeprefix("Bearer "))
+    try:
+        routine = created_id(thread.post(thread.doctor, thread.message("定期連絡")))
+        urgent = created_id(thread.post(thread.doctor, thread.message("呼吸苦あり", category="urgent",
+                                                                      priority="asap")))
+        kinds: list[tuple[str, str]] = []
+        while len(kinds) < 3:
+            frame = receive(socket)
+            if frame["type"] == "event" and frame["resource"]["type"] == "Communication":
+                kinds.append((frame["resource"]["id"], frame["kind"]))
+        assert kinds == [(routine, "created"), (urgent, "created"), (urgent, "urgent")]
+    finally:
+        socket.close()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from services.kit.db import utcnow
 from services.share.access.layout import DRAFT_MARK
 
 
@@ -48,6 +49,21 @@ def events_after(db: Session, after: int, limit: int, network_id: str | None = N
     else:
         rows = db.execute(_AFTER_IN, {"network": network_id, "after": after, "limit": limit})
     return [Event(int(r[0]), r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], bool(r[8])) for r in rows]
+
+
+_URGENT = text(
+    "INSERT INTO event_log (network_id, patient_id, resource_type, resource_id, version, kind, author_organization,"
+    " draft, recorded) VALUES (:network, :patient, :type, :id, :version, 'urgent', :organization, :draft, :now)"
+)
+
+
+def append_urgent(db: Session, network_id: str, patient_id: str, resource_type: str, resource_id: str, version: int,
+                  author_organization: str) -> None:
+    """A second event for a write that needs someone now (an urgent message, a break-the-glass access): kind
+    ``urgent``, in the write's transaction. What wakes a tablet asleep in a bag (Web Push) reads these."""
+    db.execute(_URGENT, {"network": network_id, "patient": patient_id, "type": resource_type, "id": resource_id,
+                         "version": version, "organization": author_organization, "draft": False,
+                         "now": utcnow()})
 
 
 def head(db: Session) -> int:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Table, delete, select
 from sqlalchemy.orm import Session
 
-from services.kit.db import utcnow
+from services.kit.db import TransactionRequired, utcnow, without_transaction
 from services.kit.errors import BadRequest, Conflict, NotFound, RenkeiError
 from services.kit.tokens import Principal
 from services.share.access import registration
@@ -28,6 +28,7 @@ from services.share.access.projection import PROJECTED, project
 from services.share.audit.trail import Access, AuditTrail
 from services.share.crypto.datakeys import DataKeys, KeyDestroyed
 from services.share.crypto.envelope import TamperedCiphertext, open_sealed, resource_aad, seal
+from services.share.events.log import append_urgent
 from services.share.messages import acknowledgements
 from services.share.store.audit_records import store_audit_event
 from services.share.store.indexing import Indexer
@@ -144,8 +145,13 @@ class ResourceStore:
         if self.gate is not None:
             self.gate.check_write(db, caller.principal, resource_type, Action.CREATE, patient_id or "", body)
         change = self._sheet_rules_before(db, caller, resource_type, resource_id, body, existing=False)
+        urgent = resource_type == "Communication" and body.get("priority") in acknowledgements.URGENT
+        if urgent and without_transaction(db):  # before the first write: it runs again in a transaction
+            raise TransactionRequired("an urgent message writes its urgent event (and its Tasks) beside it")
         stored = self._write(db, caller, resource_type, resource_id, 1, patient_id, body, "POST", head=None)
         self._sheet_rules_after(db, caller, stored, body, patient_id, change)
+        if urgent and patient_id:
+            append_urgent(db, caller.network_id, patient_id, resource_type, resource_id, 1, caller.organization)
         if resource_type == "Patient" and self.gate is not None and caller.principal is not None:
             # The registrant is the first of the new patient's team (access/registration.py).
             team = registration.first_team(self.gate.matrix, caller.principal, resource_id)
