@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # Browser origins allowed to open /ws (JSON list); the public URL's origin always is. A client that sends no
     # Origin (a native app, a hospital system) is not a browser page and is let through to authenticate.
     allowed_origins: list[str] = Field(default_factory=list)
+    # Endpoints the server calls for clients (rest-hook Subscriptions, Web Push) must be public https addresses;
+    # this lets them be loopback too (tests, a one-machine demo). Never in production: services/kit/outbound.py.
+    outbound_allow_loopback: bool = False
 
     # Key material. The master key encrypts TOTP secrets and signing keys at rest in the auth database;
     # when unset it is read from (or generated into) ``<data_dir>/keys/auth-master.key`` with mode 0600.
