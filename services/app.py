@@ -42,6 +42,9 @@ from services.share.fhir.resources import router as fhir_resources
 from services.share.fhir.responses import outcome_response
 from services.share.fhir.sheets import router as fhir_sheets
 from services.share.fhir.teams import router as fhir_teams
+from services.share.push.endpoints import router as web_push
+from services.share.push.urgent import UrgentPush
+from services.share.push.webpush import VapidKey
 from services.share.push.ws import router as push_socket
 from services.share.sheets.reviews import review_forever
 
@@ -76,6 +79,8 @@ def create_app(
                 background.append(asyncio.create_task(
                     flush_forever(share_ctx.audit_buffer, settings.audit_flush_seconds, share_ctx.run_upkeep)))
             hub = app.state.hub = Hub(share_ctx)
+            vapid = app.state.vapid = VapidKey.load(settings)
+            hub.on_urgent = UrgentPush(share_ctx, hub, vapid)  # Web Push wake-ups for urgent events
             background.append(asyncio.create_task(hub.run()))
             if settings.redis_url:
                 background.append(asyncio.create_task(hub.listen(settings.redis_url)))
@@ -113,6 +118,7 @@ def create_app(
         app.include_router(fhir_batch)
         app.include_router(fhir_authenticated)
         app.include_router(push_socket)
+        app.include_router(web_push)
         app.add_middleware(WakeOnWrite)
     if auth:
         app.include_router(auth_router())

@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     # Endpoints the server calls for clients (rest-hook Subscriptions, Web Push) must be public https addresses;
     # this lets them be loopback too (tests, a one-machine demo). Never in production: services/kit/outbound.py.
     outbound_allow_loopback: bool = False
+    # Web Push (services/share/push/webpush.py). The VAPID signing key (RFC 8292): a PEM, or the raw 32-byte P-256
+    # private value in base64url; when unset it is read from (or generated into) ``<key_dir>/vapid-private.pem``.
+    # Changing it invalidates every browser's subscription. The subject is the contact a push service may write
+    # to (default: an admin address at the public URL's host).
+    vapid_private_key: str | None = Field(default=None, repr=False)
+    vapid_subject: str | None = None
+    web_push_ttl_seconds: int = Field(default=3600, ge=0, le=28 * 24 * 3600)
 
     # Key material. The master key encrypts TOTP secrets and signing keys at rest in the auth database;
     # when unset it is read from (or generated into) ``<data_dir>/keys/auth-master.key`` with mode 0600.
@@ -156,6 +163,16 @@ class Settings(BaseSettings):
         """Origins allowed to open the WebSocket: the configured ones and the public URL's own."""
         parts = urlsplit(self.public_url)
         return frozenset([*(origin.rstrip("/") for origin in self.allowed_origins), f"{parts.scheme}://{parts.netloc}"])
+
+    @property
+    def resolved_vapid_subject(self) -> str:
+        """The VAPID ``sub``: the configured contact, else ``mailto:admin@`` the public URL's host (a name, not an
+        address; ``localhost`` otherwise, as push services ask for a well-formed contact)."""
+        if self.vapid_subject:
+            return self.vapid_subject
+        host = urlsplit(self.public_url).hostname or ""
+        named = "." in host and not host.replace(".", "").isdigit() and ":" not in host
+        return f"mailto:admin@{host if named else 'localhost'}"
 
     @property
     def expected_issuer(self) -> str:

@@ -6,11 +6,12 @@ from services.share.base import ShareBase
 from services.share.crypto.models import DataKey
 from services.share.events.models import EventEntry
 from services.share.messages.models import ReadPosition
+from services.share.push.devices import WebPushDevice, WebPushSent
 from services.share.sheets.models import SheetRecord, SheetTemplate
 from services.share.store.models import IdempotencyRecord, ResourceHead, ResourceVersion, SearchEntry
 
 __all__ = [
     "AuditChainHead", "AuditEntry", "AuditLink", "BreakGlassGrant", "ConsentTerms", "DataKey", "EventEntry",
     "IdempotencyRecord", "ReadPosition", "ResourceHead", "ResourceVersion", "SearchEntry", "ShareBase", "SheetRecord",
-    "SheetTemplate", "TeamParticipant",
+    "SheetTemplate", "TeamParticipant", "WebPushDevice", "WebPushSent",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -43,6 +43,10 @@ class Hub:
         self._wake = asyncio.Event()
         self._started = asyncio.Event()
         self._publish: Callable[[], object] | None = None
+        # Called with each pass's urgent events (Web Push: services/share/push/urgent.py), as a task of its own so
+        # that a slow push service never holds back the WebSocket connections.
+        self.on_urgent: Callable[[list[Event]], Awaitable[None]] | None = None
+        self._urgent_tasks: set[asyncio.Future[None]] = set()
 
     # Subscribers ---------------------------------------------------------------------------------------------
 
@@ -89,14 +93,21 @@ class Hub:
         numbered = await self.ctx.run_upkeep(self._sequence)
         if numbered and self._publish is not None:
             self._publish()
+        urgent: list[Event] = []
         while True:
             events = await self.ctx.run_upkeep(lambda: self._read(self.position))
             for event in events:
                 self.position = event.seq
                 for subscriber in tuple(self._subscribers.get(event.network_id, ())):
                     subscriber.offer(event)
+                if event.kind == "urgent":
+                    urgent.append(event)
             if len(events) < READ_BATCH:
-                return
+                break
+        if urgent and self.on_urgent is not None:
+            task = asyncio.ensure_future(self.on_urgent(urgent))
+            self._urgent_tasks.add(task)
+            task.add_done_callback(self._urgent_tasks.discard)
 
     async def number_now(self) -> None:
         """Number what has committed so far, before a request that needs its write's place in the log (read
