@@ -41,12 +41,14 @@ from services.share.fhir.messages import router as fhir_messages
 from services.share.fhir.resources import router as fhir_resources
 from services.share.fhir.responses import outcome_response
 from services.share.fhir.sheets import router as fhir_sheets
+from services.share.fhir.subscriptions import router as fhir_subscriptions
 from services.share.fhir.teams import router as fhir_teams
 from services.share.push.endpoints import router as web_push
 from services.share.push.urgent import UrgentPush
 from services.share.push.webpush import VapidKey
 from services.share.push.ws import router as push_socket
 from services.share.sheets.reviews import review_forever
+from services.share.subscriptions.delivery import Deliveries
 
 
 def create_app(
@@ -82,6 +84,7 @@ def create_app(
             vapid = app.state.vapid = VapidKey.load(settings)
             hub.on_urgent = UrgentPush(share_ctx, hub, vapid)  # Web Push wake-ups for urgent events
             background.append(asyncio.create_task(hub.run()))
+            background.append(asyncio.create_task(Deliveries(share_ctx).run()))  # rest-hook Subscriptions
             if settings.redis_url:
                 background.append(asyncio.create_task(hub.listen(settings.redis_url)))
         settle_memory()
@@ -113,6 +116,7 @@ def create_app(
         app.include_router(fhir_teams)  # /fhir/$invitations, before /fhir/{type}
         app.include_router(fhir_sheets)  # QuestionnaireResponse/{id}/$document …, before /fhir/{type}/{id}
         app.include_router(fhir_messages)  # Communication/{id}/$read …, before /fhir/{type}/{id}
+        app.include_router(fhir_subscriptions)  # Subscription and its $status, $events, before /fhir/{type}
         app.include_router(fhir_audit_events)  # the audit log as AuditEvents, before /fhir/{type}
         app.include_router(fhir_resources)
         app.include_router(fhir_batch)

@@ -64,6 +64,14 @@ class Settings(BaseSettings):
     # Endpoints the server calls for clients (rest-hook Subscriptions, Web Push) must be public https addresses;
     # this lets them be loopback too (tests, a one-machine demo). Never in production: services/kit/outbound.py.
     outbound_allow_loopback: bool = False
+    # rest-hook Subscriptions (services/share/subscriptions/delivery.py): how often each share process looks for
+    # subscriptions with work; how long a receiver may take to answer; the first retry's delay, doubled per failure
+    # up to the cap; failures in a row before a subscription is set to 'error'.
+    subscription_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    subscription_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    subscription_retry_seconds: float = Field(default=1.0, gt=0)
+    subscription_retry_max_seconds: float = Field(default=300.0, gt=0)
+    subscription_max_failures: int = Field(default=10, ge=1)
     # Web Push (services/share/push/webpush.py). The VAPID signing key (RFC 8292): a PEM, or the raw 32-byte P-256
     # private value in base64url; when unset it is read from (or generated into) ``<key_dir>/vapid-private.pem``.
     # Changing it invalidates every browser's subscription. The subject is the contact a push service may write

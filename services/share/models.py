@@ -9,9 +9,10 @@ from services.share.messages.models import ReadPosition
 from services.share.push.devices import WebPushDevice, WebPushSent
 from services.share.sheets.models import SheetRecord, SheetTemplate
 from services.share.store.models import IdempotencyRecord, ResourceHead, ResourceVersion, SearchEntry
+from services.share.subscriptions.models import SubscriptionState
 
 __all__ = [
     "AuditChainHead", "AuditEntry", "AuditLink", "BreakGlassGrant", "ConsentTerms", "DataKey", "EventEntry",
     "IdempotencyRecord", "ReadPosition", "ResourceHead", "ResourceVersion", "SearchEntry", "ShareBase", "SheetRecord",
-    "SheetTemplate", "TeamParticipant", "WebPushDevice", "WebPushSent",
+    "SheetTemplate", "SubscriptionState", "TeamParticipant", "WebPushDevice", "WebPushSent",
 ]

@@ -74,12 +74,14 @@ def capability_statement(settings: Settings, published: str) -> dict[str, Any]:
 
 _WRITE = ("create", "update", "delete")
 _READ = ("read", "vread", "history-instance", "history-type", "search-type")
+# Types served by a router of their own, with fewer interactions (services/share/fhir/subscriptions.py).
+_OWN_INTERACTIONS = {"Subscription": ("create", "delete", "read", "search-type")}
 
 
 def _resource_capability(resource_type: str) -> dict[str, Any]:
     """Exactly what the store does for this type, interaction by interaction, parameter by parameter."""
     writable = resource_type not in READ_ONLY
-    interactions = [*(_WRITE if writable else ()), *_READ]
+    interactions = list(_OWN_INTERACTIONS.get(resource_type, (*(_WRITE if writable else ()), *_READ)))
     params = PARAMS.get(resource_type, {})
     search = [{"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"}]
     search += [{"name": p.name, "type": p.kind} for p in params.values()]
@@ -124,6 +126,21 @@ _OPERATIONS = {
         {"name": "acknowledge", "definition": "urn:renkei:operation:acknowledge",
          "documentation": "The owner of an 'acknowledge' Task completes it; an optional 'question' goes back to "
                           "the requester as a Communication."},
+    ],
+    "Subscription": [
+        {"name": "status", "definition":
+            "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status",
+         "documentation": "The Subscription's status (requested, active, error, off) and events since its start, as "
+                          "a SubscriptionStatus. Topics (Subscription.criteria): urn:renkei:topic:sheet-shared "
+                          "(QuestionnaireResponse shared or amended), urn:renkei:topic:message-posted (Communication "
+                          "posted), urn:renkei:topic:task-changed (Task created or changed); rest-hook only, "
+                          "payload application/fhir+json, content id-only or full-resource, optional filter "
+                          "patient=Patient/<id> and heartbeat period (backport IG extensions). Only the owner, or a "
+                          "network administrator, sees a Subscription."},
+        {"name": "events", "definition":
+            "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-events",
+         "documentation": "Past notifications by event number (eventsSinceNumber, eventsUntilNumber, content), "
+                          "decided by the owner's access now; event numbers are the event log's sequence numbers."},
     ],
     "Bundle": [
         {"name": "discharge-draft", "definition": "urn:renkei:operation:discharge-draft",

@@ -34,6 +34,9 @@ router = APIRouter(prefix="/fhir", tags=["fhir"], dependencies=[Depends(binary.n
 T = TypeVar("T")
 _ID = re.compile(r"^[A-Za-z0-9\-\.]{1,64}$")
 _ETAG = re.compile(r'^(?:W/)?"?(\d+)"?$')
+# Types with a router of their own (services/share/fhir/subscriptions.py: a Subscription's delivery state lives beside
+# the resource, and only its owner sees it); the generic interactions and batch entries refuse them.
+OWN_ROUTES = frozenset({"Subscription"})
 
 
 class MethodNotAllowed(RenkeiError):
@@ -58,6 +61,8 @@ def resource_type_of(resource_type: str, write: bool = False, reader: Principal 
     if resource_type not in SUPPORTED:
         raise NotFound(f"{resource_type} is not supported by this server; see /fhir/metadata",
                        code="unsupported_resource")
+    if resource_type in OWN_ROUTES:  # validated and owner-only there; never through the generic interactions
+        raise MethodNotAllowed(f"{resource_type} is served by its own interactions only (see /fhir/metadata)")
     if write and resource_type in READ_ONLY:
         raise MethodNotAllowed(f"{resource_type} is written by the server only")
     if reader is not None and resource_type in ADMINISTRATORS_ONLY and not reader.is_admin:
