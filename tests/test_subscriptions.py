@@ -362,6 +362,9 @@ def test_generic_interactions_refuse_subscriptions(hospital: Hospital) -> None:
     answer = hospital.http.post("/fhir", json=bundle, headers={**hospital.ehr, **FHIR_JSON})
     assert answer.status_code == 200 and answer.json()["entry"][0]["response"]["status"].startswith("405")
     assert hospital.http.get("/fhir/Subscription/abc/_history", headers=hospital.ehr).status_code == 405
+    changed = subscription("urn:renkei:topic:message-posted", "http://127.0.0.1:9/x")
+    assert hospital.http.put("/fhir/Subscription/abc", json={**changed, "id": "abc"},
+                             headers={**hospital.ehr, **FHIR_JSON}).status_code == 405
 
 
 def test_a_private_or_loopback_endpoint_is_refused_unless_loopback_is_allowed() -> None:
