@@ -4,6 +4,7 @@
     python bench/servers.py plain   PORT WORKERS    the same application storing plain JSON (the baseline)
     python bench/servers.py bare    PORT WORKERS    a bare FastAPI endpoint inserting the JSON bytes, nothing else
     python bench/servers.py unchecked PORT WORKERS  the real application with access checks and audit off
+    python bench/servers.py pushbare PORT 1         bench/push.py's floor: insert and fan out in-process
 
 All read their configuration from RENKEI_* variables like `renkei serve` (the bare endpoint only its database
 URL), and all are served alike, as `renkei serve --workers N` serves: worker processes (services/serving.py)
@@ -108,11 +109,71 @@ def bare() -> "FastAPI":
     return bare_app(settings.resolved_share_database_url, settings.db_threads)
 
 
+def pushbare() -> "FastAPI":
+    """bench/push.py's floor: the same framework, driver and pool; a POST inserts the JSON and fans a frame out
+    in-process to the sockets subscribed to its patient — no token check, no log, no access decision."""
+    import asyncio
+    import itertools
+    from concurrent.futures import ThreadPoolExecutor
+
+    import orjson
+    from fastapi import FastAPI, Request, Response, WebSocket
+    from starlette.websockets import WebSocketDisconnect
+
+    from services.kit.db import Database
+    from services.kit.settings import Settings
+
+    settings = Settings()
+    table = _bare_table()
+    database = Database(settings.resolved_share_database_url)
+    threads = ThreadPoolExecutor(settings.db_threads)
+    sockets: dict[str, set[WebSocket]] = {}
+    numbers = itertools.count(1)
+    app = FastAPI()
+
+    @app.post("/fhir/Communication")
+    async def post(request: Request) -> Response:
+        raw = await request.body()
+        patient = orjson.loads(raw)["subject"]["reference"].removeprefix("Patient/")
+        identifier = uuid.uuid4().hex
+
+        def write() -> None:
+            with database.transaction() as session:
+                session.execute(table.insert().values(id=identifier, body=raw))
+
+        await asyncio.get_running_loop().run_in_executor(threads, write)
+        frame = orjson.dumps({"type": "event", "seq": next(numbers), "kind": "created", "patient": patient,
+                              "resource": {"type": "Communication", "id": identifier, "version": "1"}}).decode()
+        for socket in tuple(sockets.get(patient, ())):
+            await socket.send_text(frame)
+        return Response(orjson.dumps({"id": identifier}), status_code=201, media_type="application/fhir+json")
+
+    @app.websocket("/ws")
+    async def ws(socket: WebSocket) -> None:
+        await socket.accept()
+        patient = ""
+        try:
+            while True:
+                frame = orjson.loads(await socket.receive_text())
+                if frame.get("type") == "auth":
+                    await socket.send_text('{"type":"authenticated"}')
+                elif frame.get("type") == "subscribe":
+                    patient = frame["patient"]
+                    sockets.setdefault(patient, set()).add(socket)
+                    await socket.send_text('{"type":"subscribed"}')
+        except WebSocketDisconnect:
+            pass
+        finally:
+            sockets.get(patient, set()).discard(socket)
+
+    return app
+
+
 def prepare(mode: str) -> None:
     """What every worker would otherwise race to create: the bare table, or the signing key and key files."""
     from services.kit.settings import Settings
 
-    if mode == "bare":
+    if mode in ("bare", "pushbare"):
         from services.kit.db import Database
 
         database = Database(Settings().resolved_share_database_url)

@@ -120,7 +120,7 @@ class Server:
         args = [sys.executable, str(Path(__file__).parent / "servers.py"), self.mode, str(self.port), str(self.workers)]
         env = {**self.env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         self.process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        probe = "/openapi.json" if self.mode == "bare" else "/readyz"
+        probe = "/openapi.json" if self.mode in ("bare", "pushbare") else "/readyz"
         deadline = time.monotonic() + 60
         while True:
             try:

@@ -100,7 +100,10 @@ def serve(
         from services.app import create_app
 
         prepare(settings, demo_data)
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=True)
+        from services.serving import WEBSOCKET_OPTIONS
+
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=True,
+                    **WEBSOCKET_OPTIONS)
         return
     from services.serving import serve_workers
 

@@ -34,11 +34,16 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+# WebSocket frames here are a few hundred bytes of ids (services/share/push/): permessage-deflate would save next to
+# nothing on them, cost about 2.5x the CPU per delivery and keep a zlib context per connection (tens of KB each).
+WEBSOCKET_OPTIONS: dict[str, Any] = {"ws_per_message_deflate": False}
+
+
 def _worker(app: str, host: str, port: int, options: dict[str, Any]) -> None:
     import uvicorn
 
     sock = listening_socket(host, port)
-    uvicorn.Server(uvicorn.Config(app, factory=True, **options)).run(sockets=[sock])
+    uvicorn.Server(uvicorn.Config(app, factory=True, **{**WEBSOCKET_OPTIONS, **options})).run(sockets=[sock])
 
 
 def serve_workers(app: str, host: str, port: int, workers: int, *, prepare: Callable[[], None] | None = None,

@@ -217,6 +217,24 @@ class Gate:
                 found.append(None)
         return found
 
+    def may_read(self, principal: Principal, row: Row, facts: dict[str, PatientFacts]) -> bool:
+        """Whether ``principal`` may read ``row`` now, from facts read beforehand (``many_patient_facts``: no query
+        of its own) — what the event hub asks for every live connection an event might go to."""
+        if not self.enforce:
+            return True
+        if row.resource_type in ADMINISTRATORS_ONLY and principal.is_admin:
+            return True
+        if not row.patient_id:
+            found = self._unbound(principal, row.resource_type, Action.READ)
+        else:
+            patient = facts.get(row.patient_id)
+            if patient is None:
+                return False
+            found = self._decide(principal, patient, row.resource_type, Action.READ, None)
+        if found.allowed and found.only_own_organization and row.author_organization != principal.organization:
+            return False
+        return found.allowed and not _foreign_draft(row, principal)
+
     def _readable(self, db: Session, principal: Principal, row: Row, facts: dict[str, PatientFacts]) -> Decision:
         found = self._kind_decision(db, principal, row, facts)
         if found.allowed and found.only_own_organization and row.author_organization != principal.organization:

@@ -13,10 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from services.share.access.decision import PatientFacts
+from services.share.access.models import BreakGlassGrant
+from services.share.access.projection import many_patient_facts
 from services.share.events.log import Event, events_after, head
 from services.share.events.sequencer import sequence_pending
 
@@ -32,7 +39,26 @@ WAKE_CHANNEL = "renkei:events"  # Redis pub/sub channel: "numbered events are wa
 class Subscriber(Protocol):
     network_id: str
 
-    def offer(self, event: Event) -> None: ...
+    def offer(self, event: Event, seen: Facts) -> None: ...
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the access decisions of one pass read, once for every connection: each patient's team and consent,
+    and the unexpired break-the-glass grants of those patients (by patient and user)."""
+
+    patients: dict[str, PatientFacts] = field(default_factory=dict)
+    grants: dict[tuple[str, str], datetime] = field(default_factory=dict)
+
+    def of(self, subject: str) -> dict[str, PatientFacts]:
+        """The facts as ``subject``'s decisions see them: with their own grants (rare: copied only then)."""
+        if not self.grants:
+            return self.patients
+        found = self.patients
+        for (patient, holder), until in self.grants.items():
+            if holder == subject and patient in found:
+                found = {**found, patient: replace(found[patient], break_glass_until=until)}
+        return found
 
 
 class Hub:
@@ -95,11 +121,11 @@ class Hub:
             self._publish()
         urgent: list[Event] = []
         while True:
-            events = await self.ctx.run_upkeep(lambda: self._read(self.position))
+            events, facts = await self.ctx.run_upkeep(lambda: self._read(self.position))
             for event in events:
                 self.position = event.seq
                 for subscriber in tuple(self._subscribers.get(event.network_id, ())):
-                    subscriber.offer(event)
+                    subscriber.offer(event, facts.get(event.network_id, _NO_FACTS))
                 if event.kind == "urgent":
                     urgent.append(event)
             if len(events) < READ_BATCH:
@@ -125,9 +151,15 @@ class Hub:
         with self.ctx.db.transaction() as db:
             return sequence_pending(db)
 
-    def _read(self, after: int) -> list[Event]:
+    def _read(self, after: int) -> tuple[list[Event], dict[str, Facts]]:
+        """The next events, and for each network with connections here the facts their access decisions need."""
         with self.ctx.db.reading() as db:
-            return events_after(db, after, READ_BATCH)
+            events = events_after(db, after, READ_BATCH)
+            wanted: dict[str, set[str]] = {}
+            for event in events:
+                if event.patient_id and self._subscribers.get(event.network_id):
+                    wanted.setdefault(event.network_id, set()).add(event.patient_id)
+            return events, {network: _facts(db, network, sorted(patients)) for network, patients in wanted.items()}
 
     # Across instances --------------------------------------------------------------------------------------------
 
@@ -173,3 +205,15 @@ class Hub:
         finally:
             self._publish = None
             await client.aclose()
+
+
+_NO_FACTS = Facts()
+
+
+def _facts(db: Session, network_id: str, patient_ids: list[str]) -> Facts:
+    now = datetime.now(UTC)
+    grants = db.execute(select(BreakGlassGrant.patient_id, BreakGlassGrant.subject, BreakGlassGrant.expires_at).where(
+        BreakGlassGrant.network_id == network_id, BreakGlassGrant.patient_id.in_(patient_ids),
+        BreakGlassGrant.expires_at > now))
+    return Facts(many_patient_facts(db, network_id, patient_ids, now),
+                 {(patient, subject): until for patient, subject, until in grants})

@@ -2,8 +2,9 @@
 
 A connection authenticates (the first frame, or the subprotocol ``bearer.<token>``: never the URL), subscribes from
 its cursor, and is sent first every event after that cursor it may see now, in order, then live events. Each event
-is checked by the access gate when it is sent, not when it happened: a member removed from the team, or a
-revoked consent, stops the flow at once. Frames carry ids only. docs/push-protocol.md is the client's manual.
+is checked by the access gate when it is delivered, not when it happened (the hub decides for every connection
+from facts it reads once per pass, milliseconds after the commit): a member removed from the team, or a revoked
+consent, stops the flow at once. Frames carry ids only. docs/push-protocol.md is the client's manual.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from services.kit.tokens import InvalidToken, Principal
 from services.share.context import ShareContext
-from services.share.events.hub import Hub
+from services.share.events.hub import Facts, Hub
 from services.share.events.log import Event, events_after
 from services.share.push import protocol
 
@@ -29,7 +30,6 @@ log = structlog.get_logger(__name__)
 router = APIRouter()
 
 REPLAY_BATCH = 500  # events read per query while catching up
-SEND_BATCH = 200  # live events checked against the gate at once
 
 
 class Closing(Exception):
@@ -78,15 +78,21 @@ class Connection:
         self.live = False
         self.queue: deque[Event] = deque()
         self._ready = asyncio.Event()
-        self._too_slow = asyncio.Event()
+        self._too_slow: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # The hub's side ----------------------------------------------------------------------------------------------
 
-    def offer(self, event: Event) -> None:
+    def offer(self, event: Event, seen: Facts) -> None:
+        """A live event, decided on at once from the pass's facts: the decision of this moment, a few
+        milliseconds after the commit, with no query of its own."""
         if not self.live or event.seq <= self.sent:
             return
+        assert self.principal is not None
+        if not self.ctx.gate.may_read(self.principal, event, seen.of(self.principal.subject)):
+            return
         if len(self.queue) >= self.settings.ws_queue_events:
-            self._too_slow.set()  # never drop silently: the client is closed and resumes from its cursor
+            if not self._too_slow.done():  # never drop silently: the client is closed, resumes from its cursor
+                self._too_slow.set_result(None)
         else:
             self.queue.append(event)
             self._ready.set()
@@ -109,12 +115,10 @@ class Connection:
         self.hub.add(self)
         self.live = True  # from here the hub queues live events; the log supplies everything before them
         await self._send({"type": "subscribed", "since": self.sent})
-        parts = (self._listen, self._deliver, self._watch_queue, self._heartbeat, self._expiry)
-        tasks = [asyncio.create_task(part()) for part in parts]
+        # Two tasks per connection (and this coroutine keeping time): a thousand idle tablets cost memory per task.
+        tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._deliver())]
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()  # raises the Closing (or disconnect) that ended the connection
+            await self._keep_time(tasks)
         finally:
             for task in tasks:
                 task.cancel()
@@ -200,15 +204,10 @@ class Connection:
             await self._ready.wait()
             self._ready.clear()
             while self.queue:
-                batch = [self.queue.popleft() for _ in range(min(SEND_BATCH, len(self.queue)))]
-                batch = [event for event in batch if event.seq > self.sent]
-                if batch:
-                    await self._send_visible(batch)
-
-    async def _watch_queue(self) -> None:
-        """Ends the connection when its queue overflows, even while a send is stuck on a client not reading."""
-        await self._too_slow.wait()
-        raise Closing(protocol.TOO_SLOW, "too far behind: reconnect and subscribe from your cursor")
+                event = self.queue.popleft()
+                if event.seq > self.sent:  # a live event the replay sent already
+                    await self._send(event.frame())
+                    self.sent = event.seq
 
     def _replay_step(self, cursor: int) -> tuple[list[Event], list[Event]]:
         """On a database thread: the next events of this network after ``cursor``, and those of them visible."""
@@ -216,29 +215,28 @@ class Connection:
             read = events_after(db, cursor, REPLAY_BATCH, self.network_id)
         return read, self._gate(read) if read else []
 
-    async def _send_visible(self, events: list[Event]) -> None:
-        visible = await self.ctx.run(lambda: self._gate(events))
-        for event in visible:
-            await self._send(event.frame())
-        self.sent = max(self.sent, events[-1].seq)
-
     def _gate(self, events: list[Event]) -> list[Event]:
         """The events this principal may see now: the access decision of the moment, not of the write."""
         with self.ctx.db.reading() as db:
             decisions = self.ctx.gate.readable(db, self.principal, events)
         return [event for event, decision in zip(events, decisions, strict=True) if decision is not None]
 
-    async def _heartbeat(self) -> None:
+    async def _keep_time(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Until a part ends the connection: heartbeats (a client silent for two periods is dropped), the
+        token's expiry (a renewed token moves it), and a queue that overflowed while a send was stuck."""
         period = self.settings.ws_heartbeat_seconds
+        next_ping = time.monotonic() + period
         while True:
-            await asyncio.sleep(period)
-            if time.monotonic() - self.last_heard > 2 * period:
-                raise Closing(protocol.HEARTBEAT_MISSED, "no frame from the client for two heartbeats")
-            await self._send({"type": "ping"})
-
-    async def _expiry(self) -> None:
-        while True:
-            remaining = self.expires_at - time.time()
-            if remaining <= 0:
+            wait = max(0.0, min(next_ping - time.monotonic(), self.expires_at - time.time()))
+            done, _ = await asyncio.wait([*tasks, self._too_slow], timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            if self._too_slow.done():
+                raise Closing(protocol.TOO_SLOW, "too far behind: reconnect and subscribe from your cursor")
+            for task in done:
+                task.result()  # raises the Closing (or disconnect) that ended the connection
+            if time.time() >= self.expires_at:
                 raise Closing(protocol.TOKEN_EXPIRED, "the token expired: reconnect with a new one and your cursor")
-            await asyncio.sleep(min(remaining, 60.0))  # a renewed token moves the deadline
+            if time.monotonic() >= next_ping:
+                if time.monotonic() - self.last_heard > 2 * period:
+                    raise Closing(protocol.HEARTBEAT_MISSED, "no frame from the client for two heartbeats")
+                await self._send({"type": "ping"})
+                next_ping += period

@@ -1,0 +1,314 @@
+"""Push benchmark: how fast a team message reaches every team member's open app, at a steady rate, over WebSocket.
+
+    .venv/bin/python bench/push.py                  # about four minutes
+    .venv/bin/python bench/push.py --seconds 60     # longer runs, steadier figures
+
+1,000 WebSocket connections (one per user) in 50 teams of 20: each team is one patient's, its 20 members in an
+organisation of their own on the patient's care team. A physician posts routine Communications at a steady
+--rate (default 200 a second) for random patients, on a fixed schedule over keep-alive HTTP connections; every
+member of the patient's team must receive the event. Measured, per message: from the POST's answer (the server
+answers after the commit) to the receipt by the last of its 20 members — p50/p99 — and, beside it, from the
+request's sending. Also: server memory per connection (resident memory with 1,000 idle connections, less without),
+messages lost (must be 0), and the same load in four set-ups, all in the same run:
+
+  floor      bench/servers.py ``pushbare``: one process of the same framework inserting the JSON and fanning a frame
+             out in-process to the patient's sockets — no token check, no event log, no access decision
+  renkei     the application as deployed (--workers processes, Redis wake-ups): every write appends to the event
+             log in its transaction, is numbered after its commit, and each frame is checked against the
+             member's access at delivery
+  stalled    the same with one client that stops reading after subscribing
+  2 instances  two servers of one worker each on the same database and Redis; the clients and the posts split
+             between them: a message accepted by one reaches the other's clients through the Redis wake-up
+
+Targets (the [push] issue): p99 ≤ 50 ms; memory ≤ 40 KB a connection; one stalled client raises the others' p99
+by at most 20%. permessage-deflate is off (services/serving.py WEBSOCKET_OPTIONS): frames are a few hundred bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import random
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from sqlalchemy import create_engine, insert
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import percentile
+from bench.seed import seed
+from bench.store import Server, analyze, bootstrap_network, scene
+from services.share.access.models import TeamParticipant
+
+PASSWORD = "bench password 2026"
+TEAMS, TEAM_SIZE = 50, 20
+TARGET_P99_MS = 50.0
+TARGET_KB = 40.0
+TARGET_STALL = 1.20
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+@dataclass
+class Member:
+    token: str
+    patient: str
+    url: str
+
+
+def prepare(server: Server, scratch: Path) -> tuple[str, list[str], dict[str, str], str]:
+    """A network: a clinic whose physician posts, and 50 offices of 20 nurses, each office on one patient's team.
+    Returns (network, patients, user -> patient, physician username)."""
+    network = f"bench-{uuid.uuid4().hex[:6]}"
+    clinic = f"{network}-clinic"
+    offices = [f"{network}-office-{k}" for k in range(TEAMS)]
+    users = [{"username": f"{network}-doc", "id": "bench-author", "password": PASSWORD, "organization": clinic,
+              "profession": "physician", "name": "ベンチ 医師"}]
+    for k, office in enumerate(offices):
+        users += [{"username": f"{network}-n{k}-{i}", "id": f"bench-n{k}-{i}", "password": PASSWORD,
+                   "organization": office, "profession": "nurse", "name": f"ベンチ 看護師{k}-{i}"}
+                  for i in range(TEAM_SIZE)]
+    bootstrap_network(server, scratch, {
+        "network": {"id": network, "name": "bench", "settings": {"mfa_required": False}},
+        "organizations": [{"id": clinic, "name": "ベンチ診療所", "type": "clinic"}]
+        + [{"id": office, "name": f"ベンチ訪問看護{k}", "type": "care-service"} for k, office in enumerate(offices)],
+        "users": users,
+    })
+    patients, _, _ = seed(server.settings, network, TEAMS, 0, 0, 0, organization=clinic)
+    rows = [{"care_team_id": f"team-{patient}", "position": 1, "network_id": network, "patient_id": patient,
+             "team_status": "active", "kind": "organization", "member_id": office, "role": "visiting-nurse",
+             "start": None, "end": None, "approved": True} for patient, office in zip(patients, offices, strict=True)]
+    engine = create_engine(server.settings.resolved_share_database_url.replace("postgresql://",
+                                                                                "postgresql+psycopg://"))
+    with engine.begin() as connection:
+        connection.execute(insert(TeamParticipant), rows)
+    engine.dispose()
+    owners = {f"{network}-n{k}-{i}": patients[k] for k in range(TEAMS) for i in range(TEAM_SIZE)}
+    return network, patients, owners, f"{network}-doc"
+
+
+def login(base: str, username: str) -> str:
+    answer = httpx.post(f"{base}/auth/login", json={"username": username, "password": PASSWORD}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["access_token"])
+
+
+# The clients: one process, one asyncio loop, every connection ----------------------------------------------------
+
+def clients_process(members: list[Member], stalled: int, ready: Any, stop: Any, results: Any) -> None:
+    results.put(asyncio.run(_clients(members, stalled, ready, stop)))
+
+
+async def _clients(members: list[Member], stalled: int, ready: Any, stop: Any) -> dict[str, Any]:
+    from websockets.asyncio.client import connect
+
+    received: list[list[tuple[str, float]]] = [[] for _ in members]
+    gate = asyncio.Semaphore(50)
+    sockets: list[Any] = [None] * len(members)
+
+    async def open_one(index: int) -> None:
+        member = members[index]
+        async with gate:
+            socket = await connect(member.url, compression=None, max_queue=16, open_timeout=60)
+            await socket.send(json.dumps({"type": "auth", "token": member.token}))
+            await socket.recv()
+            await socket.send(json.dumps({"type": "subscribe", "since": None, "patient": member.patient}))
+            await socket.recv()
+            sockets[index] = socket
+
+    async def read(index: int) -> None:
+        socket, mine = sockets[index], received[index]
+        async for text in socket:
+            frame = orjson.loads(text)
+            if frame["type"] == "event":
+                mine.append((frame["resource"]["id"], time.monotonic()))
+            elif frame["type"] == "ping":
+                await socket.send('{"type":"pong"}')
+
+    await asyncio.gather(*(open_one(i) for i in range(len(members))))
+    readers = [asyncio.create_task(read(i)) for i in range(len(members)) if i != stalled]
+    ready.set()
+    while not stop.is_set():
+        await asyncio.sleep(0.1)
+    for task in readers:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)
+    return {"received": received}
+
+
+# The poster ---------------------------------------------------------------------------------------------------------
+
+async def post_messages(bases: list[str], token: str, patients: list[str], rate: float, seconds: float
+                        ) -> list[tuple[str, str, float, float]]:
+    """(message id, patient, sent, answered) for every message the server accepted, posted on a fixed schedule."""
+    rng = random.Random(7)
+    done: list[tuple[str, str, float, float]] = []
+    failed: list[str] = []
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as http:
+        async def one(index: int, due: float) -> None:
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            patient = rng.choice(patients)
+            body = {"resourceType": "Communication", "status": "completed", "priority": "routine",
+                    "category": [{"coding": [{"system": "urn:renkei:codesystem:message-category",
+                                              "code": "daily-update"}]}],
+                    "subject": {"reference": f"Patient/{patient}"}, "sent": "2026-12-04T09:00:00+09:00",
+                    "payload": [{"contentString": f"本日の訪問: バイタル安定 ({index})"}]}
+            sent = time.monotonic()
+            try:
+                answer = await http.post(f"{bases[index % len(bases)]}/fhir/Communication",
+                                         content=orjson.dumps(body), headers=headers)
+            except httpx.HTTPError as error:
+                failed.append(type(error).__name__)
+                return
+            answered = time.monotonic()
+            if answer.status_code == 201:
+                done.append((str(answer.json()["id"]), patient, sent, answered))
+            else:
+                failed.append(str(answer.status_code))
+
+        start = time.monotonic() + 0.2
+        count = int(rate * seconds)
+        await asyncio.gather(*(one(i, start + i / rate) for i in range(count)))
+    if failed:
+        print(f"    {len(failed)} posts failed: {sorted(set(failed))}", flush=True)
+    return done
+
+
+# One set-up ----------------------------------------------------------------------------------------------------------
+
+def measure(label: str, servers: list[Server], members_by_user: dict[str, str], tokens: dict[str, str],
+            poster_token: str, patients: list[str], args: argparse.Namespace, stalled: bool) -> dict[str, Any]:
+    users = sorted(members_by_user)
+    members = [Member(tokens[user], members_by_user[user],
+                      servers[i % len(servers)].base.replace("http://", "ws://") + "/ws")
+               for i, user in enumerate(users)]
+    stalled_index = 0 if stalled else -1
+    idle_mb = sum(server.rss_mb() for server in servers)
+    context = multiprocessing.get_context("spawn")
+    ready, stop, results = context.Event(), context.Event(), context.Queue()
+    process = context.Process(target=clients_process, args=(members, stalled_index, ready, stop, results))
+    process.start()
+    if not ready.wait(180):
+        raise RuntimeError("the clients did not connect")
+    time.sleep(2.0)
+    connected_mb = sum(server.rss_mb() for server in servers)
+    posted = asyncio.run(post_messages([s.base for s in servers], poster_token, patients, args.rate, args.seconds))
+    time.sleep(3.0)  # the last messages' deliveries
+    stop.set()
+    received = results.get(timeout=120)["received"]
+    process.join(timeout=60)
+
+    team_of: dict[str, list[int]] = {}
+    for index, member in enumerate(members):
+        team_of.setdefault(member.patient, []).append(index)
+    arrivals = [dict(r) for r in received]
+    from_answer, from_sending, lost = [], [], 0
+    for message, patient, sent, answered in posted:
+        times = [arrivals[i].get(message) for i in team_of[patient] if i != stalled_index]
+        if any(t is None for t in times):
+            lost += 1
+            continue
+        last = max(t for t in times if t is not None)
+        from_answer.append(max(0.0, last - answered) * 1000)
+        from_sending.append((last - sent) * 1000)
+    figures = {
+        "posted": len(posted), "delivered": len(from_answer), "lost": lost,
+        "throughput": len(from_answer) / args.seconds,
+        "p50_ms": statistics.median(from_answer) if from_answer else float("nan"),
+        "p99_ms": percentile(from_answer, 0.99) if from_answer else float("nan"),
+        "p50_from_sending_ms": statistics.median(from_sending) if from_sending else float("nan"),
+        "p99_from_sending_ms": percentile(from_sending, 0.99) if from_sending else float("nan"),
+        "kb_per_connection": (connected_mb - idle_mb) * 1024 / len(members),
+    }
+    print(f"  {label:12} {figures['throughput']:6.0f} msg/s delivered  p50 {figures['p50_ms']:6.1f}  "
+          f"p99 {figures['p99_ms']:6.1f} ms  (from sending: p50 {figures['p50_from_sending_ms']:6.1f}  "
+          f"p99 {figures['p99_from_sending_ms']:6.1f})  {figures['kb_per_connection']:5.1f} KB/connection  "
+          f"lost {lost} of {len(posted)}", flush=True)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=30.0, help="posting time per set-up")
+    parser.add_argument("--rate", type=float, default=200.0, help="messages posted a second")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes of the renkei server")
+    parser.add_argument("--pg", default="own", help="'own' (default): a cluster of this run's own; or an admin URL")
+    args = parser.parse_args()
+    results: dict[str, Any] = {"config": vars(args)}
+    cheap = {"RENKEI_ARGON2_TIME_COST": "1", "RENKEI_ARGON2_MEMORY_KIB": "1024", "RENKEI_ARGON2_PARALLELISM": "1",
+             "RENKEI_REDIS_URL": REDIS}
+    with scene(args.pg) as where:
+        renkei = where.primary("renkei", args.workers)
+        renkei.env.update(cheap)  # the 1,001 logins are set-up, not measured
+        _, patients, owners, doctor = prepare(renkei, where.scratch)
+        print(f"1. {TEAMS} patients, each with a team of {TEAM_SIZE} nurses (one organisation per team); "
+              f"{len(owners)} users", flush=True)
+        analyze(where.urls["share"])
+        renkei.start()
+        try:
+            tokens = {user: login(renkei.base, user) for user in owners}
+            poster = login(renkei.base, doctor)
+        finally:
+            renkei.stop()
+        print(f"2. {len(owners)} WebSocket connections; {args.rate:g} messages a second for {args.seconds:g} s "
+              "per set-up; latency per message to the last of its 20 members", flush=True)
+        floor = renkei.baseline("pushbare")
+        floor.workers = 1
+        setups: list[tuple[str, list[Server], bool]] = [("floor", [floor], False), ("renkei", [renkei], False),
+                                                        ("stalled", [renkei], True)]
+        one, two = renkei.baseline("renkei"), renkei.baseline("renkei")
+        for server in (one, two):
+            server.workers = 1
+            server.env.update(cheap)
+            server.env["RENKEI_PUBLIC_URL"] = renkei.base  # one deployment: one issuer
+        setups.append(("2 instances", [one, two], False))
+        for label, servers, stalled in setups:
+            for server in servers:
+                server.start()
+            try:
+                results[label] = measure(label, servers, owners, tokens, poster, patients, args, stalled)
+            finally:
+                for server in servers:
+                    server.stop()
+    report(results)
+    out = Path(__file__).with_name("results")
+    out.mkdir(exist_ok=True)
+    (out / "push.json").write_text(json.dumps(results, indent=2, default=str))
+    print(f"\nresults written to {out / 'push.json'}")
+
+
+def report(results: dict[str, Any]) -> None:
+    renkei, stalled, floor = results["renkei"], results["stalled"], results["floor"]
+    two = results["2 instances"]
+    stall = stalled["p99_ms"] / renkei["p99_ms"]
+    print("\nsummary")
+    print(f"  p99 (answer to last receipt): renkei {renkei['p99_ms']:.1f} ms, floor {floor['p99_ms']:.1f} ms "
+          f"({renkei['p99_ms'] / floor['p99_ms']:.1f}×), two instances {two['p99_ms']:.1f} ms")
+    checks = [
+        (f"p99 ≤ {TARGET_P99_MS:.0f} ms (one instance)", f"{renkei['p99_ms']:.1f} ms",
+         renkei["p99_ms"] <= TARGET_P99_MS),
+        (f"p99 ≤ {TARGET_P99_MS:.0f} ms (two instances)", f"{two['p99_ms']:.1f} ms", two["p99_ms"] <= TARGET_P99_MS),
+        (f"memory ≤ {TARGET_KB:.0f} KB a connection", f"{renkei['kb_per_connection']:.1f} KB",
+         renkei["kb_per_connection"] <= TARGET_KB),
+        ("a stalled client raises p99 by ≤ 20%", f"{stall:.2f}×", stall <= TARGET_STALL),
+        ("no message lost", str(sum(r["lost"] for r in (renkei, stalled, two))),
+         not any(r["lost"] for r in (renkei, stalled, two))),
+    ]
+    for name, value, ok in checks:
+        print(f"  target {name:42} {value:>10}   {'PASS' if ok else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()
