@@ -83,3 +83,20 @@ def test_unknown_and_other_networks_patients_are_not_found(server: LiveServer, h
         answer = ask(http, crew, pid, reason(REASON))
         assert answer.status_code == 404, answer.text
     assert http.get("/fhir/$break-glass-uses", headers=emergency.bearer("admin")).json()["total"] == 0
+
+
+def test_the_team_is_told_at_once_when_someone_breaks_the_glass(server: LiveServer, http: httpx.Client,
+                                                                 emergency: Network) -> None:
+    from tests.test_push_socket import receive, subscribed
+
+    doctor = emergency.bearer("physician")
+    pid = created_id(create(http, doctor, patient()))
+    socket = subscribed(server, doctor["Authorization"].removeprefix("Bearer "))
+    try:
+        assert ask(http, emergency.bearer("crew"), pid, reason(REASON)).status_code == 200
+        while (frame := receive(socket))["type"] != "event" or frame["kind"] != "break-glass":
+            pass
+        assert frame["resource"]["type"] == "Patient" and frame["resource"]["id"] == pid
+        assert frame["patient"] == pid and set(frame) == {"type", "seq", "kind", "resource", "patient"}
+    finally:
+        socket.close()

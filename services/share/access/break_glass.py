@@ -25,10 +25,12 @@ from services.share.access.models import BreakGlassGrant
 from services.share.audit.models import AuditEntry
 from services.share.audit.trail import Access
 from services.share.context import ShareContext
+from services.share.events.log import append_urgent
 from services.share.fhir.negotiation import bounded_body, check_content_type
 from services.share.fhir.resources import in_transaction
 from services.share.fhir.responses import FhirResponse
 from services.share.security.deps import Context, CurrentPrincipal
+from services.share.store.models import ResourceVersion
 from services.share.store.statements import statements
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
@@ -92,6 +94,13 @@ def grant(ctx: ShareContext, db: Session, principal: Principal, patient_id: str,
                             subject=principal.subject, organization=principal.organization,
                             profession=principal.profession or "", granted_at=now, expires_at=expires, audit_seq=seq)
     db.add(found)
+    # The team is told at once (an urgent event: WebSocket, and Web Push to those whose app is closed).
+    # About the Patient as its team sees it: its current version, written by whom it was written.
+    current = db.execute(select(ResourceVersion.version, ResourceVersion.author_organization).where(
+        ResourceVersion.resource_type == "Patient", ResourceVersion.resource_id == patient_id,
+    ).order_by(ResourceVersion.version.desc()).limit(1)).one()
+    append_urgent(db, principal.network, patient_id, "Patient", patient_id, current[0], current[1],
+                  kind="break-glass")
     return found
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from services.share.access.decision import PatientFacts
 from services.share.access.models import BreakGlassGrant
 from services.share.access.projection import many_patient_facts
-from services.share.events.log import Event, events_after, head
+from services.share.events.log import URGENT_KINDS, Event, events_after, head
 from services.share.events.sequencer import sequence_pending
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class Hub:
                 self.position = event.seq
                 for subscriber in tuple(self._subscribers.get(event.network_id, ())):
                     subscriber.offer(event, facts.get(event.network_id, _NO_FACTS))
-                if event.kind == "urgent":
+                if event.kind in URGENT_KINDS:
                     urgent.append(event)
             if len(events) < READ_BATCH:
                 break

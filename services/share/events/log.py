@@ -51,18 +51,22 @@ def events_after(db: Session, after: int, limit: int, network_id: str | None = N
     return [Event(int(r[0]), r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], bool(r[8])) for r in rows]
 
 
+# Events that need someone now: an urgent message ("urgent"), access to a patient outside the team
+# ("break-glass", about the Patient). What wakes a tablet asleep in a bag (Web Push) reads these.
+URGENT_KINDS = frozenset({"urgent", "break-glass"})
+
 _URGENT = text(
     "INSERT INTO event_log (network_id, patient_id, resource_type, resource_id, version, kind, author_organization,"
-    " draft, recorded) VALUES (:network, :patient, :type, :id, :version, 'urgent', :organization, :draft, :now)"
+    " draft, recorded) VALUES (:network, :patient, :type, :id, :version, :kind, :organization, :draft, :now)"
 )
 
 
 def append_urgent(db: Session, network_id: str, patient_id: str, resource_type: str, resource_id: str, version: int,
-                  author_organization: str) -> None:
-    """A second event for a write that needs someone now (an urgent message, a break-the-glass access): kind
-    ``urgent``, in the write's transaction. What wakes a tablet asleep in a bag (Web Push) reads these."""
+                  author_organization: str, kind: str = "urgent") -> None:
+    """A second event, beside the write's own, in the write's transaction: one of ``URGENT_KINDS``."""
+    assert kind in URGENT_KINDS
     db.execute(_URGENT, {"network": network_id, "patient": patient_id, "type": resource_type, "id": resource_id,
-                         "version": version, "organization": author_organization, "draft": False,
+                         "version": version, "kind": kind, "organization": author_organization, "draft": False,
                          "now": utcnow()})
 
 
