@@ -21,6 +21,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.kit.tokens import Principal
 from services.share.access.decision import PatientFacts
 from services.share.access.models import BreakGlassGrant
 from services.share.access.projection import many_patient_facts
@@ -38,6 +39,7 @@ WAKE_CHANNEL = "renkei:events"  # Redis pub/sub channel: "numbered events are wa
 
 class Subscriber(Protocol):
     network_id: str
+    principal: Principal | None
 
     def offer(self, event: Event, seen: Facts) -> None: ...
 
@@ -66,6 +68,8 @@ class Hub:
         self.ctx = ctx
         self.position = 0  # the last seq handed to subscribers
         self._subscribers: dict[str, set[Subscriber]] = {}
+        # (network, ("user", subject) | ("organization", id) | ("admin", "")) -> its connections
+        self._by_key: dict[tuple[str, tuple[str, str]], set[Subscriber]] = {}
         self._wake = asyncio.Event()
         self._started = asyncio.Event()
         self._publish: Callable[[], object] | None = None
@@ -77,14 +81,43 @@ class Hub:
     # Subscribers ---------------------------------------------------------------------------------------------
 
     def add(self, subscriber: Subscriber) -> None:
+        """An authenticated subscriber (its principal is known), indexed by who it is, so that an event is only
+        decided on for the connections that could see it: of its patient's team, or holding a grant for them."""
+        assert subscriber.principal is not None
         self._subscribers.setdefault(subscriber.network_id, set()).add(subscriber)
+        for key in _keys(subscriber.principal):
+            self._by_key.setdefault((subscriber.network_id, key), set()).add(subscriber)
 
     def remove(self, subscriber: Subscriber) -> None:
         found = self._subscribers.get(subscriber.network_id)
-        if found is not None:
-            found.discard(subscriber)
-            if not found:
-                del self._subscribers[subscriber.network_id]
+        if found is None or subscriber not in found:
+            return
+        found.discard(subscriber)
+        if not found:
+            del self._subscribers[subscriber.network_id]
+        assert subscriber.principal is not None
+        for key in _keys(subscriber.principal):
+            indexed = self._by_key.get((subscriber.network_id, key))
+            if indexed is not None:
+                indexed.discard(subscriber)
+                if not indexed:
+                    del self._by_key[(subscriber.network_id, key)]
+
+    def _candidates(self, event: Event, facts: Facts) -> set[Subscriber]:
+        """The connections an event could go to (a superset of those the access decision lets it): every one in
+        the network for a resource of no patient; else the team's practitioners and organisations (a system
+        client belongs to its organisation), the patient's break-the-glass holders, and network administrators."""
+        if not event.patient_id:
+            return self._subscribers.get(event.network_id, set())
+        patient = facts.patients.get(event.patient_id)
+        keys = [("admin", "")]
+        if patient is not None:
+            keys += [("user" if p.kind == "practitioner" else "organization", p.member) for p in patient.team]
+        keys += [("user", holder) for (granted, holder) in facts.grants if granted == event.patient_id]
+        found: set[Subscriber] = set()
+        for key in keys:
+            found |= self._by_key.get((event.network_id, key), set())
+        return found
 
     @property
     def connections(self) -> int:
@@ -124,8 +157,9 @@ class Hub:
             events, facts = await self.ctx.run_upkeep(lambda: self._read(self.position))
             for event in events:
                 self.position = event.seq
-                for subscriber in tuple(self._subscribers.get(event.network_id, ())):
-                    subscriber.offer(event, facts.get(event.network_id, _NO_FACTS))
+                seen = facts.get(event.network_id, _NO_FACTS)
+                for subscriber in tuple(self._candidates(event, seen)):
+                    subscriber.offer(event, seen)
                 if event.kind in URGENT_KINDS:
                     urgent.append(event)
             if len(events) < READ_BATCH:
@@ -208,6 +242,13 @@ class Hub:
 
 
 _NO_FACTS = Facts()
+
+
+def _keys(principal: Principal) -> list[tuple[str, str]]:
+    keys = [("user", principal.subject), ("organization", principal.organization)]
+    if principal.is_admin:
+        keys.append(("admin", ""))
+    return keys
 
 
 def _facts(db: Session, network_id: str, patient_ids: list[str]) -> Facts:
