@@ -94,6 +94,7 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if share:
+            app.state.hub.close()
             await app.state.share.verifier.jwks.close()
             await app.state.share.policies.close()
             app.state.share.close()

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import structlog
 from sqlalchemy import select
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from services.share.context import ShareContext
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 READ_BATCH = 1000  # events read per query; a larger backlog takes several within one pass
 WAKE_CHANNEL = "renkei:events"  # Redis pub/sub channel: "numbered events are waiting" (no payload of use)
@@ -77,6 +79,15 @@ class Hub:
         # that a slow push service never holds back the WebSocket connections.
         self.on_urgent: Callable[[list[Event]], Awaitable[None]] | None = None
         self._urgent_tasks: set[asyncio.Future[None]] = set()
+        # A thread of the hub's own: the upkeep threads also chain the audit log, whose passes take tens of
+        # milliseconds, and a pass waiting behind one would hold every connection's events back as long.
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="renkei-events")
+
+    async def _run(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
 
     # Subscribers ---------------------------------------------------------------------------------------------
 
@@ -133,7 +144,7 @@ class Hub:
 
     async def run(self) -> None:
         """Runs until cancelled (the application's shutdown)."""
-        self.position = await self.ctx.run_upkeep(self._head)
+        self.position = await self._run(self._head)
         self._started.set()
         poll = self.ctx.settings.event_poll_seconds
         while True:
@@ -149,12 +160,12 @@ class Hub:
                 await asyncio.sleep(poll)
 
     async def one_pass(self) -> None:
-        numbered = await self.ctx.run_upkeep(self._sequence)
+        numbered = await self._run(self._sequence)
         if numbered and self._publish is not None:
             self._publish()
         urgent: list[Event] = []
         while True:
-            events, facts = await self.ctx.run_upkeep(lambda: self._read(self.position))
+            events, facts = await self._run(lambda: self._read(self.position))
             for event in events:
                 self.position = event.seq
                 seen = facts.get(event.network_id, _NO_FACTS)
@@ -172,7 +183,7 @@ class Hub:
     async def number_now(self) -> None:
         """Number what has committed so far, before a request that needs its write's place in the log (read
         receipts); the subscribers are served by the pass this wakes."""
-        if await self.ctx.run_upkeep(self._sequence):
+        if await self._run(self._sequence):
             if self._publish is not None:
                 self._publish()
             self.wake()
