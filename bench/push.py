@@ -294,10 +294,13 @@ def main() -> None:
         setups: list[tuple[str, list[Server], bool]] = [("floor", [floor], False), ("renkei", [renkei], False),
                                                         ("stalled", [renkei], True)]
         one, two = renkei.baseline("renkei"), renkei.baseline("renkei")
+        # Instance one takes the first server's address (its public URL, the tokens' issuer, its identity service's
+        # JWKS, which instance two reads): one deployment, two share instances.
+        one.port, one.base = renkei.port, renkei.base
         for server in (one, two):
             server.workers = 1
             server.env.update(cheap)
-            server.env["RENKEI_PUBLIC_URL"] = renkei.base  # one deployment: one issuer
+            server.env["RENKEI_PUBLIC_URL"] = renkei.base
         setups.append(("2 instances", [one, two], False))
         for label, servers, stalled in setups:
             if args.only is not None and label not in args.only:
