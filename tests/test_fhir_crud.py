@@ -215,7 +215,8 @@ def test_creates_skip_the_transaction_only_where_one_statement_writes_them(
     transactions: list[object] = []
 
     def begun(connection: object) -> None:
-        if not threading.current_thread().name.startswith("renkei-upkeep"):  # not the audit chainer's
+        # Not the background work's: the audit chainer's, the event hub's.
+        if not threading.current_thread().name.startswith(("renkei-upkeep", "renkei-events")):
             transactions.append(connection)
 
     def counted(call: object) -> int:
@@ -263,6 +264,7 @@ def test_the_capability_statement_names_the_operations_and_where_each_network_pu
     assert operations == {"Patient": {"break-glass", "access-report", "emergency-summary", "crew-report"},
                           "CareTeam": {"invitations", "accept", "approve"},
                           "QuestionnaireResponse": {"document", "diff"}, "Task": {"acknowledge"},
-                          "Bundle": {"discharge-draft"}}
+                          "Bundle": {"discharge-draft"}, "Communication": {"read", "read-status"},
+                          "Subscription": {"status", "events"}}
     assert f"{server.base_url}/auth/networks/{{network}}/policy" in rest["documentation"]
     assert "consent_required" in rest["documentation"]

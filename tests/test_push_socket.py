@@ -258,10 +258,11 @@ def test_a_bad_subscribe_and_an_unknown_frame_close_with_protocol_error(server: 
 
 @pytest.fixture(scope="module")
 def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """SQLite, with a queue of one event per connection, a one-second heartbeat and ten-second tokens."""
+    """SQLite, with a queue of one event per connection, a one-second heartbeat and twenty-second tokens (room
+    for a slow login under the parallel suite)."""
     port = free_port()
     settings = settings_for_tests(str(tmp_path_factory.mktemp("strict")), port, ws_queue_events=1,
-                                  ws_heartbeat_seconds=1.0, access_token_ttl_seconds=10)
+                                  ws_heartbeat_seconds=1.0, access_token_ttl_seconds=20)
     migrated(settings.resolved_auth_database_url, "auth")
     migrated(settings.resolved_share_database_url, "share")
     live = LiveServer(settings, port).start()
@@ -304,7 +305,7 @@ def test_a_client_too_slow_for_its_queue_is_closed_and_resumes_from_its_cursor(s
 def test_an_expiring_token_closes_the_socket_and_a_renewed_one_keeps_it(strict_server: LiveServer) -> None:
     team = Team(strict_server)
     socket = subscribed(strict_server, token_of(team.network, "nurse"))
-    assert closed_with(socket, timeout=20) == protocol.TOKEN_EXPIRED
+    assert closed_with(socket, timeout=30) == protocol.TOKEN_EXPIRED
     socket = opened(strict_server)
     socket.send(json.dumps({"type": "auth", "token": token_of(team.network, "nurse")}))
     first_expiry = receive(socket)["expires_at"]
