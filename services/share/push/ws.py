@@ -72,7 +72,7 @@ class Connection:
         self.principal: Principal | None = None
         self.network_id = ""
         self.expires_at = 0.0
-        self.sent = 0  # the highest seq this connection has passed (sent, or withheld by the gate)
+        self.sent = 0  # the highest seq this connection has sent, or passed over while replaying the log
         self.acked = 0
         self.last_heard = time.monotonic()
         self.live = False
