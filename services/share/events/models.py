@@ -25,8 +25,10 @@ from services.share.base import ShareBase
 class EventEntry(ShareBase):
     __tablename__ = "event_log"
     __table_args__ = (
-        Index("ix_event_log_seq", "seq", unique=True),
-        Index("ix_event_log_network_seq", "network_id", "seq"),
+        # Few indexes: every event is written twice (appended, then numbered), and each index costs both writes.
+        # Numbered events only (an append adds no entry); a replay of one network filters this index's order.
+        Index("ix_event_log_seq", "seq", unique=True, postgresql_where=text("seq IS NOT NULL"),
+              sqlite_where=text("seq IS NOT NULL")),
         # The sequencer's work list: committed events still without a seq (few at any time).
         Index("ix_event_log_unsequenced", "id", postgresql_where=text("seq IS NULL"),
               sqlite_where=text("seq IS NULL")),

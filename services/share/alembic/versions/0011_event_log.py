@@ -72,8 +72,8 @@ def upgrade() -> None:
         sqlite_autoincrement=True,
     )
     with op.batch_alter_table('event_log', schema=None) as batch_op:
-        batch_op.create_index('ix_event_log_network_seq', ['network_id', 'seq'], unique=False)
-        batch_op.create_index('ix_event_log_seq', ['seq'], unique=True)
+        batch_op.create_index('ix_event_log_seq', ['seq'], unique=True, postgresql_where=sa.text('seq IS NOT NULL'),
+                              sqlite_where=sa.text('seq IS NOT NULL'))
         batch_op.create_index('ix_event_log_unsequenced', ['id'], unique=False,
                               postgresql_where=sa.text('seq IS NULL'), sqlite_where=sa.text('seq IS NULL'))
     op.execute(_POSTGRES if op.get_bind().dialect.name == 'postgresql' else _SQLITE)
@@ -98,6 +98,6 @@ def downgrade() -> None:
     with op.batch_alter_table('event_log', schema=None) as batch_op:
         batch_op.drop_index('ix_event_log_unsequenced', postgresql_where=sa.text('seq IS NULL'),
                             sqlite_where=sa.text('seq IS NULL'))
-        batch_op.drop_index('ix_event_log_seq')
-        batch_op.drop_index('ix_event_log_network_seq')
+        batch_op.drop_index('ix_event_log_seq', postgresql_where=sa.text('seq IS NOT NULL'),
+                            sqlite_where=sa.text('seq IS NOT NULL'))
     op.drop_table('event_log')
