@@ -1,11 +1,14 @@
 """This process's reader of the event log, handing each new event to the WebSocket connections of its network.
 
-One pass: number what was committed (sequencer.py), read what was numbered since the last pass, and offer each
-event to the subscribers of its network, in order. A pass runs when woken — right after this process commits a
-write (``wake``: the application's middleware), or when another instance says it numbered events (Redis
-pub/sub, ``settings.redis_url``) — and at the latest every ``settings.event_poll_seconds``. The wake-up is only a
-hint: it carries no event, is sent after the commit (never inside the write's transaction), and a missed one costs
-at most one poll interval, never an event.
+One pass: number what was committed (sequencer.py), read what was numbered since the last pass with the access
+facts of its patients (teams, consent, break-the-glass grants: one query for the pass, not one per connection),
+and offer each event, in order, to the connections that could see it — its patient's team members and grant
+holders, found by an index — each of which decides from those facts.
+
+A pass runs when woken — right after this process commits a write (``wake``: the application's middleware), or
+when another instance says it numbered events (Redis pub/sub, ``settings.redis_url``) — and at the latest every
+``settings.event_poll_seconds``. The wake-up is only a hint: it carries no event, is sent after the commit (never
+inside the write's transaction), and a missed one costs at most one poll interval, never an event.
 """
 
 from __future__ import annotations
