@@ -30,7 +30,6 @@ from services.share.fhir.negotiation import bounded_body, check_content_type
 from services.share.fhir.resources import in_transaction
 from services.share.fhir.responses import FhirResponse
 from services.share.security.deps import Context, CurrentPrincipal
-from services.share.store.models import ResourceVersion
 from services.share.store.statements import statements
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
@@ -96,11 +95,10 @@ def grant(ctx: ShareContext, db: Session, principal: Principal, patient_id: str,
     db.add(found)
     # The team is told at once (an urgent event: WebSocket, and Web Push to those whose app is closed).
     # About the Patient as its team sees it: its current version, written by whom it was written.
-    current = db.execute(select(ResourceVersion.version, ResourceVersion.author_organization).where(
-        ResourceVersion.resource_type == "Patient", ResourceVersion.resource_id == patient_id,
-    ).order_by(ResourceVersion.version.desc()).limit(1)).one()
-    append_urgent(db, principal.network, patient_id, "Patient", patient_id, current[0], current[1],
-                  kind="break-glass")
+    current = statements(db).current(db, principal.network, "Patient", patient_id)
+    assert current is not None  # checked above: the patient exists in this network
+    append_urgent(db, principal.network, patient_id, "Patient", patient_id, current.version,
+                  current.author_organization, kind="break-glass")
     return found
 
 

@@ -115,7 +115,7 @@ class Gate:
     def decision(self, db: Session, principal: Principal, resource_type: str, action: Action, patient_id: str,
                  sheet_kind: str | None = None) -> Decision:
         if resource_type in ADMINISTRATORS_ONLY and principal.is_admin:  # the audit trail (resources.py)
-            return Decision(True, "network administrator", Basis.ADMINISTRATION, frozenset({"*"}))
+            return _ADMINISTRATOR
         if not patient_id or (resource_type == "Patient" and action is Action.CREATE):
             return self._unbound(principal, resource_type, action)  # a new patient has no team yet
         facts = self.facts(db, principal, [patient_id])[patient_id]
@@ -183,7 +183,7 @@ class Gate:
         """The decision to serve ``row`` (raises when refused); None: no restriction (the server's own work)."""
         if principal is None or not self.enforce:
             return None
-        found = self._readable(db, principal, row, self.facts(db, principal, _patients([row])))
+        found = self._readable(principal, row, self.facts(db, principal, _patients([row])))
         if not found.allowed:
             self.refuse(db, found, f"{row.resource_type}/{row.resource_id}", row.patient_id)
         seen(db).served(row.patient_id, found)
@@ -203,7 +203,7 @@ class Gate:
             key = (row.patient_id, row.resource_type)
             decision = decided.get(key)
             if decision is None:
-                decision = decided[key] = self._kind_decision(db, principal, row, facts)
+                decision = decided[key] = self._kind_decision(principal, row, facts)
             if decision.allowed and decision.only_own_organization \
                     and row.author_organization != principal.organization:
                 decision = _NOT_OWN
@@ -222,32 +222,25 @@ class Gate:
         of its own) — what the event hub asks for every live connection an event might go to."""
         if not self.enforce:
             return True
-        if row.resource_type in ADMINISTRATORS_ONLY and principal.is_admin:
-            return True
-        if not row.patient_id:
-            found = self._unbound(principal, row.resource_type, Action.READ)
-        else:
-            patient = facts.get(row.patient_id)
-            if patient is None:
-                return False
-            found = self._decide(principal, patient, row.resource_type, Action.READ, None)
-        if found.allowed and found.only_own_organization and row.author_organization != principal.organization:
+        if row.patient_id and row.patient_id not in facts:
             return False
-        return found.allowed and not _foreign_draft(row, principal)
+        return self._readable(principal, row, facts).allowed
 
-    def _readable(self, db: Session, principal: Principal, row: Row, facts: dict[str, PatientFacts]) -> Decision:
-        found = self._kind_decision(db, principal, row, facts)
+    def _readable(self, principal: Principal, row: Row, facts: dict[str, PatientFacts]) -> Decision:
+        found = self._kind_decision(principal, row, facts)
         if found.allowed and found.only_own_organization and row.author_organization != principal.organization:
             return _NOT_OWN
         if found.allowed and _foreign_draft(row, principal):
             return _DRAFT
         return found
 
-    def _kind_decision(self, db: Session, principal: Principal, row: Row, facts: dict[str, PatientFacts]
-                       ) -> Decision:
-        """The decision on reading this patient's resources of this kind (whoever wrote them)."""
-        if not row.patient_id or (row.resource_type in ADMINISTRATORS_ONLY and principal.is_admin):
-            return self.decision(db, principal, row.resource_type, Action.READ, row.patient_id)
+    def _kind_decision(self, principal: Principal, row: Row, facts: dict[str, PatientFacts]) -> Decision:
+        """The decision on reading this patient's resources of this kind (whoever wrote them), from ``facts``
+        (which hold the row's patient)."""
+        if row.resource_type in ADMINISTRATORS_ONLY and principal.is_admin:
+            return _ADMINISTRATOR
+        if not row.patient_id:
+            return self._unbound(principal, row.resource_type, Action.READ)
         return self._decide(principal, facts[row.patient_id], row.resource_type, Action.READ, None)
 
     def shape(self, db: Session, principal: Principal | None, decision: Decision | None, resource_type: str,
@@ -338,6 +331,7 @@ class Gate:
 
 
 _UNRESTRICTED = Decision(True, "the server's own work", Basis.SYSTEM, frozenset({"*"}))
+_ADMINISTRATOR = Decision(True, "network administrator", Basis.ADMINISTRATION, frozenset({"*"}))
 _NOT_OWN = deny("without the patient's consent, only what this organisation wrote", hidden=True)
 _DRAFT = deny("a draft sheet is its author's organisation's until it is shared", hidden=True)
 

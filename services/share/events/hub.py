@@ -133,6 +133,11 @@ class Hub:
             found |= self._by_key.get((event.network_id, key), set())
         return found
 
+    def connected_users(self, network_id: str) -> set[str]:
+        """The users with a live connection to this instance in a network."""
+        return {subscriber.principal.subject for subscriber in self._subscribers.get(network_id, ())
+                if subscriber.principal is not None}
+
     @property
     def connections(self) -> int:
         return sum(len(found) for found in self._subscribers.values())

@@ -51,7 +51,7 @@ class UrgentPush:
             log.error("web_push_failed", error=type(error).__name__)
 
     async def _wake_for(self, client: httpx.AsyncClient, event: Event) -> None:
-        connected = self._connected(event.network_id)
+        connected = self.hub.connected_users(event.network_id)
         candidates = await self.ctx.run_upkeep(lambda: self._devices(event, connected))
         allowed = await asyncio.to_thread(lambda: [target for target in candidates if self._still_allowed(target)])
         targets = await self.ctx.run_upkeep(lambda: self._claim(event.seq, allowed))
@@ -63,15 +63,6 @@ class UrgentPush:
         await self.ctx.run_upkeep(lambda: self._record(list(zip(targets, outcomes, strict=True))))
         log.info("web_push_sent", seq=event.seq, devices=len(targets),
                  delivered=sum(outcome is Outcome.DELIVERED for outcome in outcomes))
-
-    def _connected(self, network_id: str) -> set[str]:
-        """Users with a live WebSocket connection to this instance in the network."""
-        found = set()
-        for connection in tuple(self.hub._subscribers.get(network_id, ())):
-            principal = getattr(connection, "principal", None)
-            if principal is not None:
-                found.add(principal.subject)
-        return found
 
     def _devices(self, event: Event, connected: set[str]) -> list[Target]:
         with self.ctx.db.reading() as db:
