@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DataError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -22,8 +23,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.auth.app import auth_router
 from services.auth.context import AuthContext
 from services.health import router as health_router
+from services.kit import metrics
 from services.kit.errors import RenkeiError
+from services.kit.limits import Protect, cors_options
 from services.kit.logging import configure_logging
+from services.kit.requests import Observe
 from services.kit.settings import Settings
 from services.kit.tokens import InvalidToken, challenge_header
 from services.share.access.break_glass import router as fhir_operations
@@ -35,6 +39,7 @@ from services.share.context import ShareContext
 from services.share.events.hub import Hub
 from services.share.events.wakeup import WakeOnWrite
 from services.share.fhir.batch import router as fhir_batch
+from services.share.fhir.binary import MAX_JSON_BYTES as BINARY_JSON_BYTES
 from services.share.fhir.endpoints import authenticated as fhir_authenticated
 from services.share.fhir.endpoints import public as fhir_public
 from services.share.fhir.messages import router as fhir_messages
@@ -128,6 +133,11 @@ def create_app(
     if auth:
         app.include_router(auth_router())
     install_error_handlers(app)
+    # Outermost last: request id, access log, metrics and security headers around everything (CORS answers and
+    # refusals included); CORS around the limits, so that a browser can read a 429's Retry-After.
+    app.add_middleware(Protect, settings=settings, fhir_binary_body_bytes=BINARY_JSON_BYTES, refuse=error_response)
+    app.add_middleware(CORSMiddleware, **cors_options(settings))
+    app.add_middleware(Observe, settings=settings)
     return app
 
 
@@ -151,19 +161,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RenkeiError)
     async def renkei_error(request: Request, error: RenkeiError) -> Response:
-        headers = dict(error.headers)
-        if isinstance(error, InvalidToken):
-            headers.update(challenge_header(error))
-        if _is_fhir(request):
-            return outcome_response(
-                error.status_code, error.message, code=error.code, headers=headers, expression=error.expression,
-                issues=error.issues,
-            )
-        return JSONResponse(
-            {"error": error.code, "error_description": error.message},
-            status_code=error.status_code,
-            headers=headers,
-        )
+        return error_response(request.url.path, error)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> Response:
@@ -192,6 +190,25 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=error.status_code,
             headers=error.headers,
         )
+
+
+def error_response(path: str, error: RenkeiError) -> Response:
+    """A RenkeiError's answer: an OperationOutcome under /fhir, OAuth-style JSON elsewhere."""
+    headers = dict(error.headers)
+    fhir = path.startswith("/fhir")
+    if isinstance(error, InvalidToken):
+        headers.update(challenge_header(error))
+        metrics.token_failed("fhir" if fhir else "auth", error.code)
+    if fhir:
+        return outcome_response(
+            error.status_code, error.message, code=error.code, headers=headers, expression=error.expression,
+            issues=error.issues,
+        )
+    return JSONResponse(
+        {"error": error.code, "error_description": error.message},
+        status_code=error.status_code,
+        headers=headers,
+    )
 
 
 def _refusal(request: Request, status: int, message: str, code: str, *, oauth_error: str | None = None) -> Response:

@@ -128,6 +128,7 @@ def prepare(settings: Settings, demo_data: bool, keys: bool = False) -> None:
 
 def create_keys(settings: Settings) -> None:
     """The signing key and the share service's key files, so that no two workers race to create them."""
+    from services.kit.requests import Pseudonyms
     from services.share.crypto.keyring import KeyRing
 
     ctx = _auth_context(settings)
@@ -135,6 +136,7 @@ def create_keys(settings: Settings) -> None:
         ctx.signer.ensure_key(db)
     ctx.db.dispose()
     KeyRing.load(settings)
+    Pseudonyms.for_settings(settings)  # the access log's key (services/kit/requests.py)
 
 
 def _load_demo(settings: Settings) -> None:

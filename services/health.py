@@ -1,15 +1,18 @@
-"""Liveness and readiness: ``/healthz`` says the process answers, ``/readyz`` that it can do its work."""
+"""Liveness and readiness: ``/healthz`` says the process answers, ``/readyz`` that it can do its work; ``/metrics``
+is the Prometheus exposition, for callers in ``settings.metrics_allow`` only (404 to everyone else)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.auth.context import AuthContext
+from services.kit import metrics
 from services.kit.settings import Settings
 from services.share.context import ShareContext
 
@@ -79,3 +82,13 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
     )
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics_exposition(request: Request) -> Response:
+    """Latencies, connections, failures — no patient data; refused as if absent outside the allowed networks."""
+    settings: Settings = request.app.state.settings
+    if not metrics.address_allowed(request.client.host if request.client else None, settings.metrics_allow):
+        raise StarletteHTTPException(404, "Not Found")
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)

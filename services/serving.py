@@ -7,13 +7,20 @@ here as one worker at 100% CPU and the other at 0%. With a socket per worker and
 new connections across the workers.
 
 The parent only supervises: it restarts a worker that dies and stops them all on SIGTERM or SIGINT.
+
+Metrics: the workers write their Prometheus values to files in ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` adds
+them up (services/kit/metrics.py). Unless the variable is set, the supervisor makes a fresh directory for the run
+and removes it at the end; a directory given is emptied of an earlier run's files first.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
@@ -54,6 +61,7 @@ def serve_workers(app: str, host: str, port: int, workers: int, *, prepare: Call
     application, so it stays a few megabytes instead of another worker's hundred.
     """
     context = multiprocessing.get_context("spawn")
+    metrics_dir = _metrics_directory()
     if prepare is not None:
         preparation = context.Process(target=prepare)
         preparation.start()
@@ -79,6 +87,7 @@ def serve_workers(app: str, host: str, port: int, workers: int, *, prepare: Call
             for index, process in enumerate(processes):
                 if not process.is_alive() and not stopping:
                     log.error("worker_exited_restarting", exitcode=process.exitcode)
+                    _worker_dead(process.pid)
                     processes[index] = start()
     finally:
         for process in processes:
@@ -88,3 +97,35 @@ def serve_workers(app: str, host: str, port: int, workers: int, *, prepare: Call
             process.join(timeout=30)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+_METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _metrics_directory() -> str | None:
+    """Set up the workers' shared metrics directory (inherited through the environment); the path, if this run
+    made it (and must remove it)."""
+    given = os.environ.get(_METRICS_ENV)
+    if not given:
+        made = tempfile.mkdtemp(prefix="renkei-metrics-")
+        os.environ[_METRICS_ENV] = made
+        return made
+    os.makedirs(given, exist_ok=True)
+    for name in os.listdir(given):  # an earlier run's values would be added to this one's
+        if name.endswith(".db") and name.split("_", 1)[0] in ("counter", "gauge", "histogram", "summary"):
+            os.remove(os.path.join(given, name))
+    return None
+
+
+def _worker_dead(pid: int | None) -> None:
+    """A dead worker's live gauges (open WebSockets, hub lag) stop counting."""
+    if pid is None:
+        return
+    try:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+    except Exception as error:
+        log.warning("metrics_cleanup_failed", error=type(error).__name__)

@@ -122,6 +122,29 @@ class Settings(BaseSettings):
     throttle_max_lock_seconds: int = 900
     throttle_account_max_lock_seconds: int = 60
 
+    # Operations (services/kit/requests.py, limits.py, metrics.py) ---------------------------------------------
+    # One JSON log line per request (method, route template, status, duration, request id, pseudonymous user).
+    access_log: bool = True
+    # The key of the pseudonymous user id in logs (HMAC-SHA256 of the token's ``sub``), base64 of 32 bytes; when
+    # unset it is read from (or generated into) ``<key_dir>/log-pseudonym.key``. Changing it unlinks old logs.
+    log_pseudonym_key: str | None = Field(default=None, repr=False)
+    # Networks (CIDRs) allowed to read GET /metrics; everyone else gets 404. Default: loopback only.
+    metrics_allow: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    # Request bodies: the limit outside /fhir (the identity service's JSON, Web Push registrations), and under
+    # /fhir (resources, Bundles: the store's own 20 MiB; Binary takes the base64 of its 20 MB content on top).
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_fhir_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    # Rate limits (token buckets): requests per second sustained and the burst, per user or system client (the
+    # token's subject and client_id), and per client address for requests without a bearer token. 0: no limit.
+    # With redis_url set the counts are shared by every instance (fixed windows of burst/rate seconds).
+    rate_limit_per_second: float = Field(default=50.0, ge=0)
+    rate_limit_burst: int = Field(default=200, ge=0)
+    rate_limit_address_per_second: float = Field(default=20.0, ge=0)
+    rate_limit_address_burst: int = Field(default=100, ge=0)
+    # Callers not rate-limited (CIDRs): by default this machine — health probes, the CLI, benchmarks. Behind a reverse
+    # proxy the client is the address it forwards (uvicorn's FORWARDED_ALLOW_IPS), so the proxy is not exempt.
+    rate_limit_exempt: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+
     @field_validator("public_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
