@@ -45,6 +45,8 @@ def own_postgres() -> Iterator[str]:
         with (data / "postgresql.conf").open("a") as conf:
             conf.write(f"\ninclude '{CONFIG}'\nlisten_addresses = '127.0.0.1'\nport = {port}\n"
                        f"unix_socket_directories = '{root}'\n")
+            # For profiling a run, e.g. "shared_preload_libraries='pg_stat_statements'": never set by default.
+            conf.write(os.environ.get("RENKEI_BENCH_PG_CONF", "").replace(";", "\n") + "\n")
         subprocess.run([*as_postgres, _bin("pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "start"],
                        check=True, capture_output=True)
         url = f"postgresql://postgres@127.0.0.1:{port}/postgres"

@@ -168,12 +168,11 @@ class Hub:
                 await asyncio.sleep(poll)
 
     async def one_pass(self) -> None:
-        numbered = await self._run(self._sequence)
+        numbered, events, facts = await self._run(lambda: self._number_and_read(self.position))
         if numbered and self._publish is not None:
             self._publish()
         urgent: list[Event] = []
         while True:
-            events, facts = await self._run(lambda: self._read(self.position))
             for event in events:
                 self.position = event.seq
                 seen = facts.get(event.network_id, _NO_FACTS)
@@ -183,6 +182,7 @@ class Hub:
                     urgent.append(event)
             if len(events) < READ_BATCH:
                 break
+            events, facts = await self._run(lambda: self._read(self.position))
         if urgent and self.on_urgent is not None:
             task = asyncio.ensure_future(self.on_urgent(urgent))
             self._urgent_tasks.add(task)
@@ -204,15 +204,25 @@ class Hub:
         with self.ctx.db.transaction() as db:
             return sequence_pending(db)
 
+    def _number_and_read(self, after: int) -> tuple[int, list[Event], dict[str, Facts]]:
+        """One transaction for both (the reads take a fraction of a millisecond longer to release the sequencer's
+        lock, and save a transaction's round trips on every pass); nothing read is handed on before it commits."""
+        with self.ctx.db.transaction() as db:
+            numbered = sequence_pending(db)
+            return (numbered, *self._read_in(db, after))
+
     def _read(self, after: int) -> tuple[list[Event], dict[str, Facts]]:
-        """The next events, and for each network with connections here the facts their access decisions need."""
         with self.ctx.db.reading() as db:
-            events = events_after(db, after, READ_BATCH)
-            wanted: dict[str, set[str]] = {}
-            for event in events:
-                if event.patient_id and self._subscribers.get(event.network_id):
-                    wanted.setdefault(event.network_id, set()).add(event.patient_id)
-            return events, {network: _facts(db, network, sorted(patients)) for network, patients in wanted.items()}
+            return self._read_in(db, after)
+
+    def _read_in(self, db: Session, after: int) -> tuple[list[Event], dict[str, Facts]]:
+        """The next events, and for each network with connections here the facts their access decisions need."""
+        events = events_after(db, after, READ_BATCH)
+        wanted: dict[str, set[str]] = {}
+        for event in events:
+            if event.patient_id and self._subscribers.get(event.network_id):
+                wanted.setdefault(event.network_id, set()).add(event.patient_id)
+        return events, {network: _facts(db, network, sorted(patients)) for network, patients in wanted.items()}
 
     # Across instances --------------------------------------------------------------------------------------------
 
