@@ -62,6 +62,8 @@ class BodyTooLarge(RenkeiError, StarletteHTTPException):  # type: ignore[misc]
 
     def __init__(self, limit: int) -> None:
         RenkeiError.__init__(self, f"the request body exceeds {limit} bytes")
+        # RenkeiError's super().__init__ is HTTPException's here, which took the message for a status.
+        self.status_code = 413
         self.detail = self.message
 
 

@@ -18,6 +18,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.kit import metrics
 from services.kit.errors import BadRequest
 from services.kit.outbound import checked_endpoint
 from services.share.access.projection import patient_facts
@@ -49,6 +50,7 @@ class UrgentPush:
             raise
         except Exception as error:  # the database or the network is away: the app still reads the log when opened
             log.error("web_push_failed", error=type(error).__name__)
+            metrics.delivery_failed("web-push", "error")
 
     async def _wake_for(self, client: httpx.AsyncClient, event: Event) -> None:
         connected = self.hub.connected_users(event.network_id)
@@ -90,8 +92,10 @@ class UrgentPush:
                     devices.delivered(db, target.id)
                 elif outcome is Outcome.GONE:
                     devices.gone(db, target.id)
+                    metrics.delivery_failed("web-push", "gone")
                 else:
                     devices.failed(db, target.id)
+                    metrics.delivery_failed("web-push", "failed")
 
 
 def recipients(db: Session, event: Event) -> set[str]:

@@ -27,6 +27,7 @@ import orjson
 import structlog
 from sqlalchemy.orm import Session
 
+from services.kit import metrics
 from services.kit.db import utcnow
 from services.kit.errors import RenkeiError
 from services.kit.outbound import checked_endpoint
@@ -91,12 +92,15 @@ class Deliveries:
     # One subscription -----------------------------------------------------------------------------------------
 
     async def _deliver(self, item: Claimed) -> None:
+        if item.failures:
+            metrics.delivery_retried("rest-hook")
         try:
             await self.ctx.policies.of(item.network_id)  # for the access decisions of the owner's network
             work = await self.ctx.run_upkeep(lambda: self._prepare(item))
             changes = await self._send(item, work)
         except Exception as error:  # the database is away, a bug: the next attempt comes after a backoff
             log.error("subscription_attempt_failed", subscription=item.id, error=type(error).__name__)
+            metrics.delivery_failed("rest-hook", "error")
             changes = self._failed(item)
         await self.ctx.run_upkeep(lambda: self._record(item, changes, work_seen(changes)))
 
@@ -160,9 +164,11 @@ class Deliveries:
                                              headers={**headers, "Content-Type": "application/fhir+json"})
         except (RenkeiError, httpx.HTTPError) as error:
             log.warning("subscription_delivery_failed", subscription=item.id, error=type(error).__name__)
+            metrics.delivery_failed("rest-hook", "unreachable")
             return False
         if not 200 <= answer.status_code < 300:
             log.warning("subscription_delivery_refused", subscription=item.id, status=answer.status_code)
+            metrics.delivery_failed("rest-hook", "refused")
             return False
         return True
 
