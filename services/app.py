@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DataError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -25,7 +24,7 @@ from services.auth.context import AuthContext
 from services.health import router as health_router
 from services.kit import metrics
 from services.kit.errors import RenkeiError
-from services.kit.limits import Protect, cors_options
+from services.kit.limits import Cors, Protect, cors_options
 from services.kit.logging import configure_logging
 from services.kit.requests import Observe
 from services.kit.settings import Settings
@@ -136,7 +135,7 @@ def create_app(
     # Outermost last: request id, access log, metrics and security headers around everything (CORS answers and
     # refusals included); CORS around the limits, so that a browser can read a 429's Retry-After.
     app.add_middleware(Protect, settings=settings, fhir_binary_body_bytes=BINARY_JSON_BYTES, refuse=error_response)
-    app.add_middleware(CORSMiddleware, **cors_options(settings))
+    app.add_middleware(Cors, **cors_options(settings))
     app.add_middleware(Observe, settings=settings)
     return app
 

@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 import structlog
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -324,6 +325,22 @@ def _bearer(scope: Scope) -> str | None:
             token = token.strip()
             return token if scheme.lower() == "bearer" and token else None
     return None
+
+
+class Cors(CORSMiddleware):
+    """Starlette's CORS, skipped for requests without an ``Origin`` (not a browser's cross-origin call: tablets'
+    native requests, hospital systems), which are nearly all; services/kit/requests.py still marks every answer
+    ``Vary: Origin``."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, _ in scope["headers"]:
+                if name == b"origin":
+                    break
+            else:
+                await self.app(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def cors_options(settings: Settings) -> dict[str, Any]:

@@ -44,8 +44,10 @@ _SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 )
+_SECURITY_NAMES = frozenset(name for name, _ in _SECURITY_HEADERS)
 _CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
 _NO_STORE = (b"cache-control", b"no-store")
+_VARY = (b"vary", b"Origin")  # answers differ by Origin (services/kit/limits.py Cors): shared caches must know
 
 
 class _RequestFacts:
@@ -157,11 +159,16 @@ class Observe:
                 headers = list(message.get("headers", ()))
                 present = {name.lower() for name, _ in headers}
                 headers.append((REQUEST_ID_HEADER, raw_id))
-                headers.extend(header for header in _SECURITY_HEADERS if header[0] not in present)
+                if present.isdisjoint(_SECURITY_NAMES):
+                    headers.extend(_SECURITY_HEADERS)
+                else:
+                    headers.extend(header for header in _SECURITY_HEADERS if header[0] not in present)
                 if _CSP[0] not in present and path not in _HTML_PAGES:
                     headers.append(_CSP)
                 if guarded and _NO_STORE[0] not in present:
                     headers.append(_NO_STORE)
+                if _VARY[0] not in present:
+                    headers.append(_VARY)
                 message = {**message, "headers": headers}
             await send(message)
 
