@@ -102,7 +102,8 @@ done
 # 2. The key files. Keys given in the environment (a secret store, a Kubernetes Secret) are not files: say so
 # loudly, because a backup without them cannot be read.
 from_env=""
-for var in RENKEI_AUTH_MASTER_KEY RENKEI_SHARE_KEKS RENKEI_SHARE_INDEX_KEY RENKEI_VAPID_PRIVATE_KEY; do
+for var in RENKEI_AUTH_MASTER_KEY RENKEI_SHARE_KEKS RENKEI_SHARE_INDEX_KEY RENKEI_VAPID_PRIVATE_KEY \
+           RENKEI_LOG_PSEUDONYM_KEY; do
   [ -z "$(setting "$var")" ] || from_env="$from_env $var"
 done
 if [ -d "$key_dir" ]; then

@@ -138,15 +138,18 @@ def test_renkei_names_in_manifests_are_settings(manifests: list[dict[str, Any]])
     names: set[str] = set()
     for manifest in of_kind(manifests, "ConfigMap"):
         names |= set(manifest["data"])
+    secret: set[str] = set()
     for manifest in of_kind(manifests, "Secret"):
-        names |= set(manifest.get("stringData", {})) | set(manifest.get("data", {}))
+        secret |= set(manifest.get("stringData", {})) | set(manifest.get("data", {}))
     for _, spec in pod_specs(manifests):
         for container in spec["containers"]:
             names |= {variable["name"] for variable in container.get("env", [])}
-    renkei = {name for name in names if name.startswith("RENKEI_")}
-    assert {"RENKEI_AUTH_MASTER_KEY", "RENKEI_SHARE_KEKS", "RENKEI_SHARE_INDEX_KEY",
-            "RENKEI_VAPID_PRIVATE_KEY"} <= renkei, "the Secret must carry every key"
+    renkei = {name for name in names | secret if name.startswith("RENKEI_")}
     assert unknown_settings(renkei) == set()
+    # Every key-material setting (repr=False) comes from the Secret, so that no pod makes a key file of its own
+    # (each pod its own key, gone with the pod).
+    keys = {f"RENKEI_{name.upper()}" for name, field in Settings.model_fields.items() if field.repr is False}
+    assert keys <= secret, f"the Secret lacks {sorted(keys - secret)}"
 
 
 def test_secrets_stay_out_of_the_config_map(manifests: list[dict[str, Any]]) -> None:
@@ -328,9 +331,16 @@ def test_nginx_terminates_tls_and_forwards_as_the_services_expect() -> None:
     for name in ("proxy_read_timeout", "proxy_send_timeout"):
         seconds = re.search(rf"{name} (\d+)s;", ws.group(1))
         assert seconds and int(seconds.group(1)) > WS_SILENCE_SECONDS, name
-    (body,) = re.findall(r"client_max_body_size (\w+);", conf)
-    # The largest body the share service takes, and not much more: nginx refuses larger ones before they arrive.
-    assert MAX_JSON_BYTES <= size_in_bytes(body) < MAX_JSON_BYTES + 2 * 1024**2
+    # The services' own limits (services/kit/limits.py), so nginx refuses a larger body before it arrives and never
+    # a body the services would take.
+    settings = Settings()
+    server_level = re.search(r"^    client_max_body_size (\w+);", conf, re.MULTILINE)
+    fhir = re.search(r"location \^~ /fhir \{[^}]*client_max_body_size (\w+);", conf)
+    binary = re.search(r"location \^~ /fhir/Binary \{[^}]*client_max_body_size (\w+);", conf)
+    assert server_level and fhir and binary
+    for (limit,), expected in ((server_level.groups(), settings.max_body_bytes),
+                               (fhir.groups(), settings.max_fhir_body_bytes), (binary.groups(), MAX_JSON_BYTES)):
+        assert expected <= size_in_bytes(limit) < expected + 1024**2, (limit, expected)
 
 
 def test_nginx_logs_no_query_strings() -> None:
