@@ -92,6 +92,16 @@ def pod_specs(manifests: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]
             for m in manifests if m["kind"] in ("Deployment", "Job")]
 
 
+def test_manifests_match_the_kubernetes_schemas(manifests: list[dict[str, Any]]) -> None:
+    """Field names and types as the API server checks them (strict: unknown fields refused), offline."""
+    validator: Any = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
+    for manifest in manifests:
+        if manifest["kind"] == "Kustomization":
+            continue
+        document = {k: v for k, v in manifest.items() if k != "_file"}
+        validator.validate(document, "1.30.0", strict=True)
+
+
 def test_every_object_lives_in_the_renkei_namespace(manifests: list[dict[str, Any]]) -> None:
     for manifest in manifests:
         if manifest["kind"] in ("Namespace", "Kustomization"):
