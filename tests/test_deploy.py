@@ -50,7 +50,7 @@ NOT_SETTINGS = {"RENKEI_VENV"}
 SETTINGS_FIELDS = frozenset(Settings.model_fields)
 IMAGE = "registry.example.jp/renkei:0.1.0"
 # A client silent this long is dropped by the server itself (two heartbeats): proxies must wait longer.
-WS_SILENCE_SECONDS = 2 * Settings().ws_heartbeat_seconds
+WS_SILENCE_SECONDS = 2 * Settings.model_fields["ws_heartbeat_seconds"].default
 
 
 def unknown_settings(names: set[str]) -> set[str]:
@@ -343,13 +343,13 @@ def test_nginx_terminates_tls_and_forwards_as_the_services_expect() -> None:
         assert seconds and int(seconds.group(1)) > WS_SILENCE_SECONDS, name
     # The services' own limits (services/kit/limits.py), so nginx refuses a larger body before it arrives and never
     # a body the services would take.
-    settings = Settings()
+    defaults = {name: field.default for name, field in Settings.model_fields.items()}  # not the caller's RENKEI_*
     server_level = re.search(r"^    client_max_body_size (\w+);", conf, re.MULTILINE)
     fhir = re.search(r"location \^~ /fhir \{[^}]*client_max_body_size (\w+);", conf)
     binary = re.search(r"location \^~ /fhir/Binary \{[^}]*client_max_body_size (\w+);", conf)
     assert server_level and fhir and binary
-    for (limit,), expected in ((server_level.groups(), settings.max_body_bytes),
-                               (fhir.groups(), settings.max_fhir_body_bytes), (binary.groups(), MAX_JSON_BYTES)):
+    for (limit,), expected in ((server_level.groups(), defaults["max_body_bytes"]),
+                               (fhir.groups(), defaults["max_fhir_body_bytes"]), (binary.groups(), MAX_JSON_BYTES)):
         assert expected <= size_in_bytes(limit) < expected + 1024**2, (limit, expected)
 
 
