@@ -407,6 +407,20 @@ def test_nginx_accepts_the_configuration(tmp_path: Path) -> None:
     assert "[warn]" not in result.stderr and "[emerg]" not in result.stderr, result.stderr
 
 
+def test_logrotate_reads_its_configuration(tmp_path: Path) -> None:
+    logrotate = shutil.which("logrotate") or shutil.which("logrotate", path="/usr/sbin")
+    if logrotate is None:
+        pytest.skip("logrotate is not installed: deploy/logrotate/renkei is not parsed")
+    conf = (DEPLOY / "logrotate" / "renkei").read_text(encoding="utf-8")
+    assert "/var/log/nginx/renkei/access.log {" in conf
+    assert re.search(r"access_log /var/log/nginx/renkei/access\.log renkei;", NGINX_CONF.read_text(encoding="utf-8"))
+    (tmp_path / "renkei").write_text(conf.replace("/var/log/nginx/renkei/", f"{tmp_path}/"), encoding="utf-8")
+    # -d: parse and plan only, rotating nothing.
+    result = subprocess.run([logrotate, "-d", "-s", str(tmp_path / "state"), str(tmp_path / "renkei")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "error" not in result.stderr.lower(), result.stderr
+
+
 # Redis ---------------------------------------------------------------------------------------------------
 
 
