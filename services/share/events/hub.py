@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -47,6 +48,8 @@ class Subscriber(Protocol):
     principal: Principal | None
 
     def offer(self, event: Event, seen: Facts) -> None: ...
+
+    def tick(self, monotonic: float, wall: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,23 @@ class Hub:
         """Runs until cancelled (the application's shutdown)."""
         self.position = await self._run(self._head)
         self._started.set()
+        clock = asyncio.ensure_future(self._keep_time())
+        try:
+            await self._passes()
+        finally:
+            clock.cancel()
+
+    async def _keep_time(self) -> None:
+        """One clock for every subscriber (their heartbeats and token expiries), instead of a timer each."""
+        period = min(1.0, self.ctx.settings.ws_heartbeat_seconds / 4)
+        while True:
+            await asyncio.sleep(period)
+            monotonic, wall = time.monotonic(), time.time()
+            for found in tuple(self._subscribers.values()):
+                for subscriber in tuple(found):
+                    subscriber.tick(monotonic, wall)
+
+    async def _passes(self) -> None:
         poll = self.ctx.settings.event_poll_seconds
         while True:
             with contextlib.suppress(TimeoutError):

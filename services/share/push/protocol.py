@@ -14,3 +14,4 @@ PROTOCOL_ERROR = 4400  # a frame was not understood; fix the client
 UNAUTHENTICATED = 4401  # no valid token in time; get a token and reconnect
 ORIGIN_REFUSED = 4403  # this page's origin may not open the socket (the handshake itself is refused with 403)
 GOING_AWAY = 1001  # the server is shutting down; reconnect (another instance) with your cursor
+INTERNAL_ERROR = 1011  # the server could not go on with this connection; reconnect with your cursor

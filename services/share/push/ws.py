@@ -55,30 +55,36 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     try:
         await connection.serve([p[len(protocol.TOKEN_PREFIX):] for p in offered if p.startswith(protocol.TOKEN_PREFIX)])
     except Closing as closing:
-        with contextlib.suppress(Exception):
-            await websocket.send_text(orjson.dumps({"type": "error", "code": closing.code,
-                                                    "message": closing.reason}).decode())
-            await websocket.close(code=closing.code, reason=closing.reason[:120])
+        await connection.close(closing.code, closing.reason)
     except WebSocketDisconnect:
         pass
     finally:
-        hub.remove(connection)
+        connection.stop()
 
 
 class Connection:
+    """One open app. What it costs matters (a region's tablets stay connected all day: the [push] issue allows
+    40 KB each, the framework's own socket included): one coroutine receives; a sender task exists only while
+    there is something to send; heartbeats and the token's expiry are kept by the hub's one clock (``tick``)."""
+
+    __slots__ = ("_closer", "_next_ping", "_queue", "_sender", "acked", "ctx", "ended", "expires_at", "hub",
+                 "last_heard", "live", "network_id", "principal", "replayed", "sent", "websocket")
+
     def __init__(self, websocket: WebSocket, ctx: ShareContext, hub: Hub) -> None:
         self.websocket, self.ctx, self.hub = websocket, ctx, hub
-        self.settings = ctx.settings
         self.principal: Principal | None = None
         self.network_id = ""
         self.expires_at = 0.0
         self.sent = 0  # the highest seq this connection has sent, or passed over while replaying the log
         self.acked = 0
         self.last_heard = time.monotonic()
+        self._next_ping = self.last_heard + ctx.settings.ws_heartbeat_seconds
         self.live = False
-        self.queue: deque[Event] = deque()
-        self._ready = asyncio.Event()
-        self._too_slow: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.replayed = False
+        self.ended = False
+        self._queue: deque[Event | None] = deque()  # events to send; None: a heartbeat ping
+        self._sender: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
 
     # The hub's side ----------------------------------------------------------------------------------------------
 
@@ -90,12 +96,49 @@ class Connection:
         assert self.principal is not None
         if not self.ctx.gate.may_read(self.principal, event, seen.of(self.principal.subject)):
             return
-        if len(self.queue) >= self.settings.ws_queue_events:
-            if not self._too_slow.done():  # never drop silently: the client is closed, resumes from its cursor
-                self._too_slow.set_result(None)
-        else:
-            self.queue.append(event)
-            self._ready.set()
+        if len(self._queue) >= self.ctx.settings.ws_queue_events:
+            # Never drop silently: the client is closed, and resumes from its cursor.
+            self.end(protocol.TOO_SLOW, "too far behind: reconnect and subscribe from your cursor")
+            return
+        self._queue.append(event)
+        self._start_sender()
+
+    def tick(self, monotonic: float, wall: float) -> None:
+        """The hub's clock: the token's expiry (a renewal moves it), and heartbeats — a client silent for two
+        periods is dropped."""
+        if self.ended or self.principal is None:
+            return
+        if wall >= self.expires_at:
+            self.end(protocol.TOKEN_EXPIRED, "the token expired: reconnect with a new one and your cursor")
+        elif monotonic >= self._next_ping:
+            period = self.ctx.settings.ws_heartbeat_seconds
+            if monotonic - self.last_heard > 2 * period:
+                self.end(protocol.HEARTBEAT_MISSED, "no frame from the client for two heartbeats")
+                return
+            self._next_ping = monotonic + period
+            self._queue.append(None)
+            self._start_sender()
+
+    def end(self, code: int, reason: str) -> None:
+        """Closes from outside the receiving coroutine (which then sees the disconnect and returns)."""
+        if self.ended:
+            return
+        self.stop()
+        self._closer = asyncio.ensure_future(self.close(code, reason))
+
+    def stop(self) -> None:
+        """No more events: off the hub, the sender stopped."""
+        self.ended, self.live = True, False
+        self.hub.remove(self)
+        if self._sender is not None:
+            self._sender.cancel()
+            self._sender = None
+        self._queue.clear()
+
+    async def close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await self._send({"type": "error", "code": code, "message": reason})
+            await self.websocket.close(code=code, reason=reason[:120])
 
     # The conversation ----------------------------------------------------------------------------------------------
 
@@ -115,37 +158,29 @@ class Connection:
         self.hub.add(self)
         self.live = True  # from here the hub queues live events; the log supplies everything before them
         await self._send({"type": "subscribed", "since": self.sent})
-        # Two tasks per connection (and this coroutine keeping time): a thousand idle tablets cost memory per task.
-        tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._deliver())]
-        try:
-            await self._keep_time(tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        self._start_sender()  # the replay first, then what was queued meanwhile
+        while True:
+            await self._answer(await self._receive())
 
     async def _first_frame(self, expected: str) -> dict[str, Any]:
         """The next frame, which must be ``expected``, within the authentication time (pings are answered)."""
-        deadline = time.monotonic() + self.settings.ws_auth_seconds
-        while True:
-            try:
-                frame = await asyncio.wait_for(self._receive(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                code = protocol.UNAUTHENTICATED if expected == "auth" else protocol.PROTOCOL_ERROR
-                raise Closing(code, f"no {expected} frame in time") from None
-            if frame["type"] == "ping":
-                await self._send({"type": "pong"})
-                continue
-            if frame["type"] != expected:
-                code = protocol.UNAUTHENTICATED if expected == "auth" else protocol.PROTOCOL_ERROR
-                raise Closing(code, f"expected a {expected} frame")
-            return frame
+        code = protocol.UNAUTHENTICATED if expected == "auth" else protocol.PROTOCOL_ERROR
+        try:
+            async with asyncio.timeout(self.ctx.settings.ws_auth_seconds):
+                while (frame := await self._receive())["type"] == "ping":
+                    await self._send({"type": "pong"})
+        except TimeoutError:
+            raise Closing(code, f"no {expected} frame in time") from None
+        if frame["type"] != expected:
+            raise Closing(code, f"expected a {expected} frame")
+        return frame
 
     async def _authenticate(self, token: object) -> None:
         if not isinstance(token, str) or not token:
             raise Closing(protocol.UNAUTHENTICATED, "a token is required")
         try:
-            principal = await self.ctx.verifier.authenticate(f"Bearer {token}")
+            # Not remembered by the verifier: a connection verifies its token once (or at a renewal).
+            principal = await self.ctx.verifier.authenticate(f"Bearer {token}", remember=False)
         except InvalidToken:
             log.warning("ws_authentication_failed")
             raise Closing(protocol.UNAUTHENTICATED, "the token is not valid") from None
@@ -166,32 +201,57 @@ class Connection:
             raise Closing(protocol.PROTOCOL_ERROR, "a frame is an object with a type")
         return frame
 
+    async def _answer(self, frame: dict[str, Any]) -> None:
+        kind = frame["type"]
+        if kind == "ack":
+            seq = frame.get("seq")
+            if not isinstance(seq, int) or isinstance(seq, bool):
+                raise Closing(protocol.PROTOCOL_ERROR, "ack needs a seq")
+            self.acked = max(self.acked, min(seq, self.sent))
+        elif kind == "ping":
+            await self._send({"type": "pong"})
+        elif kind == "pong":
+            pass
+        elif kind == "auth":  # a renewed token before the old one expires: the connection goes on
+            await self._authenticate(frame.get("token"))
+            await self._send({"type": "authenticated", "protocol": protocol.VERSION,
+                              "expires_at": int(self.expires_at)})
+        else:
+            raise Closing(protocol.PROTOCOL_ERROR, f"unknown frame type {kind[:40]!r}")
+
     async def _send(self, frame: dict[str, Any]) -> None:
         await self.websocket.send_text(orjson.dumps(frame).decode())
 
-    # Running parts: the first to end ends the connection --------------------------------------------------------------
+    # Sending ---------------------------------------------------------------------------------------------------------
 
-    async def _listen(self) -> None:
-        while True:
-            frame = await self._receive()
-            kind = frame["type"]
-            if kind == "ack":
-                seq = frame.get("seq")
-                if not isinstance(seq, int) or isinstance(seq, bool):
-                    raise Closing(protocol.PROTOCOL_ERROR, "ack needs a seq")
-                self.acked = max(self.acked, min(seq, self.sent))
-            elif kind == "ping":
-                await self._send({"type": "pong"})
-            elif kind == "pong":
-                pass
-            elif kind == "auth":  # a renewed token before the old one expires: the connection goes on
-                await self._authenticate(frame.get("token"))
-                await self._send({"type": "authenticated", "protocol": protocol.VERSION,
-                                  "expires_at": int(self.expires_at)})
-            else:
-                raise Closing(protocol.PROTOCOL_ERROR, f"unknown frame type {kind[:40]!r}")
+    def _start_sender(self) -> None:
+        if self._sender is None and not self.ended:
+            self._sender = asyncio.ensure_future(self._send_waiting())
 
-    async def _deliver(self) -> None:
+    async def _send_waiting(self) -> None:
+        """Runs while there is something to send: the replay of the log after the cursor (once), then the queue."""
+        try:
+            if not self.replayed:
+                await self._replay()
+                self.replayed = True
+            while self._queue:
+                event = self._queue.popleft()
+                if event is None:
+                    await self._send(_PING)
+                elif event.seq > self.sent:  # not a live event the replay sent already
+                    await self._send(event.frame())
+                    self.sent = event.seq
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the socket closed under it (the receiver sees that too), or the log is away
+            if not isinstance(error, WebSocketDisconnect | OSError | RuntimeError):
+                log.error("ws_send_failed", error=type(error).__name__)
+            self._sender = None
+            self.end(protocol.INTERNAL_ERROR, "the server could not send: reconnect with your cursor")
+            return
+        self._sender = None
+
+    async def _replay(self) -> None:
         while True:  # catching up from the log, after the cursor
             read, visible = await self.ctx.run(lambda: self._replay_step(self.sent))
             for event in visible:
@@ -199,15 +259,7 @@ class Connection:
             if read:
                 self.sent = max(self.sent, read[-1].seq)
             if len(read) < REPLAY_BATCH:
-                break
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
-            while self.queue:
-                event = self.queue.popleft()
-                if event.seq > self.sent:  # a live event the replay sent already
-                    await self._send(event.frame())
-                    self.sent = event.seq
+                return
 
     def _replay_step(self, cursor: int) -> tuple[list[Event], list[Event]]:
         """On a database thread: the next events of this network after ``cursor``, and those of them visible."""
@@ -221,22 +273,5 @@ class Connection:
             decisions = self.ctx.gate.readable(db, self.principal, events)
         return [event for event, decision in zip(events, decisions, strict=True) if decision is not None]
 
-    async def _keep_time(self, tasks: list[asyncio.Task[None]]) -> None:
-        """Until a part ends the connection: heartbeats (a client silent for two periods is dropped), the
-        token's expiry (a renewed token moves it), and a queue that overflowed while a send was stuck."""
-        period = self.settings.ws_heartbeat_seconds
-        next_ping = time.monotonic() + period
-        while True:
-            wait = max(0.0, min(next_ping - time.monotonic(), self.expires_at - time.time()))
-            done, _ = await asyncio.wait([*tasks, self._too_slow], timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-            if self._too_slow.done():
-                raise Closing(protocol.TOO_SLOW, "too far behind: reconnect and subscribe from your cursor")
-            for task in done:
-                task.result()  # raises the Closing (or disconnect) that ended the connection
-            if time.time() >= self.expires_at:
-                raise Closing(protocol.TOKEN_EXPIRED, "the token expired: reconnect with a new one and your cursor")
-            if time.monotonic() >= next_ping:
-                if time.monotonic() - self.last_heard > 2 * period:
-                    raise Closing(protocol.HEARTBEAT_MISSED, "no frame from the client for two heartbeats")
-                await self._send({"type": "ping"})
-                next_ping += period
+
+_PING: dict[str, Any] = {"type": "ping"}

@@ -36,7 +36,8 @@ class TokenVerifier:
         self.jwks = JwksCache(settings.jwks_url, min_refresh_seconds=settings.jwks_min_refresh_seconds)
         self._verified: dict[str, _Verified] = {}
 
-    async def authenticate(self, authorization: str | None) -> Principal:
+    async def authenticate(self, authorization: str | None, *, remember: bool = True) -> Principal:
+        """``remember`` off: a token verified once for a long-lived use (a WebSocket) need not take a place."""
         token = tokens.bearer(authorization)
         known = self._verified.get(token)
         # Even parsing the token's header costs more than this lookup (PyJWT checks base64 per character).
@@ -47,7 +48,8 @@ class TokenVerifier:
         if key is None:
             raise InvalidToken("token key id is unknown")
         principal = tokens.verify(token, key, issuer=self.issuer, audience=self.audience, leeway=self.leeway)
-        self._remember(token, principal, kid, key)
+        if remember:
+            self._remember(token, principal, kid, key)
         return principal
 
     def _remember(self, token: str, principal: Principal, kid: str, key: Any) -> None:
