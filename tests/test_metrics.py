@@ -150,3 +150,24 @@ def test_security_headers_on_a_fhir_read(http: httpx.Client, auth: dict[str, str
     # An error answer carries them too.
     missing = http.get("/fhir/Patient/does-not-exist", headers=auth)
     assert missing.status_code == 404 and missing.headers["x-frame-options"] == "DENY"
+
+
+def _gauge(server: LiveServer, name: str) -> float:
+    text = httpx.Client(base_url=server.base_url).get("/metrics").text
+    [value] = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")]
+    return value
+
+
+def test_open_websockets_are_counted(server: LiveServer) -> None:
+    from websockets.sync.client import connect
+
+    before = _gauge(server, "renkei_ws_connections")
+    socket = connect(server.base_url.replace("http://", "ws://") + "/ws", open_timeout=10)
+    try:
+        assert _gauge(server, "renkei_ws_connections") == before + 1
+    finally:
+        socket.close()
+    deadline = time.monotonic() + 5
+    while _gauge(server, "renkei_ws_connections") != before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gauge(server, "renkei_ws_connections") == before
