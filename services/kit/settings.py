@@ -7,6 +7,7 @@ URL and the key material explicitly (see ``deploy/``).
 
 from __future__ import annotations
 
+import ipaddress
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -149,6 +150,13 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("metrics_allow", "rate_limit_exempt")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)  # a ValueError names the bad entry at start, not at a request
+        return value
 
     # Derived values -------------------------------------------------------------------------------------
 
