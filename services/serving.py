@@ -43,7 +43,10 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 # WebSocket frames here are a few hundred bytes of ids (services/share/push/): permessage-deflate would save next to
 # nothing on them, cost about 2.5x the CPU per delivery and keep a zlib context per connection (tens of KB each).
-WEBSOCKET_OPTIONS: dict[str, Any] = {"ws_per_message_deflate": False}
+# The protocol-level pings of the server are off too: the application's heartbeats (ping frames every
+# RENKEI_WS_HEARTBEAT_SECONDS, a silent client dropped after two) find dead connections, and each protocol ping
+# timer costs every connection memory.
+WEBSOCKET_OPTIONS: dict[str, Any] = {"ws_per_message_deflate": False, "ws_ping_interval": None}
 
 
 def _worker(app: str, host: str, port: int, options: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from services.auth.sessions.models import LoginSession
 from services.kit import tokens
 from services.kit.db import utcnow
 from services.kit.errors import Forbidden
+from services.kit.requests import note_subject
 from services.kit.tokens import InvalidToken, Principal
 
 
@@ -68,6 +69,7 @@ def authenticate_user(ctx: AuthContext, db: Session, authorization: str | None) 
         or user.disabled
     ):
         raise InvalidToken("the session has ended")
+    note_subject(principal.subject)  # the access log's pseudonymous user
     return principal, user
 
 

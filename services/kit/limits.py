@@ -29,7 +29,7 @@ import binascii
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -240,13 +240,15 @@ class Protect:
         self._token_keys: dict[str, str | None] = {}
         self._redis = redis
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            if scope["type"] == "lifespan" and self._redis is not None:
-                await self.app(scope, receive, self._closing_redis(send))
-                return
-            await self.app(scope, receive, send)
-            return
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function handing other scopes on: a WebSocket keeps no frame of this layer for its whole life.
+        if scope["type"] == "http":
+            return self._http(scope, receive, send)
+        if scope["type"] == "lifespan" and self._redis is not None:
+            return self.app(scope, receive, self._closing_redis(send))
+        return self.app(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = None
         address = None
         if self.callers is not None or self.addresses is not None:
@@ -382,15 +384,14 @@ class Cors(CORSMiddleware):
     native requests, hospital systems), which are nearly all; services/kit/requests.py still marks every answer
     ``Vary: Origin``."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:  # type: ignore[override]
+        # A plain function, as Protect's: WebSockets (whose Origin ws.py checks) and requests without an Origin
+        # go straight on.
         if scope["type"] == "http":
             for name, _ in scope["headers"]:
                 if name == b"origin":
-                    break
-            else:
-                await self.app(scope, receive, send)
-                return
-        await super().__call__(scope, receive, send)
+                    return super().__call__(scope, receive, send)
+        return self.app(scope, receive, send)
 
 
 def cors_options(settings: Settings) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import hmac
 import os
 import re
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import structlog
@@ -126,14 +127,12 @@ class Observe:
         self.access_log = settings.access_log
         self.pseudonym = Pseudonyms.for_settings(settings)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "websocket":
-            await self._websocket(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function handing other scopes on: a WebSocket keeps no frame of this layer for its whole life
+        # (services/share/push/ws.py counts the open ones).
+        if scope["type"] == "http":
+            return self._http(scope, receive, send)
+        return self.app(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -186,19 +185,3 @@ class Observe:
                 log.info("request", **fields)
             structlog.contextvars.reset_contextvars(**bound)
             _current.reset(facts_token)
-
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        accepted = False
-
-        async def watch(message: Message) -> None:
-            nonlocal accepted
-            if message["type"] == "websocket.accept" and not accepted:
-                accepted = True
-                metrics.WS_CONNECTIONS.inc()
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watch)
-        finally:
-            if accepted:
-                metrics.WS_CONNECTIONS.dec()

@@ -26,12 +26,13 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.kit import metrics
 from services.kit.tokens import Principal
 from services.share.access.decision import PatientFacts
 from services.share.access.models import BreakGlassGrant
-from services.share.access.projection import many_patient_facts
+from services.share.access.projection import PROJECTED, many_patient_facts
 from services.share.events.log import URGENT_KINDS, Event, events_after, head
-from services.share.events.sequencer import sequence_pending
+from services.share.events.sequencer import EventPass, sequence_pending
 
 if TYPE_CHECKING:
     from services.share.context import ShareContext
@@ -39,6 +40,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
+# How long the access facts of a patient read by a pass serve the next ones (hub.py _facts_for): a change to their
+# team, consent or grants is always read at once — it is an event of the log — so this bounds only what changes
+# with no event (a consent's period ending, an invitation's approval).
+FACTS_SECONDS = 0.5
+FACTS_CACHED = 50_000  # patients' facts kept at most (cleared whole beyond)
 READ_BATCH = 1000  # events read per query; a larger backlog takes several within one pass
 WAKE_CHANNEL = "renkei:events"  # Redis pub/sub channel: "numbered events are waiting" (no payload of use)
 
@@ -81,6 +87,7 @@ class Hub:
         self._wake = asyncio.Event()
         self._started = asyncio.Event()
         self._publish: Callable[[], object] | None = None
+        self._behind_since: float | None = None  # the first wake-up not yet served by a pass (monotonic)
         # Called with each pass's urgent events (Web Push: services/share/push/urgent.py), as a task of its own so
         # that a slow push service never holds back the WebSocket connections.
         self.on_urgent: Callable[[list[Event]], Awaitable[None]] | None = None
@@ -88,12 +95,17 @@ class Hub:
         # A thread of the hub's own: the upkeep threads also chain the audit log, whose passes take tens of
         # milliseconds, and a pass waiting behind one would hold every connection's events back as long.
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="renkei-events")
+        self._event_pass = EventPass(ctx.db.url) if ctx.db.engine.dialect.name == "postgresql" else None
+        # (network, patient) -> (when read, monotonic; their PatientFacts; their unexpired grants)
+        self._facts_cache: dict[tuple[str, str], tuple[float, PatientFacts, dict[tuple[str, str], datetime]]] = {}
 
     async def _run(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, work)
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)
+        if self._event_pass is not None:
+            self._event_pass.close()
 
     # Subscribers ---------------------------------------------------------------------------------------------
 
@@ -151,6 +163,8 @@ class Hub:
     # Passes ----------------------------------------------------------------------------------------------------
 
     def wake(self) -> None:
+        if self._behind_since is None:
+            self._behind_since = time.monotonic()
         self._wake.set()
 
     async def run(self) -> None:
@@ -179,13 +193,19 @@ class Hub:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), poll)
             self._wake.clear()
+            behind_since, self._behind_since = self._behind_since, None
             try:
                 await self.one_pass()
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # the database is away: the next pass tries again
                 log.error("event_pass_failed", error=type(error).__name__)
+                self._behind_since = behind_since or time.monotonic()
+                metrics.set_event_log_lag(time.monotonic() - self._behind_since)
                 await asyncio.sleep(poll)
+                continue
+            # The lag of the oldest write this pass handed on: from the wake-up its commit sent to now.
+            metrics.set_event_log_lag(time.monotonic() - behind_since if behind_since is not None else 0.0)
 
     async def one_pass(self) -> None:
         numbered, events, facts = await self._run(lambda: self._number_and_read(self.position))
@@ -225,24 +245,64 @@ class Hub:
             return sequence_pending(db)
 
     def _number_and_read(self, after: int) -> tuple[int, list[Event], dict[str, Facts]]:
-        """One transaction for both (the reads take a fraction of a millisecond longer to release the sequencer's
-        lock, and save a transaction's round trips on every pass); nothing read is handed on before it commits."""
-        with self.ctx.db.transaction() as db:
-            numbered = sequence_pending(db)
-            return (numbered, *self._read_in(db, after))
+        """Number what committed and read what follows ``after``: on PostgreSQL one call (EventPass), elsewhere one
+        transaction; nothing read is handed on before the numbering committed."""
+        if self._event_pass is not None:
+            numbered, events = self._event_pass(after, READ_BATCH)
+        else:
+            with self.ctx.db.transaction() as db:
+                numbered = sequence_pending(db)
+                events = events_after(db, after, READ_BATCH)
+        return numbered, events, self._facts_for(events)
 
     def _read(self, after: int) -> tuple[list[Event], dict[str, Facts]]:
         with self.ctx.db.reading() as db:
-            return self._read_in(db, after)
+            events = events_after(db, after, READ_BATCH)
+        return events, self._facts_for(events)
 
-    def _read_in(self, db: Session, after: int) -> tuple[list[Event], dict[str, Facts]]:
-        """The next events, and for each network with connections here the facts their access decisions need."""
-        events = events_after(db, after, READ_BATCH)
+    def _facts_for(self, events: list[Event]) -> dict[str, Facts]:
+        """For each network with connections here, the access facts of the events' patients: as read within the
+        last FACTS_SECONDS, or now — always now for a patient whose team, consent or grants one of these events
+        changed (so a removal from the team stops the flow from the event that removed them on)."""
+        now = time.monotonic()
         wanted: dict[str, set[str]] = {}
         for event in events:
-            if event.patient_id and self._subscribers.get(event.network_id):
-                wanted.setdefault(event.network_id, set()).add(event.patient_id)
-        return events, {network: _facts(db, network, sorted(patients)) for network, patients in wanted.items()}
+            if not event.patient_id or not self._subscribers.get(event.network_id):
+                continue
+            key = (event.network_id, event.patient_id)
+            if event.resource_type in PROJECTED or event.kind == "break-glass":
+                self._facts_cache.pop(key, None)
+            wanted.setdefault(event.network_id, set()).add(event.patient_id)
+        if not wanted:
+            return {}
+        missing = {network: sorted(p for p in patients if not self._fresh((network, p), now))
+                   for network, patients in wanted.items()}
+        if any(missing.values()):
+            if len(self._facts_cache) > FACTS_CACHED:
+                self._facts_cache.clear()
+            with self.ctx.db.reading() as db:
+                for network, patients in missing.items():
+                    if patients:
+                        self._remember(network, _facts(db, network, patients), now)
+        return {network: self._assemble(network, patients) for network, patients in wanted.items()}
+
+    def _fresh(self, key: tuple[str, str], now: float) -> bool:
+        found = self._facts_cache.get(key)
+        return found is not None and now - found[0] < FACTS_SECONDS
+
+    def _remember(self, network: str, facts: Facts, now: float) -> None:
+        grants: dict[str, dict[tuple[str, str], datetime]] = {}
+        for (patient, holder), until in facts.grants.items():
+            grants.setdefault(patient, {})[(patient, holder)] = until
+        for patient, patient_facts in facts.patients.items():
+            self._facts_cache[(network, patient)] = (now, patient_facts, grants.get(patient, {}))
+
+    def _assemble(self, network: str, patients: set[str]) -> Facts:
+        found = [self._facts_cache[(network, patient)] for patient in patients]
+        grants: dict[tuple[str, str], datetime] = {}
+        for _, _, patient_grants in found:
+            grants.update(patient_grants)
+        return Facts({f.patient_id: f for _, f, _ in found}, grants)
 
     # Across instances --------------------------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -16,10 +18,13 @@ class WakeOnWrite:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function handing reads and WebSockets on: those keep no frame of this layer.
         if scope["type"] != "http" or scope["method"] in _READS:
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._watched(scope, receive, send)
+
+    async def _watched(self, scope: Scope, receive: Receive, send: Send) -> None:
         wrote = False
 
         async def watch(message: Message) -> None:

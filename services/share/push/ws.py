@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -20,6 +21,7 @@ import structlog
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
+from services.kit import metrics
 from services.kit.tokens import InvalidToken, Principal
 from services.share.context import ShareContext
 from services.share.events.hub import Facts, Hub
@@ -52,6 +54,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     offered = websocket.scope.get("subprotocols") or []
     await websocket.accept(subprotocol=protocol.SUBPROTOCOL if protocol.SUBPROTOCOL in offered else None)
     connection = Connection(websocket, ctx, hub)
+    metrics.WS_CONNECTIONS.inc()
     try:
         await connection.serve([p[len(protocol.TOKEN_PREFIX):] for p in offered if p.startswith(protocol.TOKEN_PREFIX)])
     except Closing as closing:
@@ -60,6 +63,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         pass
     finally:
         connection.stop()
+        metrics.WS_CONNECTIONS.dec()
 
 
 class Connection:
@@ -82,7 +86,7 @@ class Connection:
         self.live = False
         self.replayed = False
         self.ended = False
-        self._queue: deque[Event | None] = deque()  # events to send; None: a heartbeat ping
+        self._queue: deque[Event | None] | None = None  # events to send (None: a heartbeat ping), while any wait
         self._sender: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
 
@@ -96,11 +100,16 @@ class Connection:
         assert self.principal is not None
         if not self.ctx.gate.may_read(self.principal, event, seen.of(self.principal.subject)):
             return
-        if len(self._queue) >= self.ctx.settings.ws_queue_events:
+        self._enqueue(event)
+
+    def _enqueue(self, item: Event | None) -> None:
+        if self._queue is None:
+            self._queue = deque()
+        elif item is not None and len(self._queue) >= self.ctx.settings.ws_queue_events:
             # Never drop silently: the client is closed, and resumes from its cursor.
             self.end(protocol.TOO_SLOW, "too far behind: reconnect and subscribe from your cursor")
             return
-        self._queue.append(event)
+        self._queue.append(item)
         self._start_sender()
 
     def tick(self, monotonic: float, wall: float) -> None:
@@ -116,8 +125,7 @@ class Connection:
                 self.end(protocol.HEARTBEAT_MISSED, "no frame from the client for two heartbeats")
                 return
             self._next_ping = monotonic + period
-            self._queue.append(None)
-            self._start_sender()
+            self._enqueue(None)
 
     def end(self, code: int, reason: str) -> None:
         """Closes from outside the receiving coroutine (which then sees the disconnect and returns)."""
@@ -133,7 +141,7 @@ class Connection:
         if self._sender is not None:
             self._sender.cancel()
             self._sender = None
-        self._queue.clear()
+        self._queue = None
 
     async def close(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):
@@ -143,8 +151,16 @@ class Connection:
     # The conversation ----------------------------------------------------------------------------------------------
 
     async def serve(self, offered_tokens: list[str]) -> None:
-        if offered_tokens:
-            await self._authenticate(offered_tokens[0])
+        await self._open(offered_tokens[0] if offered_tokens else None)
+        del offered_tokens
+        while True:
+            await self._answer(await self._receive())
+
+    async def _open(self, offered_token: str | None) -> None:
+        """Authentication and subscription: a coroutine of its own, so that the frames it read (the token's
+        among them) are not kept for the connection's life."""
+        if offered_token is not None:
+            await self._authenticate(offered_token)
         else:
             frame = await self._first_frame("auth")
             await self._authenticate(frame.get("token"))
@@ -159,8 +175,6 @@ class Connection:
         self.live = True  # from here the hub queues live events; the log supplies everything before them
         await self._send({"type": "subscribed", "since": self.sent})
         self._start_sender()  # the replay first, then what was queued meanwhile
-        while True:
-            await self._answer(await self._receive())
 
     async def _first_frame(self, expected: str) -> dict[str, Any]:
         """The next frame, which must be ``expected``, within the authentication time (pings are answered)."""
@@ -181,14 +195,16 @@ class Connection:
         try:
             # Not remembered by the verifier: a connection verifies its token once (or at a renewal).
             principal = await self.ctx.verifier.authenticate(f"Bearer {token}", remember=False)
-        except InvalidToken:
+        except InvalidToken as error:
             log.warning("ws_authentication_failed")
+            metrics.token_failed("ws", error.code)
             raise Closing(protocol.UNAUTHENTICATED, "the token is not valid") from None
         if self.principal is not None and (principal.subject, principal.network) != (
                 self.principal.subject, self.principal.network):
             raise Closing(protocol.UNAUTHENTICATED, "a renewed token must name the same user")
-        self.principal, self.network_id = principal, principal.network
         self.expires_at = float(principal.claims["exp"])
+        # The decisions read the principal's fields, never its claims: a connection does not keep them.
+        self.principal, self.network_id = replace(principal, claims=_NO_CLAIMS), principal.network
 
     async def _receive(self) -> dict[str, Any]:
         text = await self.websocket.receive_text()
@@ -236,6 +252,8 @@ class Connection:
                 self.replayed = True
             while self._queue:
                 event = self._queue.popleft()
+                if not self._queue:
+                    self._queue = None  # an idle connection keeps no queue
                 if event is None:
                     await self._send(_PING)
                 elif event.seq > self.sent:  # not a live event the replay sent already
@@ -275,3 +293,4 @@ class Connection:
 
 
 _PING: dict[str, Any] = {"type": "ping"}
+_NO_CLAIMS: dict[str, Any] = {}  # shared by every connection's principal: never written to

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 
+from services.kit.requests import note_subject
 from services.kit.tokens import Principal
 from services.share.context import ShareContext
 
@@ -29,6 +30,7 @@ class BearerPrincipal(HTTPBearer):
     async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
         ctx: ShareContext = request.app.state.share
         principal = await ctx.verifier.authenticate(request.headers.get("authorization"))
+        note_subject(principal.subject)  # the access log's pseudonymous user
         # The network's sharing policy, for the access decisions this request makes (usually remembered).
         await ctx.policies.of(principal.network)
         return principal
