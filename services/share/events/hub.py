@@ -314,12 +314,24 @@ class Hub:
         client = Redis.from_url(redis_url)
         pending: set[asyncio.Task[object]] = set()
 
+        again = False  # numbered again while a wake-up was on its way: one more follows it
+
         def published(task: asyncio.Task[object]) -> None:
+            nonlocal again
             pending.discard(task)
             if not task.cancelled():
                 task.exception()  # a lost wake-up is covered by the poll; retrieved so asyncio does not warn
+            if again:
+                again = False
+                publish()
 
         def publish() -> None:
+            # One wake-up on its way at a time (a round trip each cost the event loop more than the pass under
+            # load); the other instances read everything numbered until they read, so one more after it suffices.
+            nonlocal again
+            if pending:
+                again = True
+                return
             task: asyncio.Task[object] = asyncio.ensure_future(client.publish(WAKE_CHANNEL, b"1"))
             pending.add(task)
             task.add_done_callback(published)
