@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,15 +47,14 @@ def load_settings(data_dir: Path | None, **overrides: Any) -> Settings:
     return Settings(**overrides)
 
 
-def migrate_all(settings: Settings) -> None:
+def migrate_all(settings: Settings, *, auth: bool = True, share: bool = True) -> None:
     from services.kit.db import make_engine
     from services.kit.migrate import upgrade
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    for service, url in (
-        ("auth", settings.resolved_auth_database_url),
-        ("share", settings.resolved_share_database_url),
-    ):
+    chosen = [("auth", settings.resolved_auth_database_url)] * auth
+    chosen += [("share", settings.resolved_share_database_url)] * share
+    for service, url in chosen:
         engine = make_engine(url)
         try:
             upgrade(service, engine)
@@ -80,6 +80,40 @@ def migrate(data_dir: DataDir = None) -> None:
     console.print("databases are up to date")
 
 
+class Service(StrEnum):
+    """What one `renkei serve` process serves: the identity service (/auth), the share service (/fhir, /ws, /push and
+    its background work), or both (the default: one process for a small installation)."""
+
+    auth = "auth"
+    share = "share"
+    both = "both"
+
+    @property
+    def parts(self) -> tuple[bool, bool]:
+        """(auth, share) as create_app takes them."""
+        return self is not Service.share, self is not Service.auth
+
+
+# The application factory each worker of `renkei serve --workers N` builds its application with.
+_FACTORIES = {Service.both: "services.app:app_from_environment",
+              Service.auth: "services.cli:auth_app_from_environment",
+              Service.share: "services.cli:share_app_from_environment"}
+
+
+def auth_app_from_environment() -> Any:
+    """A worker of `renkei serve --service auth --workers N`: the identity service alone."""
+    from services.app import create_app
+
+    return create_app(Settings(), auth=True, share=False)
+
+
+def share_app_from_environment() -> Any:
+    """A worker of `renkei serve --service share --workers N`: the share service alone."""
+    from services.app import create_app
+
+    return create_app(Settings(), auth=False, share=True)
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -87,55 +121,68 @@ def serve(
     data_dir: DataDir = None,
     demo_data: Annotated[bool, typer.Option("--demo", help="Load the demo network and print how to log in.")] = False,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes; one per CPU core uses the machine.")] = 1,
+    service: Annotated[Service, typer.Option(
+        "--service", help="What this process serves: the identity service (/auth), the share service (/fhir, /ws, "
+        "/push, background work; it fetches the identity service's keys from RENKEI_SHARE_JWKS_URL), or both.",
+    )] = Service.both,
 ) -> None:
-    """Migrate, then serve the identity and share services (in one process, or in several workers)."""
+    """Migrate, then serve the identity service, the share service or both (in one process, or in several
+    workers)."""
     overrides: dict[str, Any] = {}
     if "RENKEI_PUBLIC_URL" not in os.environ:
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - only choosing a display URL
         overrides["public_url"] = f"http://{shown}:{port}"
     settings = load_settings(data_dir, **overrides)
+    if demo_data and service is not Service.both:
+        raise fail("--demo loads users into the identity service and patients' data into the share service: "
+                   "use it with --service both")
     if workers == 1:
         import uvicorn
 
         from services.app import create_app
 
-        prepare(settings, demo_data)
+        prepare(settings, demo_data, service=service)
         from services.serving import WEBSOCKET_OPTIONS
 
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=True,
-                    **WEBSOCKET_OPTIONS)
+        auth, share = service.parts
+        uvicorn.run(create_app(settings, auth=auth, share=share), host=host, port=port, log_level="info",
+                    proxy_headers=True, **WEBSOCKET_OPTIONS)
         return
     from services.serving import serve_workers
 
     # Each worker builds its application from the environment; pass it what this command decided.
     os.environ["RENKEI_PUBLIC_URL"] = settings.public_url
     os.environ["RENKEI_DATA_DIR"] = str(settings.data_dir.resolve())
-    serve_workers("services.app:app_from_environment", host, port, workers,
-                  prepare=functools.partial(prepare, settings, demo_data, keys=True),
+    serve_workers(_FACTORIES[service], host, port, workers,
+                  prepare=functools.partial(prepare, settings, demo_data, keys=True, service=service),
                   log_level="info", proxy_headers=True)
 
 
-def prepare(settings: Settings, demo_data: bool, keys: bool = False) -> None:
-    """What runs once before serving: migrations, the demo network, and (for several workers, which must not
-    race to create them) the signing key and the key files."""
-    migrate_all(settings)
+def prepare(settings: Settings, demo_data: bool, keys: bool = False, service: Service = Service.both) -> None:
+    """What runs once before serving: migrations (of the databases of what this process serves), the demo network,
+    and (for several workers, which must not race to create them) the signing key and the key files."""
+    auth, share = service.parts
+    migrate_all(settings, auth=auth, share=share)
     if demo_data:
         _load_demo(settings)
     if keys:
-        create_keys(settings)
-    console.print(f"Renkei serving at {settings.public_url} (data in {settings.data_dir.resolve()})")
+        create_keys(settings, auth=auth, share=share)
+    served = {Service.both: "", Service.auth: " (identity service only)", Service.share: " (share service only)"}
+    console.print(f"Renkei serving at {settings.public_url}{served[service]} (data in {settings.data_dir.resolve()})")
 
 
-def create_keys(settings: Settings) -> None:
+def create_keys(settings: Settings, *, auth: bool = True, share: bool = True) -> None:
     """The signing key and the share service's key files, so that no two workers race to create them."""
     from services.kit.requests import Pseudonyms
     from services.share.crypto.keyring import KeyRing
 
-    ctx = _auth_context(settings)
-    with ctx.db.transaction() as db:
-        ctx.signer.ensure_key(db)
-    ctx.db.dispose()
-    KeyRing.load(settings)
+    if auth:
+        ctx = _auth_context(settings)
+        with ctx.db.transaction() as db:
+            ctx.signer.ensure_key(db)
+        ctx.db.dispose()
+    if share:
+        KeyRing.load(settings)
     Pseudonyms.for_settings(settings)  # the access log's key (services/kit/requests.py)
 
 

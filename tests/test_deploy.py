@@ -288,6 +288,20 @@ def test_units_serve_with_options_renkei_serve_takes() -> None:
         assert options <= known, f"{name}: {options - known} are not options of `renkei serve`"
 
 
+def test_each_unit_and_deployment_serves_its_own_service(manifests: list[dict[str, Any]]) -> None:
+    """The identity units and pods serve /auth alone, the share ones the share service alone (`--service`)."""
+    from services.cli import Service
+
+    for name, service in (("renkei-auth.service", "auth"), ("renkei-share@.service", "share")):
+        command = shlex.split(dict(directives(SYSTEMD / name))["ExecStart"])
+        assert command[command.index("--service") + 1] == service, name
+    for deployment, service in (("renkei-auth", "auth"), ("renkei-share", "share")):
+        (container,) = named(manifests, "Deployment", deployment)["spec"]["template"]["spec"]["containers"]
+        command = container["command"]
+        assert command[command.index("--service") + 1] == service, deployment
+    assert {s.value for s in Service} == {"auth", "share", "both"}
+
+
 def test_nginx_upstreams_are_the_units_ports() -> None:
     conf = NGINX_CONF.read_text(encoding="utf-8")
     auth = re.search(r"upstream renkei_auth \{(.*?)\}", conf, re.DOTALL)
