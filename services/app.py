@@ -13,10 +13,12 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, DisconnectionError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.auth.app import auth_router
@@ -53,6 +55,8 @@ from services.share.push.webpush import VapidKey
 from services.share.push.ws import router as push_socket
 from services.share.sheets.reviews import review_forever
 from services.share.subscriptions.delivery import Deliveries
+
+log = structlog.get_logger(__name__)
 
 
 def create_app(
@@ -155,6 +159,10 @@ def _is_fhir(request: Request) -> bool:
     return request.url.path.startswith("/fhir")
 
 
+# What a 503 for an unreachable database asks the caller to wait, in seconds: a restart or failover takes a few.
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """One place where errors become answers: OperationOutcome under /fhir, OAuth-style JSON elsewhere."""
 
@@ -179,6 +187,25 @@ def install_error_handlers(app: FastAPI) -> None:
         # transaction was rolled back whole. Input validation should have said so first: this is the safety net.
         message = "a value in this request cannot be stored or searched for (a NUL character?); nothing was written"
         return _refusal(request, 400, message, "invalid_value", oauth_error="invalid_request")
+
+    async def database_away(request: Request, error: Exception) -> Response:
+        # The database cannot be reached (stopped, restarting, failed over, out of connections): a retry after a
+        # moment may well succeed. Almost always nothing was written; but a database that fails while a commit is
+        # on its way may have made it durable without saying so (the reliability suite sees a few in a hundred
+        # crashes), so the answer does not promise it: a client retries a create with the same Idempotency-Key.
+        # The pool recovers by itself: a connection found dead invalidates the pool, and idle ones are pinged
+        # before use (kit/db.py).
+        log.warning("database_unavailable", error=type(error).__name__, path=request.url.path)
+        message = ("the database is unavailable for the moment — retry later (a write retried with the same "
+                   "Idempotency-Key is never made twice)")
+        headers = {"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)}
+        if _is_fhir(request):
+            return outcome_response(503, message, code="unavailable", headers=headers)
+        return JSONResponse({"error": "temporarily_unavailable", "error_description": message}, status_code=503,
+                            headers=headers)
+
+    for kind in (OperationalError, InterfaceError, DisconnectionError, PoolTimeout):
+        app.add_exception_handler(kind, database_away)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
