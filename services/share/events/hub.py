@@ -267,12 +267,12 @@ class Hub:
         now = time.monotonic()
         wanted: dict[str, set[str]] = {}
         for event in events:
-            if not event.patient_id or not self._subscribers.get(event.network_id):
+            if not event.patient_id:
                 continue
-            key = (event.network_id, event.patient_id)
             if event.resource_type in PROJECTED or event.kind == "break-glass":
-                self._facts_cache.pop(key, None)
-            wanted.setdefault(event.network_id, set()).add(event.patient_id)
+                self._facts_cache.pop((event.network_id, event.patient_id), None)
+            if self._subscribers.get(event.network_id):
+                wanted.setdefault(event.network_id, set()).add(event.patient_id)
         if not wanted:
             return {}
         missing = {network: sorted(p for p in patients if not self._fresh((network, p), now))

@@ -257,7 +257,7 @@ class Connection:
                 if event is None:
                     await self._send(_PING)
                 elif event.seq > self.sent:  # not a live event the replay sent already
-                    await self._send(event.frame())
+                    await self.websocket.send_text(event.frame_text)
                     self.sent = event.seq
         except asyncio.CancelledError:
             raise
@@ -273,7 +273,7 @@ class Connection:
         while True:  # catching up from the log, after the cursor
             read, visible = await self.ctx.run(lambda: self._replay_step(self.sent))
             for event in visible:
-                await self._send(event.frame())
+                await self.websocket.send_text(event.frame_text)
             if read:
                 self.sent = max(self.sent, read[-1].seq)
             if len(read) < REPLAY_BATCH:
