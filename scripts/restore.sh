@@ -34,24 +34,9 @@ done
 [ -d "$backup" ] || die "$backup is not a directory"
 [ -z "$env_file" ] || [ -r "$env_file" ] || die "cannot read $env_file"
 
-setting() {
-  local name="$1" value="${!1:-}"
-  if [ -z "$value" ] && [ -n "$env_file" ]; then
-    value="$(sed -n "s/^[[:space:]]*$name=//p" "$env_file" | tail -n 1)"
-    value="${value%\"}"; value="${value#\"}"; value="${value%\'}"; value="${value#\'}"
-  fi
-  printf '%s' "$value"
-}
-
-libpq_url() { printf '%s' "$1" | sed -E 's#^postgres(ql)?(\+[a-z0-9_]+)?://#postgresql://#'; }
-
-pg_tool() {
-  local tool="$1" dir
-  if [ -n "${PG_BIN:-}" ]; then echo "$PG_BIN/$tool"; return; fi
-  if command -v "$tool" > /dev/null; then command -v "$tool"; return; fi
-  for dir in /usr/lib/postgresql/*/bin; do [ -x "$dir/$tool" ] && { echo "$dir/$tool"; return; }; done
-  die "$tool not found (install postgresql-client, or set PG_BIN)"
-}
+# setting, libpq_url, pg_tool
+# shellcheck source=lib/settings.sh
+. "$(dirname "$0")/lib/settings.sh"
 
 # 1. The manifest: every listed file has its checksum, and no file is unlisted (nothing slipped in).
 [ -f "$backup/MANIFEST.sha256" ] || die "$backup has no MANIFEST.sha256: not a backup made by backup.sh"
