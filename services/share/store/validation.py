@@ -77,7 +77,7 @@ _BASE64_ELEMENTS = frozenset({"data"})
 def _refuse_long_strings(data: Any) -> None:
     """A body over 1 MiB may hold a string over FHIR's limit (tests/reliability/test_hostile.py found a 5 MB name
     stored): refuse it, naming where, rather than store and index it."""
-    level: list[tuple[str, Any]] = [("", data)]
+    level: list[tuple[str, Any]] = [(str(data.get("resourceType") or ""), data)]  # FHIRPath: from the type
     while level:
         below: list[tuple[str, Any]] = []
         for path, node in level:
