@@ -85,6 +85,7 @@ def ensure_nginx() -> str:
     if os.geteuid() != 0:
         raise Unavailable("nginx is not installed and installing it needs root (apt-get install nginx-light)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    running_before = Path("/run/nginx.pid").exists()
     # Another apt-get (another job on this machine) may hold the lock for a while: wait for it.
     install = ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "--no-install-recommends"]
     for attempt in ("installed lists", "after apt-get update"):
@@ -92,7 +93,8 @@ def ensure_nginx() -> str:
             say(f"installing {package} ({attempt})")
             done = subprocess.run([*install, package], env=env, capture_output=True, text=True, check=False)
             if done.returncode == 0 and nginx_binary():
-                _stop_packaged_nginx()
+                if not running_before:
+                    _stop_packaged_nginx()
                 return str(nginx_binary())
             say(f"apt-get install {package} failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}")
         if attempt == "installed lists":
@@ -102,7 +104,8 @@ def ensure_nginx() -> str:
 
 
 def _stop_packaged_nginx() -> None:
-    """The package's post-install may have started the system's nginx (port 80): this topology runs its own."""
+    """The package's post-install may have started the system's nginx (port 80): this topology runs its own, so the
+    one the installation started (and only that one) is stopped."""
     pid_file = Path("/run/nginx.pid")
     if pid_file.exists():
         binary = nginx_binary()

@@ -235,6 +235,19 @@ def test_a_discharge_sheet_through_nginx_reaches_the_other_instance_and_its_ackn
     finally:
         receiver.server.shutdown()
 
+    # Each process serves its own service alone (`renkei serve --service`), asked directly on its loopback port.
+    import httpx
+
+    auth_direct, share_direct = (f"http://127.0.0.1:{port}" for port in (topology.auth_port, topology.share_ports[0]))
+    assert httpx.get(f"{auth_direct}/auth/jwks.json").status_code == 200
+    assert httpx.get(f"{auth_direct}/fhir/metadata").status_code == 404
+    assert httpx.get(f"{share_direct}/fhir/metadata").status_code == 200
+    assert httpx.get(f"{share_direct}/auth/jwks.json").status_code == 404
+    assert set(httpx.get(f"{auth_direct}/readyz").json()["checks"]) == {"auth_database", "auth_signing_key", "redis"}
+    assert set(httpx.get(f"{share_direct}/readyz").json()["checks"]) == {"share_database", "share_jwks", "redis"}
+    checked.append("--service: the auth process serves /auth and no /fhir, a share process /fhir and no /auth; "
+                   "each /readyz checks its own service")
+
     # nginx's own access log: which instance served what.
     log = (topology.work / "nginx-access.log").read_text()
     a, b = (f"upstream=127.0.0.1:{port}" for port in topology.share_ports)
