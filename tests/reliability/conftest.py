@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ class Stack:
     redis: Redis | None = None
     token: str = ""
     token_at: float = 0.0
+    writers: list[Writers] = field(default_factory=list)  # every load run on it, for the checks of later tests
 
     @property
     def server(self) -> Server:
@@ -134,6 +134,7 @@ class Attempt:
     status: int | None = None  # None: no answer (connection refused or cut)
     id: str | None = None
     retry_after: str | None = None
+    answered_at: float = 0.0  # time.monotonic() when the answer (or the failure) came
 
 
 @dataclass
@@ -151,6 +152,9 @@ class Writers:
     _in_flight: int = 0
     _stop: bool = False
     _workers: list[threading.Thread] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.stack.writers.append(self)
 
     def start(self) -> Writers:
         self._go = True
@@ -187,6 +191,7 @@ class Writers:
                             attempt.id = str(answer.json()["id"])
                     except httpx.HTTPError:
                         pass
+                    attempt.answered_at = time.monotonic()
                     with self._lock:
                         self.attempts.append(attempt)
                     if attempt.status is None or attempt.status >= 500:
@@ -268,12 +273,19 @@ def wait_numbered(stack: Stack, timeout: float = 20) -> float:
     return time.monotonic() - started
 
 
-def verify_store(stack: Stack, writers: Writers, verified: Verified, resource_type: str = "Observation") -> None:
+def acknowledged(stack: Stack, resource_type: str) -> dict[str, Attempt]:
+    """Every write of the type acknowledged on the stack so far, by id."""
+    return {rid: attempt for writers in stack.writers for rid, attempt in writers.acknowledged().items()
+            if attempt.body["resourceType"] == resource_type}
+
+
+def verify_store(stack: Stack, verified: Verified, resource_type: str = "Observation") -> None:
     """With the writers paused: every acknowledged write is there, whole and as sent; a write without an answer
-    is there whole or not at all; a refused one is not there; the event log matches the versions exactly."""
+    is there whole or not at all; a refused one is not there; the event log matches the versions exactly. Writes
+    of earlier tests on the stack count too; ``verified`` keeps what was read back, to read only the new."""
     network = stack.network.id
-    acked = writers.acknowledged()
-    markers = writers.by_marker()
+    acked = acknowledged(stack, resource_type)
+    markers = {marker: a for earlier in stack.writers for marker, a in earlier.by_marker().items()}
     heads = {row[0]: (row[1], row[2], row[3]) for row in stack.share_sql(
         "SELECT resource_id, patient_id, version, deleted FROM resources WHERE resource_type = :t AND network_id = :n",
         t=resource_type, n=network)}
@@ -330,7 +342,7 @@ def verify_store(stack: Stack, writers: Writers, verified: Verified, resource_ty
                 verified.unacknowledged_present.add(rid)
         # A refusal (4xx) wrote nothing.
         refused = {a.marker for a in markers.values() if a.status is not None and 400 <= a.status < 500}
-        assert not refused, f"{len(refused)} writes refused with 4xx: {writers.statuses()}"
+        assert not refused, f"{len(refused)} writes refused with 4xx: {[w.statuses() for w in stack.writers]}"
         # Search finds exactly what is stored, patient by patient.
         for pid in stack.patients:
             answer = http.get(f"/fhir/{resource_type}", params={"patient": pid, "_summary": "count"},
@@ -358,21 +370,14 @@ def search_all(stack: Stack, resource_type: str = "Observation") -> dict[str, di
     return found
 
 
-def verify_search(stack: Stack, writers: Writers, resource_type: str = "Observation") -> int:
+def verify_search(stack: Stack, resource_type: str = "Observation") -> int:
     """Search returns every acknowledged write as sent, and nothing that is not stored; the count compared."""
     found = search_all(stack, resource_type)
     stored = {row[0] for row in stack.share_sql(
         "SELECT resource_id FROM resources WHERE resource_type = :t AND network_id = :n",
         t=resource_type, n=stack.network.id)}
     assert set(found) == stored, (len(found), len(stored))
-    for rid, attempt in writers.acknowledged().items():
+    for rid, attempt in acknowledged(stack, resource_type).items():
         assert same_content(attempt.body, found[rid]), rid
     return len(found)
 
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def ago(seconds: float) -> str:
-    return (utc_now() - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")

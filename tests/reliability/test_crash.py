@@ -44,9 +44,9 @@ def test_sigkill_under_writes_loses_no_acknowledged_write_and_leaves_nothing_hal
             time.sleep(rng.uniform(0.2, 0.5))  # writes to the new process too
             writers.pause()
             wait_numbered(stack)
-            verify_store(stack, writers, verified)
+            verify_store(stack, verified)
         writers.pause()
-        searched = verify_search(stack, writers)
+        searched = verify_search(stack)
     finally:
         writers.stop()
     acked, statuses = writers.acknowledged(), writers.statuses()
@@ -86,9 +86,9 @@ def test_postgresql_crash_under_writes_loses_no_acknowledged_write_and_the_servi
             time.sleep(rng.uniform(0.2, 0.5))
             writers.pause()
             wait_numbered(stack)
-            verify_store(stack, writers, verified)
+            verify_store(stack, verified)
         writers.pause()
-        searched = verify_search(stack, writers)
+        searched = verify_search(stack)
     finally:
         writers.stop()
     assert stack.server.process is not None and stack.server.process.pid == pid

@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,6 +39,14 @@ from tests.reliability.conftest import (
 MESSAGE_CATEGORY = "urn:renkei:codesystem:message-category"
 
 
+@pytest.fixture(scope="module")
+def two_instances(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Two `renkei serve` instances on one cluster, with a Redis of their own; the hub polls every 0.5 s."""
+    built = build_stack(tmp_path_factory.mktemp("outage"), instances=2, redis=True, event_poll_seconds=0.5)
+    yield built
+    tear_down(built)
+
+
 def probe(http: httpx.Client, method: str, url: str, **kwargs: Any) -> tuple[httpx.Response, float]:
     started = time.monotonic()
     answer = http.request(method, url, **kwargs)
@@ -47,12 +54,13 @@ def probe(http: httpx.Client, method: str, url: str, **kwargs: Any) -> tuple[htt
 
 
 def test_database_outage_answers_503_with_retry_after_and_the_service_recovers_without_a_restart(
-        stack: Stack) -> None:
+        two_instances: Stack) -> None:
+    stack = two_instances
     rng = random.Random(20261207)
     outages = min(CYCLES, 20)
     writers = Writers(stack, [stack.server.base]).start()
     verified = Verified()
-    pid = stack.server.process.pid if stack.server.process else None
+    pids = [server.process.pid for server in stack.servers if server.process]
     probes, slowest, ready_after, written_after = 0, 0.0, [], []
     started = time.monotonic()
     try:
@@ -83,8 +91,9 @@ def test_database_outage_answers_503_with_retry_after_and_the_service_recovers_w
                                            json={"username": "nobody", "password": "x" * 12})
                     assert login.status_code == 503 and login.headers["retry-after"], login.text
                     assert login.json()["error"] == "temporarily_unavailable"
-                    ready, _ = probe(http, "GET", "/readyz")
-                    assert ready.status_code == 503 and ready.json()["checks"]["share_database"] != "ok"
+                    for server in stack.servers:
+                        ready, _ = probe(http, "GET", f"{server.base}/readyz")
+                        assert ready.status_code == 503 and ready.json()["checks"]["share_database"] != "ok"
                     assert http.get("/healthz").status_code == 200
                     slowest = max(slowest, seconds)
                     time.sleep(rng.uniform(0.1, 0.4))
@@ -102,18 +111,19 @@ def test_database_outage_answers_503_with_retry_after_and_the_service_recovers_w
             time.sleep(rng.uniform(0.2, 0.5))
             writers.pause()
             wait_numbered(stack)
-            verify_store(stack, writers, verified)
+            verify_store(stack, verified)
         writers.pause()
-        searched = verify_search(stack, writers)
+        searched = verify_search(stack)
     finally:
         writers.stop()
-    assert stack.server.process is not None and stack.server.process.pid == pid
-    assert stack.server.process.poll() is None
+    assert pids == [server.process.pid for server in stack.servers if server.process]
+    assert all(server.process and server.process.poll() is None for server in stack.servers)
     acked, statuses = writers.acknowledged(), writers.statuses()
     refused = [a for a in writers.attempts if a.status == 503]
     print(f"\n[outage: PostgreSQL stopped] {outages} outages under {writers.threads} writing clients in "
-          f"{time.monotonic() - started:.1f} s, the service never restarted: {probes} probes (create, read, search) "
-          f"answered 503 + Retry-After + OperationOutcome, /auth/login 503, /readyz 503 each time, slowest answer "
+          f"{time.monotonic() - started:.1f} s, neither of its two instances restarted: {probes} probes (create, read, "
+          f"search) answered 503 + Retry-After + OperationOutcome, /auth/login 503, both /readyz 503 each time, "
+          f"slowest answer "
           f"{slowest:.2f} s; writers: {len(writers.attempts)} posted, {len(acked)} acknowledged and "
           f"{len(verified.read_back)} read back as sent, {len(refused)} answered 503; {searched} found by search; "
           f"after the database came back: ready in max {max(ready_after):.2f} s, next acknowledged write in max "
@@ -175,12 +185,6 @@ class Listener:
         return seen
 
 
-@pytest.fixture
-def two_instances(tmp_path: Path) -> Iterator[Stack]:
-    """Two `renkei serve` instances on one cluster, with a Redis of their own; the hub polls every 0.5 s."""
-    built = build_stack(tmp_path, instances=2, redis=True, event_poll_seconds=0.5)
-    yield built
-    tear_down(built)
 
 
 def test_redis_outage_loses_no_event_for_websocket_clients_of_two_instances(two_instances: Stack) -> None:
@@ -239,7 +243,7 @@ def test_redis_outage_loses_no_event_for_websocket_clients_of_two_instances(two_
             thread.join(timeout=10)
 
     wait_numbered(stack)
-    verify_store(stack, writers, Verified(), "Communication")
+    verify_store(stack, Verified(), "Communication")
     statuses = writers.statuses()
     assert set(statuses) == {201}, statuses  # Redis away stops no write
     latency: dict[str, float] = {}  # on B: the other instance's events
