@@ -304,13 +304,13 @@ class SocketClient(threading.Thread):
 
 
 def sample_rss(topology: Any, module: ModuleType) -> dict[str, int]:
-    """KiB per process ("share-a", "share-a/worker 1234" for a worker under it, "nginx/worker …")."""
+    """KiB per process: "share-a", and "share-a/1234" for a process under it (a worker, nginx's worker)."""
     sizes: dict[str, int] = {}
     for name, pids in topology.pids().items():
         for index, pid in enumerate(pids):
             size = module.rss_kib(pid)
             if size is not None:
-                sizes[name if index == 0 else f"{name}/child {pid}"] = size
+                sizes[name if index == 0 else f"{name}/{pid}"] = size
     return sizes
 
 
@@ -346,9 +346,9 @@ class Result:
         lines.extend(f"  failure: {failure}" for failure in self.failures)
         names = sorted({name for _, sizes in self.samples for name in sizes})
         lines.append(f"RSS (MiB) every sample; warm-up until {self.warmup:.0f} s; growth = last / first after warm-up")
-        lines.append("  " + f"{'t (s)':>6} " + " ".join(f"{name[:14]:>14}" for name in names))
+        lines.append("  " + f"{'t (s)':>6} " + " ".join(f"{name[:15]:>15}" for name in names))
         for at, sizes in self.samples:
-            cells = " ".join(f"{sizes[name] / 1024:14.1f}" if name in sizes else f"{'-':>14}" for name in names)
+            cells = " ".join(f"{sizes[name] / 1024:15.1f}" if name in sizes else f"{'-':>15}" for name in names)
             lines.append(f"  {at:6.0f} {cells}")
         lines.extend(f"  growth {name:<24} {self.growth[name]:+7.2%} (limit {RSS_LIMIT:.0%})"
                      for name in names if name in self.growth)
