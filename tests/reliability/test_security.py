@@ -554,6 +554,7 @@ def test_asvs_16_5_1_generic_error_messages(server: LiveServer, network: Network
         retried = list(pool.map(retry, range(8)))
     assert sum(answer.status_code == 200 for answer in raced) <= 1
     assert {answer.status_code for answer in retried} <= {201, 409}
+    assert len({answer.json()["id"] for answer in retried if answer.status_code == 201}) == 1  # stored once
     answers += raced + retried
     refusals = [answer for answer in answers if answer.status_code >= 400]
     assert len(refusals) >= len(answers) - 9
