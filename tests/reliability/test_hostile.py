@@ -16,7 +16,7 @@
    each: 10,000 levels of nesting, strings of several MB under and over FHIR's 1 MB string limit and over the
    body limit.
 
-Sizes: ``RENKEI_RELIABILITY_EXAMPLES`` is the number of generated cases per operation and token state (default 12:
+Sizes: ``RENKEI_RELIABILITY_EXAMPLES`` is the number of generated cases per operation and token state (default 16:
 CI) — the FHIR body test runs ten times that per backend. The full run is ``RENKEI_RELIABILITY_EXAMPLES=150``
 (about 22,000 schemathesis cases and 1,500 bodies per backend). Generation is derandomized: CI sees the same
 cases every run. Every test prints what it ran (``pytest -s``).
@@ -42,7 +42,7 @@ from sqlalchemy import text
 from tests.fhir_helpers import FHIR_JSON, create, created_id, observation, patient
 from tests.infra import LiveServer, Network
 
-EXAMPLES = int(os.environ.get("RENKEI_RELIABILITY_EXAMPLES") or os.environ.get("RENKEI_FUZZ_EXAMPLES") or "12")
+EXAMPLES = int(os.environ.get("RENKEI_RELIABILITY_EXAMPLES") or os.environ.get("RENKEI_FUZZ_EXAMPLES") or "16")
 TOKEN_RENEW_SECONDS = 300  # access tokens live ten minutes; a full run lasts longer
 
 # --------------------------------------------------------------------------------------------------------------
