@@ -76,6 +76,12 @@ def response_problems(path: str, response: Any) -> list[str]:
             body = orjson.loads(content)
         except orjson.JSONDecodeError:
             problems.append(f"{content_type} that does not parse")
+    # FHIR answers are FHIR JSON, but for the SMART configuration (application/json, as SMART says) and a Binary
+    # read raw (its own type).
+    raw_ok = path.endswith("smart-configuration") or "Binary" in str(response.request.url)
+    if status < 300 and content and path.startswith("/fhir") and not raw_ok and \
+            not content_type.startswith("application/fhir+json"):
+        problems.append(f"a FHIR answer as {content_type!r}")
     if status >= 400:
         if path.startswith("/fhir"):
             if not content_type.startswith("application/fhir+json"):
