@@ -42,6 +42,7 @@ class Stack:
     token: str = ""
     token_at: float = 0.0
     writers: list[Writers] = field(default_factory=list)  # every load run on it, for the checks of later tests
+    verified: Verified = field(default_factory=lambda: Verified())  # what the checks have read back so far
 
     @property
     def server(self) -> Server:
@@ -135,6 +136,7 @@ class Attempt:
     id: str | None = None
     retry_after: str | None = None
     answered_at: float = 0.0  # time.monotonic() when the answer (or the failure) came
+    error: str | None = None  # without an answer: ConnectError (nothing sent), else cut mid-request
 
 
 @dataclass
@@ -189,8 +191,8 @@ class Writers:
                         attempt.retry_after = answer.headers.get("retry-after")
                         if 200 <= answer.status_code < 300:
                             attempt.id = str(answer.json()["id"])
-                    except httpx.HTTPError:
-                        pass
+                    except httpx.HTTPError as error:
+                        attempt.error = type(error).__name__
                     attempt.answered_at = time.monotonic()
                     with self._lock:
                         self.attempts.append(attempt)
@@ -227,6 +229,16 @@ class Writers:
     def acknowledged(self) -> dict[str, Attempt]:
         with self._lock:
             return {a.id: a for a in self.attempts if a.id is not None}
+
+    def acknowledged_after(self, count: int) -> bool:
+        """Whether a write after the first ``count`` attempts has been acknowledged."""
+        with self._lock:
+            return any(a.id is not None for a in self.attempts[count:])
+
+    def cut(self) -> int:
+        """Writes sent whose answer never came (the connection broke mid-request)."""
+        with self._lock:
+            return sum(1 for a in self.attempts if a.error is not None and a.error != "ConnectError")
 
     def by_marker(self) -> dict[str, Attempt]:
         with self._lock:

@@ -13,16 +13,15 @@ import time
 
 import httpx
 
-from tests.reliability.conftest import CYCLES, Stack, Verified, Writers, verify_search, verify_store, wait_numbered
+from tests.reliability.conftest import CYCLES, Stack, Writers, verify_search, verify_store, wait_numbered
 
 
 def first_acknowledged_after(writers: Writers, count: int, timeout: float = 60) -> float:
     """Seconds until a write beyond the first ``count`` attempts is acknowledged."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        with writers._lock:
-            if any(a.id is not None for a in writers.attempts[count:]):
-                return time.monotonic() - started
+        if writers.acknowledged_after(count):
+            return time.monotonic() - started
         time.sleep(0.02)
     raise AssertionError(f"no write acknowledged within {timeout} s of recovery")
 
@@ -30,7 +29,9 @@ def first_acknowledged_after(writers: Writers, count: int, timeout: float = 60) 
 def test_sigkill_under_writes_loses_no_acknowledged_write_and_leaves_nothing_half_written(stack: Stack) -> None:
     rng = random.Random(20261205)
     writers = Writers(stack, [stack.server.base]).start()
-    verified = Verified()
+    verified = stack.verified
+    checked = verified.checks
+    before = len(verified.unacknowledged_present)
     recoveries: list[float] = []
     started = time.monotonic()
     try:
@@ -53,9 +54,10 @@ def test_sigkill_under_writes_loses_no_acknowledged_write_and_leaves_nothing_hal
     unanswered = statuses.get(None, 0)
     print(f"\n[crash: SIGKILL] {CYCLES} kills of renkei serve under {writers.threads} writing clients in "
           f"{time.monotonic() - started:.1f} s: {len(writers.attempts)} writes posted, {len(acked)} acknowledged, "
-          f"{len(verified.read_back)} read back as sent, {unanswered} unanswered of which "
-          f"{len(verified.unacknowledged_present)} found stored whole and the rest absent; {searched} found by "
-          f"search; event log = versions after each of {verified.checks} checks; restart to ready: "
+          f"{len(set(acked) & verified.read_back)} read back as sent, {unanswered} unanswered ({writers.cut()} cut "
+          f"mid-request, the rest refused a connection) of which {len(verified.unacknowledged_present) - before} "
+          f"found stored whole and the rest absent; {searched} found by "
+          f"search; event log = versions after each of {verified.checks - checked} checks; restart to ready: "
           f"max {max(recoveries):.2f} s, mean {sum(recoveries) / len(recoveries):.2f} s; statuses {statuses}")
     assert len(acked) >= CYCLES * 5, "too few writes to mean anything"
     assert set(acked) <= verified.read_back
@@ -67,7 +69,9 @@ def test_postgresql_crash_under_writes_loses_no_acknowledged_write_and_the_servi
     rng = random.Random(20261206)
     crashes = min(CYCLES, 20)
     writers = Writers(stack, [stack.server.base]).start()
-    verified = Verified()
+    verified = stack.verified
+    checked = verified.checks
+    before = len(verified.unacknowledged_present)
     recoveries: list[float] = []
     replays: list[float] = []
     pid = stack.server.process.pid if stack.server.process else None
@@ -96,9 +100,10 @@ def test_postgresql_crash_under_writes_loses_no_acknowledged_write_and_the_servi
     acked, statuses = writers.acknowledged(), writers.statuses()
     print(f"\n[crash: PostgreSQL stopped -m immediate] {crashes} database crashes under {writers.threads} writing "
           f"clients in {time.monotonic() - started:.1f} s, the service never restarted: {len(writers.attempts)} "
-          f"writes posted, {len(acked)} acknowledged, {len(verified.read_back)} read back as sent, "
-          f"{len(verified.unacknowledged_present)} unanswered found stored whole; {searched} found by search; event "
-          f"log = versions after each of {verified.checks} checks; PostgreSQL start (WAL replay): max "
+          f"writes posted, {len(acked)} acknowledged, {len(set(acked) & verified.read_back)} read back as sent, "
+          f"{len(verified.unacknowledged_present) - before} answered 503 or not at all yet found stored whole; "
+          f"{searched} on the stack found by search; event "
+          f"log = versions after each of {verified.checks - checked} checks; PostgreSQL start (WAL replay): max "
           f"{max(replays):.2f} s; from its start to the next acknowledged write: max {max(recoveries):.2f} s, "
           f"mean {sum(recoveries) / len(recoveries):.2f} s; statuses {statuses}")
     assert len(acked) >= crashes * 5
