@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, make_url
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
@@ -72,11 +72,19 @@ def make_engine(url: str, *, reader: bool = False) -> Engine:
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     # A reader's statements are looked up by key (a resource, one patient's resources): one plan fits every
     # value, so PostgreSQL keeps a prepared statement's generic plan instead of planning each execution anew.
-    connect_args = {"options": "-c plan_cache_mode=force_generic_plan"} if reader else {}
+    connect_args: dict[str, Any] = {"options": "-c plan_cache_mode=force_generic_plan"} if reader else {}
+    # A database host that does not answer at all (a network partition, a failover in progress) would otherwise
+    # hold each request for the operating system's TCP timeout (about two minutes): give up after a few seconds,
+    # and the request is answered 503 (services/app.py). A connect_timeout in the URL takes precedence.
+    if "connect_timeout" not in make_url(url).query:
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
     engine = create_engine(url, pool_size=10, max_overflow=20, connect_args=connect_args, **options)
     _ping_idle_connections(engine)
     return engine
 
+
+# Seconds a new PostgreSQL connection may take before the attempt fails (libpq's connect_timeout).
+CONNECT_TIMEOUT_SECONDS = 5
 
 # Session.info entry marking a session of Database.reading(): no transaction around its statements.
 READER = "renkei.db.reader"
