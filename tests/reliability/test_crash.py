@@ -104,7 +104,7 @@ def test_postgresql_crash_under_writes_loses_no_acknowledged_write_and_the_servi
           f"{len(verified.unacknowledged_present) - before} answered 503 or not at all yet found stored whole; "
           f"{searched} on the stack found by search; event "
           f"log = versions after each of {verified.checks - checked} checks; PostgreSQL start (WAL replay): max "
-          f"{max(replays):.2f} s; from its start to the next acknowledged write: max {max(recoveries):.2f} s, "
+          f"{max(replays):.2f} s; from it being ready to the next acknowledged write: max {max(recoveries):.2f} s, "
           f"mean {sum(recoveries) / len(recoveries):.2f} s; statuses {statuses}")
     assert len(acked) >= crashes * 5
     assert set(acked) <= verified.read_back
