@@ -365,6 +365,15 @@ def verify_store(stack: Stack, verified: Verified, resource_type: str = "Observa
     verified.checks += 1
 
 
+def settle_and_verify(stack: Stack, writers: Writers, verified: Verified, rng: random.Random) -> None:
+    """After a fault: the writers paused after a last stretch of writes to the recovered service, every event
+    numbered, and the store checked whole (verify_store)."""
+    time.sleep(random.uniform(0.2, 0.5))
+    writers.pause()
+    wait_numbered(stack)
+    verify_store(stack, verified)
+
+
 def search_all(stack: Stack, resource_type: str = "Observation") -> dict[str, dict[str, Any]]:
     """Every resource of the type that search finds for the stack's patients, page by page."""
     found: dict[str, dict[str, Any]] = {}

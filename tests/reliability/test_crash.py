@@ -13,7 +13,7 @@ import time
 
 import httpx
 
-from tests.reliability.conftest import CYCLES, Stack, Writers, verify_search, verify_store, wait_numbered
+from tests.reliability.conftest import CYCLES, Stack, Writers, settle_and_verify, verify_search
 
 
 def first_acknowledged_after(writers: Writers, count: int, timeout: float = 60) -> float:
@@ -42,10 +42,7 @@ def test_sigkill_under_writes_loses_no_acknowledged_write_and_leaves_nothing_hal
             killed = time.monotonic()
             stack.server.start()
             recoveries.append(time.monotonic() - killed)
-            time.sleep(rng.uniform(0.2, 0.5))  # writes to the new process too
-            writers.pause()
-            wait_numbered(stack)
-            verify_store(stack, verified)
+            settle_and_verify(stack, writers, verified, rng)
         writers.pause()
         searched = verify_search(stack)
     finally:
@@ -87,10 +84,7 @@ def test_postgresql_crash_under_writes_loses_no_acknowledged_write_and_the_servi
             count = len(writers.attempts)
             replays.append(stack.pg.start())
             recoveries.append(first_acknowledged_after(writers, count))
-            time.sleep(rng.uniform(0.2, 0.5))
-            writers.pause()
-            wait_numbered(stack)
-            verify_store(stack, verified)
+            settle_and_verify(stack, writers, verified, rng)
         writers.pause()
         searched = verify_search(stack)
     finally:

@@ -30,6 +30,7 @@ from tests.reliability.conftest import (
     Verified,
     Writers,
     build_stack,
+    settle_and_verify,
     tear_down,
     verify_search,
     verify_store,
@@ -108,10 +109,7 @@ def test_database_outage_answers_503_with_retry_after_and_the_service_recovers_w
                     assert time.monotonic() - back < 30, "no write acknowledged 30 s after the database came back"
                     time.sleep(0.02)
                 written_after.append(time.monotonic() - back)
-            time.sleep(rng.uniform(0.2, 0.5))
-            writers.pause()
-            wait_numbered(stack)
-            verify_store(stack, verified)
+            settle_and_verify(stack, writers, verified, rng)
         writers.pause()
         searched = verify_search(stack)
     finally:
