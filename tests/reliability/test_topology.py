@@ -13,20 +13,17 @@ reason when nginx cannot be had.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from bench.soak import load_topology  # scripts/topology.py as a module
 from services.auth.context import AuthContext
 from services.share.push import protocol
 from tests.conftest import require
@@ -36,22 +33,9 @@ from tests.test_access_rules import add_to_team, consent, open_network, system_t
 from tests.test_clients import ClientKey
 from tests.test_subscriptions import Receiver, focus_numbers, of_kind, status_of, subscription
 
-ROOT = Path(__file__).resolve().parents[2]
 TASK = "urn:renkei:codesystem:task-code"
 SCOPES = "system/Subscription.crd system/Patient.rs system/QuestionnaireResponse.crus system/Task.rs"
 Json = dict[str, Any]
-
-
-def load_topology() -> ModuleType:
-    """scripts/topology.py as a module (scripts/ is no package)."""
-    if "renkei_topology" in sys.modules:
-        return sys.modules["renkei_topology"]
-    spec = importlib.util.spec_from_file_location("renkei_topology", ROOT / "scripts" / "topology.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["renkei_topology"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 class Gateway:
