@@ -28,7 +28,7 @@ from services.kit import metrics
 from services.kit.errors import RenkeiError
 from services.kit.limits import Cors, Protect, cors_options
 from services.kit.logging import configure_logging
-from services.kit.requests import Observe
+from services.kit.requests import Observe, route_template
 from services.kit.settings import Settings
 from services.kit.tokens import InvalidToken, challenge_header
 from services.share.access.break_glass import router as fhir_operations
@@ -195,7 +195,8 @@ def install_error_handlers(app: FastAPI) -> None:
         # crashes), so the answer does not promise it: a client retries a create with the same Idempotency-Key.
         # The pool recovers by itself: a connection found dead invalidates the pool, and idle ones are pinged
         # before use (kit/db.py).
-        log.warning("database_unavailable", error=type(error).__name__, path=request.url.path)
+        # The route's template, never its path: a path names a patient's resources.
+        log.warning("database_unavailable", error=type(error).__name__, route=route_template(request.scope))
         message = ("the database is unavailable for the moment — retry later (a write retried with the same "
                    "Idempotency-Key is never made twice)")
         headers = {"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)}
