@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -65,11 +65,19 @@ def receive(socket: ClientConnection, timeout: float = 10.0) -> Json:
     return frame
 
 
-def events_until(socket: ClientConnection, wanted: set[tuple[str, str]], timeout: float = 10.0) -> list[Json]:
-    """Event frames received until every (type, id) in ``wanted`` has come."""
+def events_until(socket: ClientConnection, wanted: set[tuple[str, str]] | Callable[[list[Json]], bool],
+                 timeout: float = 10.0) -> list[Json]:
+    """Event frames received until every (type, id) in ``wanted`` has come (or ``wanted(found)`` holds); heartbeats
+    answered, an error frame fails the test."""
+    if not callable(wanted):
+        wanted_ids = wanted
+
+        def wanted(found: list[Json]) -> bool:
+            return not wanted_ids - {(f["resource"]["type"], f["resource"]["id"]) for f in found}
+
     found: list[Json] = []
     deadline = time.monotonic() + timeout
-    while wanted - {(f["resource"]["type"], f["resource"]["id"]) for f in found}:
+    while not wanted(found):
         frame = receive(socket, max(0.1, deadline - time.monotonic()))
         if frame["type"] == "event":
             found.append(frame)

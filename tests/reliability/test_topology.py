@@ -31,6 +31,7 @@ from tests.fhir_helpers import FHIR_JSON, create, created_id, example, patient
 from tests.infra import IN_CI, Network, postgres_available
 from tests.test_access_rules import add_to_team, consent, open_network, system_token
 from tests.test_clients import ClientKey
+from tests.test_push_socket import events_until
 from tests.test_subscriptions import Receiver, focus_numbers, of_kind, status_of, subscription
 
 TASK = "urn:renkei:codesystem:task-code"
@@ -92,20 +93,6 @@ def gateway() -> Iterator[Gateway]:
 def receive(socket: ClientConnection, timeout: float) -> Json:
     frame: Json = json.loads(socket.recv(timeout=timeout))
     return frame
-
-
-def events_until(socket: ClientConnection, done: Any, timeout: float = 15.0) -> list[Json]:
-    found: list[Json] = []
-    deadline = time.monotonic() + timeout
-    while not done(found):
-        frame = receive(socket, max(0.1, deadline - time.monotonic()))
-        if frame["type"] == "event":
-            found.append(frame)
-        elif frame["type"] == "ping":
-            socket.send(json.dumps({"type": "pong"}))
-        elif frame["type"] == "error":
-            raise AssertionError(frame, found)
-    return found
 
 
 def test_a_discharge_sheet_through_nginx_reaches_the_other_instance_and_its_acknowledgement_the_hospital(
@@ -175,7 +162,7 @@ def test_a_discharge_sheet_through_nginx_reaches_the_other_instance_and_its_ackn
                 kinds = {f["resource"]["type"] for f in found}
                 return {"QuestionnaireResponse", "Task"} <= kinds
 
-            frames = events_until(socket, pushed)
+            frames = events_until(socket, pushed, 15.0)
             timings["sheet → WebSocket event on instance B"] = time.monotonic() - posted_at
             assert ("QuestionnaireResponse", sheet_id) in {(f["resource"]["type"], f["resource"]["id"]) for f in frames}
             checked.append("instance B pushed the sheet and the care manager's acknowledgement Task over the "
@@ -214,7 +201,7 @@ def test_a_discharge_sheet_through_nginx_reaches_the_other_instance_and_its_ackn
             checked.append("the hospital's receiver got the Task, status completed, in a notification numbered "
                            "after the Tasks raised")
             events_until(socket, lambda found: any(f["resource"]["id"] == mine["id"] and f["kind"] == "updated"
-                                                   for f in found))
+                                                   for f in found), 15.0)
             timings["acknowledgement → WebSocket event on instance B"] = time.monotonic() - acked_at
     finally:
         receiver.server.shutdown()
