@@ -159,11 +159,8 @@ def test_open_websockets_are_counted(server: LiveServer) -> None:
     from websockets.sync.client import connect
 
     before = _gauge(server, "renkei_ws_connections")
-    socket = connect(server.base_url.replace("http://", "ws://") + "/ws", open_timeout=10)
-    try:
+    with connect(server.base_url.replace("http://", "ws://") + "/ws", open_timeout=10):
         assert _gauge(server, "renkei_ws_connections") == before + 1
-    finally:
-        socket.close()
     deadline = time.monotonic() + 5
     while _gauge(server, "renkei_ws_connections") != before and time.monotonic() < deadline:
         time.sleep(0.05)

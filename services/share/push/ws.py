@@ -52,10 +52,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.close(code=protocol.ORIGIN_REFUSED)  # before accept: the handshake is answered 403
         return
     offered = websocket.scope.get("subprotocols") or []
-    await websocket.accept(subprotocol=protocol.SUBPROTOCOL if protocol.SUBPROTOCOL in offered else None)
     connection = Connection(websocket, ctx, hub)
-    metrics.WS_CONNECTIONS.inc()
+    metrics.WS_CONNECTIONS.inc()  # before the client can know it is open (and ask /metrics)
     try:
+        await websocket.accept(subprotocol=protocol.SUBPROTOCOL if protocol.SUBPROTOCOL in offered else None)
         await connection.serve([p[len(protocol.TOKEN_PREFIX):] for p in offered if p.startswith(protocol.TOKEN_PREFIX)])
     except Closing as closing:
         await connection.close(closing.code, closing.reason)
