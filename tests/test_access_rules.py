@@ -190,13 +190,20 @@ def test_every_interaction_and_every_refusal_is_audited(server: LiveServer) -> N
     assert http.get("/fhir/AuditEvent", params={"date": "yesterday"}, headers=admin).status_code == 400
 
 
-def test_a_sheet_section_takes_its_label_from_the_template_not_from_the_client(server: LiveServer) -> None:
+def care_worker_on_team(server: LiveServer) -> tuple[httpx.Client, dict[str, str], dict[str, str], str]:
+    """A network with a care worker ("helper") on the team of a consenting patient: (client, physician's and
+    helper's headers, patient id)."""
     network = open_network(server, extra_users=[{"role": "helper", "organization": "office",
                                                  "profession": "care-worker"}])
     http, doctor, helper = server.client(), network.bearer("physician"), network.bearer("helper")
     pid = created_id(create(http, doctor, patient()))
     created_id(create(http, doctor, consent(pid)))
     add_to_team(http, doctor, pid, f"Practitioner/{network.user('helper')['id']}")
+    return http, doctor, helper, pid
+
+
+def test_a_sheet_section_takes_its_label_from_the_template_not_from_the_client(server: LiveServer) -> None:
+    http, doctor, helper, pid = care_worker_on_team(server)
     mild = {"url": "urn:renkei:extension:sensitivity-label",
             "valueCoding": {"system": "urn:renkei:codesystem:sensitivity-label", "code": "general"}}
     note = {**response(pid), "questionnaire": "urn:renkei:questionnaire:DailyCareNote|1.0.0", "item": [

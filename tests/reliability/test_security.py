@@ -38,7 +38,7 @@ from websockets.typing import Subprotocol
 from services.share.push import protocol
 from tests.fhir_helpers import FHIR_JSON, create, created_id, example, observation, patient, response
 from tests.infra import PASSWORD, LiveServer, Network
-from tests.test_access_rules import add_to_team, consent, open_network
+from tests.test_access_rules import add_to_team, care_worker_on_team, consent, open_network
 from tests.test_admin import public_jwk
 from tests.test_push_socket import close_sockets, events_until, opened, quiet, receive, subscribed, token_of
 from tests.test_subscriptions import hook_server
@@ -272,12 +272,7 @@ def test_asvs_8_2_3_field_level_redaction_of_withheld_sheet_sections(server: Liv
     """ASVS 5.0 V8.2.3 (field-level access, BOPLA): a care worker on the team reads a daily note whose vital-signs
     section is labelled "nursing" by its template: the section is replaced by the withheld marker, its values are
     nowhere in the answer (read, vread, search), the sheet is marked REDACTED; the physician sees it whole."""
-    network = open_network(server, extra_users=[{"role": "helper", "organization": "office",
-                                                 "profession": "care-worker"}])
-    http, doctor, helper = server.client(), network.bearer("physician"), network.bearer("helper")
-    pid = created_id(create(http, doctor, patient()))
-    created_id(create(http, doctor, consent(pid)))
-    add_to_team(http, doctor, pid, f"Practitioner/{network.user('helper')['id']}")
+    http, doctor, helper, pid = care_worker_on_team(server)
     note = {**response(pid), "questionnaire": "urn:renkei:questionnaire:DailyCareNote|1.0.0", "item": [
         {"linkId": "daily.visit", "text": "記録", "item": [
             {"linkId": "daily.visit.time", "text": "記録日時",
