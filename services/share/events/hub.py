@@ -241,6 +241,8 @@ class Hub:
             return head(db)
 
     def _sequence(self) -> int:
+        if self._event_pass is not None:
+            return self._event_pass(self.position, 1)[0]
         with self.ctx.db.transaction() as db:
             return sequence_pending(db)
 

@@ -17,42 +17,22 @@ from sqlalchemy.orm import Session
 
 from services.share.events.log import Event
 
-_SEQUENCER_LOCK = 0x52454E45  # pg_try_advisory_xact_lock key: one sequencer pass at a time across instances
 BATCH = 5000  # events numbered per pass at most; a larger backlog takes several passes
 
 # SQLite: one statement (one writer at a time, and its planner walks the partial index of what is pending).
+# PostgreSQL numbers in renkei_event_pass (migration 0014, EventPass below), under an advisory lock.
 _NUMBER_SQLITE = text(
     "WITH top AS (SELECT coalesce(max(seq), 0) AS m FROM event_log),"
     " pending AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM event_log WHERE seq IS NULL"
     "             ORDER BY id LIMIT :batch)"
     " UPDATE event_log SET seq = (SELECT m FROM top) + pending.n FROM pending WHERE event_log.id = pending.id"
 )
-# PostgreSQL: what is pending first, then the numbers by id. In one statement the planner sized the pending
-# events from the table's statistics, and statistics taken while most events waited (right after a start or a
-# bulk load) made it hash-join a scan of the whole log on every pass: 2.3 ms a pass instead of 0.1 at 30,000
-# events (bench/sheets.py with pg_stat_statements), growing with the log until the next ANALYZE. An array of
-# ids is sized by its length.
-_PENDING = text(
-    "SELECT (SELECT coalesce(max(seq), 0) FROM event_log),"
-    " array(SELECT id FROM event_log WHERE seq IS NULL ORDER BY id LIMIT :batch)"
-)
-_NUMBER = text(
-    "UPDATE event_log SET seq = :top + d.n FROM unnest(CAST(:ids AS BIGINT[])) WITH ORDINALITY AS d(id, n)"
-    " WHERE event_log.id = d.id"
-)
 
 
 def sequence_pending(db: Session) -> int:
-    """Number the committed events waiting; how many were numbered (0 also when another instance's pass holds
-    the lock: that pass numbers them). Run in a transaction of its own."""
-    if db.get_bind().dialect.name != "postgresql":
-        return int(db.execute(_NUMBER_SQLITE, {"batch": BATCH}).rowcount or 0)  # type: ignore[attr-defined]
-    if not db.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _SEQUENCER_LOCK}):
-        return 0
-    top, ids = db.execute(_PENDING, {"batch": BATCH}).one()
-    if ids:
-        db.execute(_NUMBER, {"top": top, "ids": ids})
-    return len(ids)
+    """SQLite: number the committed events waiting; how many were numbered. Run in a transaction of its own."""
+    assert db.get_bind().dialect.name != "postgresql", "PostgreSQL numbers with EventPass"
+    return int(db.execute(_NUMBER_SQLITE, {"batch": BATCH}).rowcount or 0)  # type: ignore[attr-defined]
 
 
 _HUB_CALL = "SELECT * FROM renkei_event_pass(%s, %s, %s)"
@@ -69,7 +49,9 @@ class EventPass:
         self._connection: psycopg.Connection[tuple[object, ...]] | None = None
 
     def __call__(self, after: int, limit: int) -> tuple[int, list[Event]]:
-        """How many events this call numbered, and up to ``limit`` numbered events after ``after``, in order."""
+        """How many events this call numbered (0 also when another instance's pass holds the lock: that pass
+        numbers them), and up to ``limit`` numbered events after ``after``, in order. With ``limit`` 1 the count is
+        still exact: when anything was numbered, there is a row to carry it."""
         if self._connection is None or self._connection.closed:
             self._connection = psycopg.connect(self._url, autocommit=True)
         try:
