@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 import httpx
 
@@ -20,6 +23,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def client_tls(base: str, cafile: str | None) -> ssl.SSLContext | None:
+    """The TLS context a load client speaks to ``base`` with: None for http; for https (nginx in front,
+    bench/fronted.py) trusting ``cafile``, the topology's self-signed certificate."""
+    return ssl.create_default_context(cafile=cafile) if base.startswith("https://") else None
 
 
 def descendants(pid: int) -> list[int]:
@@ -88,3 +97,16 @@ def server_process(env: dict[str, str] | None = None, bootstrap_file: Path | Non
         finally:
             process.terminate()
             process.wait(timeout=20)
+
+
+def load_topology() -> ModuleType:
+    """scripts/topology.py as a module (scripts/ is no package)."""
+    if "renkei_topology" in sys.modules:
+        return sys.modules["renkei_topology"]
+    path = Path(__file__).resolve().parents[1] / "scripts" / "topology.py"
+    spec = importlib.util.spec_from_file_location("renkei_topology", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["renkei_topology"] = module
+    spec.loader.exec_module(module)
+    return module

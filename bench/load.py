@@ -19,6 +19,7 @@ from urllib.parse import urlencode, urlsplit
 
 import orjson
 
+from bench.common import client_tls
 from bench.fixtures import sheet
 
 Request = Callable[[random.Random], bytes]  # builds one HTTP request's bytes
@@ -40,6 +41,7 @@ class Workload:
     # Requests a second over all connections, each connection sending on a fixed schedule, every latency counted
     # from when its request was due (a slow answer delays the next send without hiding the wait); 0: closed loop.
     rate: float = 0.0
+    cafile: str | None = None  # the certificate to trust when ``base`` is https (bench/fronted.py)
 
 
 def _requests(work: Workload) -> dict[str, Request]:
@@ -86,7 +88,8 @@ async def _connection(work: Workload, seed: int, connections: int, deadline: flo
     requests = _requests(work)
     names, weights = zip(*work.mix.items(), strict=True)
     address = urlsplit(work.base)
-    reader, writer = await asyncio.open_connection(address.hostname, address.port)
+    reader, writer = await asyncio.open_connection(address.hostname, address.port,
+                                                   ssl=client_tls(work.base, work.cafile))
     interval = connections / work.rate if work.rate else 0.0
     due = time.perf_counter() + interval * seed / connections  # the connections' schedules interleave
     try:

@@ -110,12 +110,14 @@ def check_paths(renkei: Server, ruleless: Server, token: str, patient: str, engi
     broken = {**body, "item": [*body["item"], {"linkId": "discharge.unknown", "answer": [{"valueString": "x"}]}]}
     for server, tasks, records, refused in ((renkei, 2, 1, 422), (ruleless, 0, 0, 201)):
         before = counts(engine)
-        created = httpx.post(f"{server.base}/fhir/QuestionnaireResponse", json=body, headers=headers)
+        created = httpx.post(f"{server.base}/fhir/QuestionnaireResponse", json=body, headers=headers,
+                             verify=server.verify)
         assert created.status_code == 201, (server.mode, created.status_code, created.text[:500])
         after = counts(engine)
         written = (after["tasks"] - before["tasks"], after["sheet_records"] - before["sheet_records"])
         assert written == (tasks, records), (server.mode, before, after)
-        wrong = httpx.post(f"{server.base}/fhir/QuestionnaireResponse", json=broken, headers=headers)
+        wrong = httpx.post(f"{server.base}/fhir/QuestionnaireResponse", json=broken, headers=headers,
+                           verify=server.verify)
         assert wrong.status_code == refused, (server.mode, wrong.status_code, wrong.text[:500])
     print("  renkei: a valid sheet 201 with 2 Tasks and its sheet record, an unknown linkId 422; "
           "ruleless: 201 for both, no Task, no record", flush=True)
@@ -141,12 +143,15 @@ def main() -> None:
                         help="trimmed: the example sheets cut to 4.4 KB; full: as filled (about 16 KB)")
     parser.add_argument("--pg", default="own",
                         help=f"'own' (default): a cluster of this run's own; or an admin database URL ({PG})")
+    parser.add_argument("--topology", action="store_true",
+                        help="serve both paths as deployed: nginx (TLS), an identity-service process and two "
+                             "share-service processes each (bench/fronted.py); --workers is then ignored")
     args = parser.parse_args()
     results: dict[str, Any] = {"config": vars(args)}
 
     with scene(args.pg) as where:
         scratch, urls, server_url = where.scratch, where.urls, where.server_url
-        renkei = where.primary("renkei", args.workers)
+        renkei = where.primary("renkei", args.workers, topology=args.topology)
         ruleless = renkei.baseline("ruleless")
         engine = create_engine(urls["share"].replace("postgresql://", "postgresql+psycopg://"))
         try:
@@ -158,7 +163,8 @@ def main() -> None:
             analyze(urls["share"])
             renkei.start()
             ruleless.start()
-            login = httpx.post(f"{renkei.base}/auth/login", json={"username": f"{network}-doc", "password": PASSWORD})
+            login = httpx.post(f"{renkei.base}/auth/login", json={"username": f"{network}-doc", "password": PASSWORD},
+                               verify=renkei.verify)
             token = login.json()["access_token"]
             check_paths(renkei, ruleless, token, patients[0], engine)
             measure(args, {SHEETS: renkei, BARE: ruleless}, token, patients, engine, server_url, results)
@@ -176,14 +182,12 @@ def main() -> None:
 def measure(args: argparse.Namespace, servers: dict[str, Server], token: str, patients: list[str], engine: Engine,
             server_url: str, results: dict[str, Any]) -> None:
     works = {label: Workload(server.base, token, {"create": 1.0}, args.seconds / args.turns, patients=patients,
-                             make=full_sheet if args.sheet == "full" else sheet)
+                             make=full_sheet if args.sheet == "full" else sheet, cafile=server.cafile)
              for label, server in servers.items()}
     postmaster = POSTMASTERS.get(server_url)
 
     def cpu(label: str) -> dict[str, float]:
-        process = servers[label].process
-        assert process is not None
-        parts = {"server": cpu_seconds(process.pid)}
+        parts = {"server": servers[label].cpu_seconds()}
         if postmaster is not None:  # only a cluster of this run's own is this run's alone
             parts["database"] = cpu_seconds(postmaster)
         return parts
@@ -246,8 +250,9 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     per_sheet = off["throughput"] / on["throughput"]  # time per sheet, sheet path over bare create
     p50 = on["p50_ms"] / off["p50_ms"]
     cost = max(per_sheet, p50)
-    print(f"\nsummary (medians of {args.turns} turns per path; {args.connections} connections, "
-          f"{args.workers} server workers)")
+    served = ("as deployed: nginx (TLS), auth and two share processes" if args.topology
+              else f"{args.workers} server workers")
+    print(f"\nsummary (medians of {args.turns} turns per path; {args.connections} connections, {served})")
     print(f"  {'':26} {'sheets/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}   CPU per request")
     for label, entry in ((SHEETS, on), (BARE, off)):
         used = ", ".join(f"{part} {ms:.2f} ms" for part, ms in entry["cpu_ms_per_request"].items())
@@ -285,7 +290,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"  .venv/bin/python bench/sheets.py --seconds {args.seconds:g} --turns {args.turns} "
           f"--connections {args.connections} --warmup {args.warmup:g} --patients {args.patients} "
           f"--workers {args.workers} --paced {args.paced:g} --sheet {args.sheet}"
-          + (f" --pg {args.pg}" if args.pg != "own" else ""))
+          + (f" --pg {args.pg}" if args.pg != "own" else "") + (" --topology" if args.topology else ""))
     print("  .venv/bin/python bench/sheets.py --seconds 120    # longer turns, steadier figures")
 
 

@@ -22,7 +22,6 @@ an error. Prints the figures; exit code 1 on failure,
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import random
 import sys
@@ -38,8 +37,8 @@ from typing import Any
 import httpx
 
 from bench import fixtures
+from bench.common import load_topology
 
-ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "soak: correct horse battery staple"
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 ROLE = "urn:renkei:codesystem:care-team-role"
@@ -50,18 +49,6 @@ SUBPROTOCOL = "renkei.v1"
 RSS_LIMIT = 0.10
 # The operations and how often each is picked (out of their sum).
 MIX = {"login": 1, "sheet": 3, "discharge": 1, "message": 3, "search": 5, "read": 3}
-
-
-def load_topology() -> ModuleType:
-    """scripts/topology.py as a module (scripts/ is no package)."""
-    if "renkei_topology" in sys.modules:
-        return sys.modules["renkei_topology"]
-    spec = importlib.util.spec_from_file_location("renkei_topology", ROOT / "scripts" / "topology.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["renkei_topology"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @dataclass

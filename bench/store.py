@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import os
+import ssl
 import statistics
 import subprocess
 import sys
@@ -39,7 +40,7 @@ from sqlalchemy import create_engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import descendants, free_port, summary
+from bench.common import client_tls, cpu_seconds, descendants, free_port, summary
 from bench.load import Workload, run
 from bench.pg import own_postgres
 from bench.seed import seed
@@ -78,9 +79,13 @@ class Scene:
     urls: dict[str, str]
     scratch: Path
 
-    def primary(self, mode: str, workers: int) -> Server:
+    def primary(self, mode: str, workers: int, topology: bool = False) -> Server:
         """The measured server; its baseline is ``primary(...).baseline(mode)`` (one data directory: both read the
-        same key files)."""
+        same key files). ``topology``: served as deployed, behind nginx (bench/fronted.py)."""
+        if topology:
+            from bench.fronted import Fronted
+
+            return Fronted(mode, self.scratch / "data", self.urls["auth"], self.urls["share"], workers)
         return Server(mode, self.scratch / "data", self.urls["auth"], self.urls["share"], workers)
 
 
@@ -103,6 +108,7 @@ class Server:
         self.settings = Settings(data_dir=data_dir, share_database_url=share_url, auth_database_url=auth_url,
                                  public_url=self.base)
         self.process: subprocess.Popen[bytes] | None = None
+        self.cafile: str | None = None  # the certificate to trust when ``base`` is https (bench/fronted.py)
         self.peak_rss_mb = 0.0
         self._watching = False
 
@@ -132,17 +138,30 @@ class Server:
                 raise RuntimeError(f"{self.mode} server did not start")
             time.sleep(0.2)
 
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """httpx's ``verify`` for this server: its certificate when it is behind nginx."""
+        return client_tls(self.base, self.cafile) or True
+
+    def roots(self) -> list[int]:
+        """The server's top processes: their descendants (workers) count with them."""
+        assert self.process is not None
+        return [self.process.pid]
+
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(root) for root in self.roots())
+
     def rss_mb(self) -> float:
         """Resident memory of the server: its main process and every worker process, together."""
-        assert self.process is not None
         total = 0.0
-        for pid in [self.process.pid, *descendants(self.process.pid)]:
-            try:
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) / 1024
-            except OSError:
-                continue
+        for root in self.roots():
+            for pid in [root, *descendants(root)]:
+                try:
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1]) / 1024
+                except OSError:
+                    continue
         return total
 
     @contextmanager

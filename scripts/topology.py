@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -185,8 +186,16 @@ class Topology:
     """Start with ``start()`` (or ``with``), stop with ``stop()``; every process, file and database it made goes."""
 
     def __init__(self, *, env: dict[str, str] | None = None, workers: int = 1, cheap_hashing: bool = True,
-                 keep: bool = False) -> None:
+                 keep: bool = False, databases: tuple[str, str] | None = None, data_dir: Path | None = None,
+                 share_command: Callable[[int], list[str]] | None = None) -> None:
+        """``databases`` (auth URL, share URL) and ``data_dir``: run on these, made and kept by the caller (the
+        benchmarks, which seed them first), instead of databases and a data directory of the topology's own.
+        ``share_command``: the command of a share process on a port, instead of `renkei serve --service share`
+        (bench/fronted.py runs a benchmark's baseline variant so)."""
+        self.share_command = share_command
         self.extra_env = dict(env or {})
+        self.given_databases = databases
+        self.data_dir = data_dir
         self.workers = workers
         self.cheap_hashing = cheap_hashing
         self.keep = keep
@@ -228,11 +237,13 @@ class Topology:
     @property
     def env(self) -> dict[str, str]:
         base = PG_ADMIN_URL.rsplit("/", 1)[0]
+        auth_url, share_url = self.given_databases or (f"{base}/renkei_topology_auth_{self.tag}",
+                                                       f"{base}/renkei_topology_share_{self.tag}")
         values = {
-            "RENKEI_DATA_DIR": str(self.work / "data"),
+            "RENKEI_DATA_DIR": str(self.data_dir or self.work / "data"),
             "RENKEI_PUBLIC_URL": self.base_url,
-            "RENKEI_AUTH_DATABASE_URL": f"{base}/renkei_topology_auth_{self.tag}",
-            "RENKEI_SHARE_DATABASE_URL": f"{base}/renkei_topology_share_{self.tag}",
+            "RENKEI_AUTH_DATABASE_URL": auth_url,
+            "RENKEI_SHARE_DATABASE_URL": share_url,
             "RENKEI_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
             "RENKEI_SHARE_JWKS_URL": f"http://127.0.0.1:{self.auth_port}/auth/jwks.json",
             "FORWARDED_ALLOW_IPS": "127.0.0.1",
@@ -280,6 +291,8 @@ class Topology:
     def _databases(self) -> None:
         from sqlalchemy import create_engine, text
 
+        if self.given_databases:
+            return
         admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
         try:
             with admin.connect() as connection:
@@ -321,7 +334,10 @@ class Topology:
                                     ("share-b", "share", self.share_ports[1])):
             metrics = self.work / f"metrics-{name}"
             metrics.mkdir()
-            self._spawn(name, self.renkei_command(service, port),
+            command = self.renkei_command(service, port)
+            if service == "share" and self.share_command is not None:
+                command = self.share_command(port)
+            self._spawn(name, command,
                         env={**os.environ, **self.env, "PROMETHEUS_MULTIPROC_DIR": str(metrics)})
             if name == "auth":  # the share processes' /readyz fetches its keys
                 self._wait_ready(port, name)

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from bench.soak import load_topology  # scripts/topology.py as a module
+from bench.common import load_topology  # scripts/topology.py as a module
 from services.auth.context import AuthContext
 from services.share.push import protocol
 from tests.conftest import require
