@@ -64,8 +64,10 @@ def check_answers(renkei: Server, unchecked: Server, token: str, patient: str) -
     """Both servers answer the same 50 sheets; only the checked one withholds sections (and says so)."""
     query = {"patient": patient, "_count": "50"}
     headers = {"Authorization": f"Bearer {token}"}
-    checked = httpx.get(f"{renkei.base}/fhir/QuestionnaireResponse", params=query, headers=headers).json()
-    baseline = httpx.get(f"{unchecked.base}/fhir/QuestionnaireResponse", params=query, headers=headers).json()
+    checked = httpx.get(f"{renkei.base}/fhir/QuestionnaireResponse", params=query, headers=headers,
+                        verify=renkei.verify).json()
+    baseline = httpx.get(f"{unchecked.base}/fhir/QuestionnaireResponse", params=query, headers=headers,
+                         verify=unchecked.verify).json()
     entries = [e["resource"] for e in checked.get("entry", [])]
     assert len(entries) == 50 and len(baseline.get("entry", [])) == 50, (checked, baseline)
     redacted = sum(any(s.get("code") == "REDACTED" for s in e.get("meta", {}).get("security", [])) for e in entries)
@@ -94,12 +96,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="server worker processes (each server alike)")
     parser.add_argument("--pg", default="own",
                         help=f"'own' (default): a cluster of this run's own; or an admin database URL ({PG})")
+    parser.add_argument("--topology", action="store_true",
+                        help="serve both as deployed: nginx (TLS), an identity-service process and two share-service "
+                             "processes each (bench/fronted.py); --workers is then ignored")
     args = parser.parse_args()
     results: dict[str, Any] = {"config": vars(args)}
 
     with scene(args.pg) as where:
         scratch, urls, server_url = where.scratch, where.urls, where.server_url
-        renkei = where.primary("renkei", args.workers)
+        renkei = where.primary("renkei", args.workers, topology=args.topology)
         unchecked = renkei.baseline("unchecked")
         try:
             network, organization = prepare(renkei, scratch)
@@ -109,7 +114,7 @@ def main() -> None:
             analyze(urls["share"])
             renkei.start()
             unchecked.start()
-            login = httpx.post(f"{renkei.base}/auth/login",
+            login = httpx.post(f"{renkei.base}/auth/login", verify=renkei.verify,
                                json={"username": f"{network}-worker", "password": PASSWORD})
             token = login.json()["access_token"]
             check_answers(renkei, unchecked, token, patients[0])
@@ -118,14 +123,14 @@ def main() -> None:
                   f"{args.rounds} alternating turns", flush=True)
             before = audit_rows(urls["share"])
             works = {label: Workload(server.base, token, {"search": 1.0}, args.seconds, search_patients=patients,
+                                     cafile=server.cafile,
                                      count=50)
                      for label, server in (("renkei (access)", renkei), ("unchecked (baseline)", unchecked))}
             postmaster = POSTMASTERS.get(server_url)
 
             def cpu_of(server: Server) -> Callable[[], dict[str, float]]:
                 def read() -> dict[str, float]:
-                    assert server.process is not None
-                    parts = {"server": cpu_seconds(server.process.pid)}
+                    parts = {"server": server.cpu_seconds()}
                     if postmaster is not None:  # only a cluster of this run's own is this run's alone
                         parts["database"] = cpu_seconds(postmaster)
                     return parts

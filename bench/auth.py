@@ -17,10 +17,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import ssl
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -29,7 +35,7 @@ import pyotp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import server_process, summary
+from bench.common import load_topology, server_process, summary
 from services.auth.credentials.passwords import Passwords
 from services.kit.settings import Settings
 from services.kit.tokens import keys_from_jwks
@@ -56,6 +62,36 @@ def network_file(directory: Path) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Served:
+    """Where the benchmark's requests go: the base URL, httpx's ``verify``, and where the keys are fetched (None:
+    the base URL's /auth/jwks.json)."""
+
+    base: str
+    verify: ssl.SSLContext | bool = True
+    jwks_url: str | None = None
+
+
+@contextmanager
+def direct(bootstrap_file: Path) -> Iterator[Served]:
+    """One `renkei serve` on the embedded default (SQLite)."""
+    with server_process(bootstrap_file=bootstrap_file) as base:
+        yield Served(base)
+
+
+@contextmanager
+def deployed(bootstrap_file: Path) -> Iterator[Served]:
+    """The topology of scripts/topology.py at the production password-hashing cost, the network bootstrapped into
+    its identity database."""
+    topology = load_topology().Topology(cheap_hashing=False).start()
+    try:
+        subprocess.run([sys.executable, "-m", "services.cli", "admin", "bootstrap", str(bootstrap_file)],
+                       env={**os.environ, **topology.env}, check=True, capture_output=True)
+        yield Served(topology.base_url, topology.ssl_context(), topology.env["RENKEI_SHARE_JWKS_URL"])
+    finally:
+        topology.stop()
+
+
 def time_calls(count: int, call: object) -> list[float]:
     samples = []
     for _ in range(count):
@@ -65,11 +101,11 @@ def time_calls(count: int, call: object) -> list[float]:
     return samples
 
 
-def bench_verifier(base: str, token: str, count: int) -> dict[str, dict[str, float]]:
-    settings = Settings(public_url=base)
+def bench_verifier(served: Served, token: str, count: int) -> dict[str, dict[str, float]]:
+    settings = Settings(public_url=served.base, share_jwks_url=served.jwks_url)
     verifier = TokenVerifier(settings)
     header = f"Bearer {token}"
-    jwks = httpx.get(f"{base}/auth/jwks.json").json()
+    jwks = httpx.get(served.jwks_url or f"{served.base}/auth/jwks.json", verify=served.verify).json()
     key = keys_from_jwks(jwks)[jwt.get_unverified_header(token)["kid"]]
 
     async def run() -> tuple[list[float], float]:
@@ -91,8 +127,8 @@ def bench_verifier(base: str, token: str, count: int) -> dict[str, dict[str, flo
     }
 
 
-def bench_http(base: str, token: str, count: int) -> dict[str, dict[str, float]]:
-    with httpx.Client(base_url=base) as http:
+def bench_http(served: Served, token: str, count: int) -> dict[str, dict[str, float]]:
+    with httpx.Client(base_url=served.base, verify=served.verify) as http:
         headers = {"Authorization": f"Bearer {token}"}
         for _ in range(20):
             http.get("/fhir/MedicationRequest", headers=headers)
@@ -102,9 +138,9 @@ def bench_http(base: str, token: str, count: int) -> dict[str, dict[str, float]]
     return {"http_authenticated": summary(authed), "http_unauthenticated_baseline": summary(public)}
 
 
-def bench_logins(base: str, count: int) -> dict[str, dict[str, float]]:
+def bench_logins(served: Served, count: int) -> dict[str, dict[str, float]]:
     totp = pyotp.TOTP(SECRET)
-    with httpx.Client(base_url=base, timeout=30) as http:
+    with httpx.Client(base_url=served.base, timeout=30, verify=served.verify) as http:
         password_only = time_calls(count, lambda: http.post(
             "/auth/login", json={"username": "bench-pw", "password": PASSWORD}).raise_for_status())
         two_factor: list[float] = []
@@ -133,16 +169,21 @@ def main() -> None:
     parser.add_argument("--verifications", type=int, default=20000)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--logins", type=int, default=40)
+    parser.add_argument("--topology", action="store_true",
+                        help="serve as deployed (scripts/topology.py): nginx (TLS) in front of an identity-service "
+                             "process and two share-service processes, on PostgreSQL; the verifier reads the keys "
+                             "from the identity service's loopback port, as the share processes do")
     args = parser.parse_args()
 
     results: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as scratch, server_process(bootstrap_file=network_file(Path(scratch))) as base:
-        token = httpx.post(f"{base}/auth/login",
+    with tempfile.TemporaryDirectory() as scratch, \
+            (deployed if args.topology else direct)(network_file(Path(scratch))) as served:
+        token = httpx.post(f"{served.base}/auth/login", verify=served.verify,
                            json={"username": "bench-pw", "password": PASSWORD}).json()["access_token"]
-        results |= bench_verifier(base, token, args.verifications)
-        results |= bench_http(base, token, args.requests)
+        results |= bench_verifier(served, token, args.verifications)
+        results |= bench_http(served, token, args.requests)
         results |= bench_argon2(max(10, args.logins // 2))
-        results |= bench_logins(base, args.logins)
+        results |= bench_logins(served, args.logins)
 
     defaults = Settings()
     print(f"argon2id cost: t={defaults.argon2_time_cost}, m={defaults.argon2_memory_kib} KiB, "

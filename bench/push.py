@@ -47,7 +47,8 @@ from sqlalchemy import create_engine, insert
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import percentile
+from bench.common import client_tls, percentile
+from bench.fronted import Fronted
 from bench.seed import seed
 from bench.store import Server, analyze, bootstrap_network, scene
 from services.share.access.models import TeamParticipant
@@ -65,6 +66,7 @@ class Member:
     token: str
     patient: str
     url: str
+    cafile: str | None = None  # the certificate to trust for wss:// (bench/fronted.py)
 
 
 def prepare(server: Server, scratch: Path) -> tuple[str, list[str], dict[str, str], str]:
@@ -98,8 +100,9 @@ def prepare(server: Server, scratch: Path) -> tuple[str, list[str], dict[str, st
     return network, patients, owners, f"{network}-doc"
 
 
-def login(base: str, username: str) -> str:
-    answer = httpx.post(f"{base}/auth/login", json={"username": username, "password": PASSWORD}, timeout=30)
+def login(server: Server, username: str) -> str:
+    answer = httpx.post(f"{server.base}/auth/login", json={"username": username, "password": PASSWORD}, timeout=30,
+                        verify=server.verify)
     assert answer.status_code == 200, answer.text
     return str(answer.json()["access_token"])
 
@@ -120,7 +123,8 @@ async def _clients(members: list[Member], stalled: int, ready: Any, stop: Any) -
     async def open_one(index: int) -> None:
         member = members[index]
         async with gate:
-            socket = await connect(member.url, compression=None, max_queue=16, open_timeout=60)
+            socket = await connect(member.url, compression=None, max_queue=16, open_timeout=60,
+                                   ssl=client_tls(member.url.replace("wss://", "https://"), member.cafile))
             await socket.send(json.dumps({"type": "auth", "token": member.token}))
             await socket.recv()
             await socket.send(json.dumps({"type": "subscribe", "since": None, "patient": member.patient}))
@@ -150,8 +154,8 @@ async def _clients(members: list[Member], stalled: int, ready: Any, stop: Any) -
 
 # The poster ---------------------------------------------------------------------------------------------------------
 
-async def post_messages(bases: list[str], token: str, patients: list[str], rate: float, seconds: float
-                        ) -> list[tuple[str, str, float, float]]:
+async def post_messages(bases: list[str], token: str, patients: list[str], rate: float, seconds: float,
+                        cafile: str | None = None) -> list[tuple[str, str, float, float]]:
     """(message id, patient, due, answered) for every message the server accepted, posted on a fixed schedule
     over raw keep-alive connections (an HTTP client library would cost the 2-core machine more CPU than the server
     it measures); ``due`` is when the schedule sent it, so a late answer cannot hide the wait it caused."""
@@ -163,8 +167,9 @@ async def post_messages(bases: list[str], token: str, patients: list[str], rate:
 
     async def one_connection(seed: int) -> None:
         rng = random.Random(seed)
-        base = urlsplit(bases[seed % len(bases)])
-        reader, writer = await asyncio.open_connection(base.hostname, base.port)
+        url = bases[seed % len(bases)]
+        base = urlsplit(url)
+        reader, writer = await asyncio.open_connection(base.hostname, base.port, ssl=client_tls(url, cafile))
         interval = connections / rate
         due = start + interval * seed / connections
         try:
@@ -210,10 +215,15 @@ async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 # One set-up ----------------------------------------------------------------------------------------------------------
 
 def measure(label: str, servers: list[Server], members_by_user: dict[str, str], tokens: dict[str, str],
-            poster_token: str, patients: list[str], args: argparse.Namespace, stalled: bool) -> dict[str, Any]:
+            poster_token: str, patients: list[str], args: argparse.Namespace, stalled: bool,
+            doors: tuple[str, str] | None = None) -> dict[str, Any]:
+    """``doors``: (the clients' base URL, the posts' base URL) instead of the servers' own, spread."""
     users = sorted(members_by_user)
+    client_bases = [doors[0]] if doors else [server.base for server in servers]
+    post_bases = [doors[1]] if doors else [server.base for server in servers]
+    cafile = servers[0].cafile
     members = [Member(tokens[user], members_by_user[user],
-                      servers[i % len(servers)].base.replace("http://", "ws://") + "/ws")
+                      client_bases[i % len(client_bases)].replace("http", "ws", 1) + "/ws", cafile)
                for i, user in enumerate(users)]
     stalled_index = 0 if stalled else -1
     idle_mb = sum(server.rss_mb() for server in servers)
@@ -225,7 +235,7 @@ def measure(label: str, servers: list[Server], members_by_user: dict[str, str], 
         raise RuntimeError("the clients did not connect")
     time.sleep(2.0)
     connected_mb = sum(server.rss_mb() for server in servers)
-    posted = asyncio.run(post_messages([s.base for s in servers], poster_token, patients, args.rate, args.seconds))
+    posted = asyncio.run(post_messages(post_bases, poster_token, patients, args.rate, args.seconds, cafile))
     if not posted:
         raise RuntimeError("no message was accepted")
     time.sleep(3.0)  # the last messages' deliveries
@@ -268,6 +278,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="messages posted a second")
     parser.add_argument("--workers", type=int, default=2, help="worker processes of the renkei server")
     parser.add_argument("--pg", default="own", help="'own' (default): a cluster of this run's own; or an admin URL")
+    parser.add_argument("--topology", action="store_true",
+                        help="serve renkei as deployed: nginx (TLS) in front of an identity-service process and two "
+                             "share-service processes (bench/fronted.py); '2 instances' then connects every client "
+                             "to instance A and posts every message to instance B, through nginx; the floor stays "
+                             "one direct process")
     parser.add_argument("--only", nargs="*", default=None, help="run only these set-ups (floor, renkei, stalled, "
                         "'2 instances'); the summary needs all four")
     args = parser.parse_args()
@@ -275,7 +290,7 @@ def main() -> None:
     cheap = {"RENKEI_ARGON2_TIME_COST": "1", "RENKEI_ARGON2_MEMORY_KIB": "1024", "RENKEI_ARGON2_PARALLELISM": "1",
              "RENKEI_REDIS_URL": REDIS}
     with scene(args.pg) as where:
-        renkei = where.primary("renkei", args.workers)
+        renkei = where.primary("renkei", args.workers, topology=args.topology)
         renkei.env.update(cheap)  # the 1,001 logins are set-up, not measured
         _, patients, owners, doctor = prepare(renkei, where.scratch)
         print(f"1. {TEAMS} patients, each with a team of {TEAM_SIZE} nurses (one organisation per team); "
@@ -283,8 +298,8 @@ def main() -> None:
         analyze(where.urls["share"])
         renkei.start()
         try:
-            tokens = {user: login(renkei.base, user) for user in owners}
-            poster = login(renkei.base, doctor)
+            tokens = {user: login(renkei, user) for user in owners}
+            poster = login(renkei, doctor)
         finally:
             renkei.stop()
         print(f"2. {len(owners)} WebSocket connections; {args.rate:g} messages a second for {args.seconds:g} s "
@@ -293,22 +308,20 @@ def main() -> None:
         floor.workers = 1
         setups: list[tuple[str, list[Server], bool]] = [("floor", [floor], False), ("renkei", [renkei], False),
                                                         ("stalled", [renkei], True)]
-        one, two = renkei.baseline("renkei"), renkei.baseline("renkei")
-        # Instance one takes the first server's address (its public URL, the tokens' issuer, its identity service's
-        # JWKS, which instance two reads): one deployment, two share instances.
-        one.port, one.base = renkei.port, renkei.base
-        for server in (one, two):
-            server.workers = 1
-            server.env.update(cheap)
-            server.env["RENKEI_PUBLIC_URL"] = renkei.base
-        setups.append(("2 instances", [one, two], False))
+        doors: tuple[str, str] | None = None
+        if isinstance(renkei, Fronted):  # already two instances behind nginx: pin the clients to A, the posts to B
+            doors = (renkei.topology.door_url(0), renkei.topology.door_url(1))
+            setups.append(("2 instances", [renkei], False))
+        else:
+            setups.append(("2 instances", two_instances(renkei, cheap), False))
         for label, servers, stalled in setups:
             if args.only is not None and label not in args.only:
                 continue
             for server in servers:
                 server.start()
             try:
-                results[label] = measure(label, servers, owners, tokens, poster, patients, args, stalled)
+                results[label] = measure(label, servers, owners, tokens, poster, patients, args, stalled,
+                                         doors if label == "2 instances" else None)
             finally:
                 for server in servers:
                     server.stop()
@@ -318,6 +331,19 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     (out / "push.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"\nresults written to {out / 'push.json'}")
+
+
+def two_instances(renkei: Server, cheap: dict[str, str]) -> list[Server]:
+    """Two servers of one worker each on ``renkei``'s databases and Redis. Instance one takes renkei's address (its
+    public URL, the tokens' issuer, its identity service's JWKS, which instance two reads): one deployment, two
+    share instances."""
+    one, two = renkei.baseline("renkei"), renkei.baseline("renkei")
+    one.port, one.base = renkei.port, renkei.base
+    for server in (one, two):
+        server.workers = 1
+        server.env.update(cheap)
+        server.env["RENKEI_PUBLIC_URL"] = renkei.base
+    return [one, two]
 
 
 def report(results: dict[str, Any]) -> None:

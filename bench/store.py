@@ -197,7 +197,8 @@ def prepare_renkei(server: Server, scratch: Path) -> tuple[str, str]:
                    "organization": f"{network}-clinic", "profession": "physician", "name": "ベンチ 医師"}],
     })
     server.start()
-    login = httpx.post(f"{server.base}/auth/login", json={"username": f"{network}-doc", "password": PASSWORD})
+    login = httpx.post(f"{server.base}/auth/login", json={"username": f"{network}-doc", "password": PASSWORD},
+                       verify=server.verify)
     return network, login.json()["access_token"]
 
 
@@ -338,6 +339,10 @@ def main() -> None:
     parser.add_argument("--pg", default="own",
                         help="'own' (default): a cluster of this run's own configured by deploy/postgresql/renkei.conf;"
                              f" or the URL of an existing server's admin database (such as {PG})")
+    parser.add_argument("--topology", action="store_true",
+                        help="serve renkei and plain as deployed: nginx (TLS), an identity-service process and two "
+                             "share-service processes each (bench/fronted.py); the bare endpoint stays one direct "
+                             "process; --workers is then ignored")
     args = parser.parse_args()
     results: dict[str, Any] = {"config": vars(args)}
 
@@ -345,8 +350,13 @@ def main() -> None:
             tempfile.TemporaryDirectory() as scratch_dir, \
             databases("auth", "share", "plainauth", "plainshare", "bare", server=server) as urls:
         scratch = Path(scratch_dir)
-        renkei = Server("renkei", scratch / "renkei", urls["auth"], urls["share"], args.workers)
-        plain = Server("plain", scratch / "plain", urls["plainauth"], urls["plainshare"], args.workers)
+        served: type[Server] = Server
+        if args.topology:
+            from bench.fronted import Fronted
+
+            served = Fronted
+        renkei = served("renkei", scratch / "renkei", urls["auth"], urls["share"], args.workers)
+        plain = served("plain", scratch / "plain", urls["plainauth"], urls["plainshare"], args.workers)
         bare = Server("bare", scratch / "bare", None, urls["bare"], args.workers)
         try:
             print("1. create / read / search against the baselines (small store)", flush=True)
@@ -362,7 +372,7 @@ def main() -> None:
             def work(server: Server, mix: dict[str, float], token: str = "") -> Workload:
                 patients, heavy, sample = ids.get(server.mode, ids["renkei"])
                 return Workload(server.base, token or tokens.get(server.mode, ""), mix, args.seconds,
-                                patients=patients, search_patients=heavy, reads=sample)
+                                patients=patients, search_patients=heavy, reads=sample, cafile=server.cafile)
 
             networks = {mode: json.loads((scratch / f"{mode}-network.json").read_text())["network"]["id"]
                         for mode in ("renkei", "plain")}

@@ -267,7 +267,9 @@ class Topology:
 
     # Start and stop
     def start(self) -> Topology:
+        """Start everything; a stopped topology starts again on the same ports (its URLs stay valid)."""
         began = self.began = time.monotonic()
+        self.work.mkdir(parents=True, exist_ok=True)
         try:
             nginx = ensure_nginx()
             self.timings["nginx_installed"] = time.monotonic() - began
