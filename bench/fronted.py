@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import load_topology
-from bench.store import Server
+from bench.store import Server, tree_rss_mb
 from services.kit.settings import Settings
 
 # What the topology sets itself: the scene's databases and key files, its own Redis.
@@ -69,6 +69,10 @@ class Fronted(Server):
 
     def roots(self) -> list[int]:
         return [process.pid for process in self.topology.processes.values()]
+
+    def rss_parts(self) -> dict[str, float]:
+        """By process of the topology: nginx, auth, share-a, share-b, redis."""
+        return {name: tree_rss_mb(process.pid) for name, process in self.topology.processes.items()}
 
     def stop(self) -> None:
         self.topology.stop()

@@ -59,6 +59,9 @@ TARGET_P99_MS = 50.0
 TARGET_KB = 40.0
 TARGET_STALL = 1.20
 REDIS = "redis://127.0.0.1:6379/0"
+# What counts as the server's memory per connection: a direct server, or the topology's share processes (the
+# identity service, nginx and Redis hold no WebSocket).
+APPLICATION = ("server", "share-a", "share-b")
 
 
 @dataclass
@@ -226,7 +229,7 @@ def measure(label: str, servers: list[Server], members_by_user: dict[str, str], 
                       client_bases[i % len(client_bases)].replace("http", "ws", 1) + "/ws", cafile)
                for i, user in enumerate(users)]
     stalled_index = 0 if stalled else -1
-    idle_mb = sum(server.rss_mb() for server in servers)
+    idle_mb = memory(servers)
     context = multiprocessing.get_context("spawn")
     ready, stop, results = context.Event(), context.Event(), context.Queue()
     process = context.Process(target=clients_process, args=(members, stalled_index, ready, stop, results))
@@ -234,7 +237,7 @@ def measure(label: str, servers: list[Server], members_by_user: dict[str, str], 
     if not ready.wait(180):
         raise RuntimeError("the clients did not connect")
     time.sleep(2.0)
-    connected_mb = sum(server.rss_mb() for server in servers)
+    connected_mb = memory(servers)
     posted = asyncio.run(post_messages(post_bases, poster_token, patients, args.rate, args.seconds, cafile))
     if not posted:
         raise RuntimeError("no message was accepted")
@@ -263,12 +266,17 @@ def measure(label: str, servers: list[Server], members_by_user: dict[str, str], 
         "p99_ms": percentile(from_answer, 0.99) if from_answer else float("nan"),
         "p50_from_sending_ms": statistics.median(from_sending) if from_sending else float("nan"),
         "p99_from_sending_ms": percentile(from_sending, 0.99) if from_sending else float("nan"),
-        "kb_per_connection": (connected_mb - idle_mb) * 1024 / len(members),
+        # The application's processes (the target's); nginx, where it is in front, apart.
+        "kb_per_connection": sum(connected_mb[part] - idle_mb[part] for part in APPLICATION if part in idle_mb)
+        * 1024 / len(members),
     }
+    if "nginx" in idle_mb:
+        figures["kb_per_connection_nginx"] = (connected_mb["nginx"] - idle_mb["nginx"]) * 1024 / len(members)
     print(f"  {label:12} {figures['throughput']:6.0f} msg/s delivered  p50 {figures['p50_ms']:6.1f}  "
           f"p99 {figures['p99_ms']:6.1f} ms  (from sending: p50 {figures['p50_from_sending_ms']:6.1f}  "
-          f"p99 {figures['p99_from_sending_ms']:6.1f})  {figures['kb_per_connection']:5.1f} KB/connection  "
-          f"lost {lost} of {len(posted)}", flush=True)
+          f"p99 {figures['p99_from_sending_ms']:6.1f})  {figures['kb_per_connection']:5.1f} KB/connection"
+          + (f" (+ nginx {figures['kb_per_connection_nginx']:.1f})" if "kb_per_connection_nginx" in figures else "")
+          + f"  lost {lost} of {len(posted)}", flush=True)
     return figures
 
 
@@ -331,6 +339,15 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     (out / "push.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"\nresults written to {out / 'push.json'}")
+
+
+def memory(servers: list[Server]) -> dict[str, float]:
+    """Resident memory (MB) by part, summed over the servers."""
+    total: dict[str, float] = {}
+    for server in servers:
+        for part, mb in server.rss_parts().items():
+            total[part] = total.get(part, 0.0) + mb
+    return total
 
 
 def two_instances(renkei: Server, cheap: dict[str, str]) -> list[Server]:

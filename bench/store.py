@@ -153,16 +153,11 @@ class Server:
 
     def rss_mb(self) -> float:
         """Resident memory of the server: its main process and every worker process, together."""
-        total = 0.0
-        for root in self.roots():
-            for pid in [root, *descendants(root)]:
-                try:
-                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                        if line.startswith("VmRSS:"):
-                            total += int(line.split()[1]) / 1024
-                except OSError:
-                    continue
-        return total
+        return sum(tree_rss_mb(root) for root in self.roots())
+
+    def rss_parts(self) -> dict[str, float]:
+        """Resident memory by part of the deployment (MB): here the one server."""
+        return {"server": self.rss_mb()}
 
     @contextmanager
     def watch_memory(self) -> Iterator[None]:
@@ -185,6 +180,19 @@ class Server:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(timeout=30)
+
+
+def tree_rss_mb(root: int) -> float:
+    """Resident memory of a process and every process under it (MB)."""
+    total = 0.0
+    for pid in [root, *descendants(root)]:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return total
 
 
 def prepare_renkei(server: Server, scratch: Path) -> tuple[str, str]:
