@@ -21,6 +21,9 @@ the same run:
   2 instances  two servers of one worker each on the same database and Redis; the clients and the posts split
              between them: a message accepted by one reaches the other's clients through the Redis wake-up
 
+--topology: renkei runs as deployed, nginx (TLS) in front of two share processes (bench/fronted.py); every
+set-up but the floor is then two instances, and '2 instances' pins the clients to instance A and the posts to B.
+
 Targets (the [push] issue): p99 ≤ 50 ms; memory ≤ 40 KB a connection; one stalled client raises the others' p99
 by at most 20%. permessage-deflate is off (services/serving.py WEBSOCKET_OPTIONS): frames are a few hundred bytes.
 """

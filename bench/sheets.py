@@ -15,6 +15,8 @@ deployed: bench/pg.py) and key files, measured in alternating turns after a warm
   ruleless  the same application with the sheet rules off (bench/servers.py ``ruleless``: ShareContext.build
             with sheet_rules=False): the bare store create of the same JSON — parsed, access decided, encrypted,
             written with its audit record
+With --topology both run as deployed (bench/fronted.py): nginx (TLS) in front of an identity-service process and
+two share-service processes each, the clients speaking TLS to nginx.
 The load is the same: one client process, --connections keep-alive connections in a closed loop (bench/load.py),
 each POSTing /fhir/QuestionnaireResponse with a real token for a random one of the patients.
 Figures: the median over turns of each turn's throughput and p50/p95/p99 latency (all turns pooled in the JSON
