@@ -33,7 +33,9 @@ app.add_typer(patient, name="patient")
 app.add_typer(audit, name="audit")
 app.add_typer(access, name="access")
 app.add_typer(templates, name="templates")
-console = Console()
+# soft_wrap: a line is never broken, so a script reading the output (the anchor of `audit verify`, say) gets it
+# whole on a pipe, where rich would otherwise wrap at 80 columns. Tables still fit the width.
+console = Console(soft_wrap=True)
 
 DataDir = Annotated[
     Path | None,

@@ -215,6 +215,8 @@ def test_the_verify_command_reports_an_intact_chain_and_then_the_first_broken_li
     assert "5 chained audit record(s) checked" in intact.stdout and "intact" in intact.stdout
     anchor = next(line.split()[-1] for line in intact.stdout.splitlines() if line.startswith("anchor to keep"))
     assert run(["audit", "verify", "--anchor", anchor], tmp_path / "data").returncode == 0
+    narrow = run(["audit", "verify"], tmp_path / "data", COLUMNS="40")  # as on a pipe: rich takes 80 columns or less
+    assert f"anchor to keep: {anchor}\n" in narrow.stdout, narrow.stdout
     assert run(["audit", "verify", "--anchor", "5:nonsense"], tmp_path / "data").returncode == 1
     tamper(ctx.db.engine, delete(AuditEntry).where(AuditEntry.seq == 2))
     broken = run(["audit", "verify"], tmp_path / "data")
