@@ -270,6 +270,9 @@ def measure(label: str, servers: list[Server], members_by_user: dict[str, str], 
         "p50_from_sending_ms": statistics.median(from_sending) if from_sending else float("nan"),
         "p99_from_sending_ms": percentile(from_sending, 0.99) if from_sending else float("nan"),
         # The application's processes (the target's); nginx, where it is in front, apart.
+        "p90_ms": percentile(from_answer, 0.90) if from_answer else float("nan"),
+        "p95_ms": percentile(from_answer, 0.95) if from_answer else float("nan"),
+        "samples_ms": [round(value, 2) for value in from_answer],  # for a histogram (results/push.json)
         "kb_per_connection": sum(connected_mb[part] - idle_mb[part] for part in APPLICATION if part in idle_mb)
         * 1024 / len(members),
     }
