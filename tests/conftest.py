@@ -22,6 +22,9 @@ from tests.infra import (
     settings_for_tests,
 )
 
+# Every log line of the run is kept and searched at the end for planted patient strings and secrets.
+pytest_plugins = ("tests.planted",)
+
 
 def require(reason: str | None, what: str) -> None:
     """Skip with a visible reason on a laptop; fail in CI, where the service must be there."""

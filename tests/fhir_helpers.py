@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from tests.planted import FAMILY, NOTE
+from tests.planted import identifier as planted_identifier
+
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
 
-def patient(family: str = "山田", given: str = "太郎", kana: tuple[str, str] = ("ヤマダ", "タロウ"),
+def patient(family: str = FAMILY, given: str = "太郎", kana: tuple[str, str] = ("ヤマダ", "タロウ"),
             identifier: str | None = None, birth: str = "1940-05-12", gender: str = "male",
             **extra: Any) -> dict[str, Any]:
     return {
         "resourceType": "Patient",
-        "identifier": [{"system": "urn:oid:1.2.392.100495.20.3.51.1", "value": identifier or uuid.uuid4().hex[:10]}],
+        "identifier": [{"system": "urn:oid:1.2.392.100495.20.3.51.1", "value": identifier or planted_identifier()}],
         "name": [
             {"use": "official", "family": family, "given": [given], "text": f"{family} {given}"},
             {"use": "official", "family": kana[0], "given": [kana[1]],
@@ -31,7 +33,7 @@ def patient(family: str = "山田", given: str = "太郎", kana: tuple[str, str]
 
 
 def response(patient_id: str, status: str = "completed", authored: str = "2026-11-01T09:00:00+09:00",
-             note: str = "退院後の療養について") -> dict[str, Any]:
+             note: str = NOTE) -> dict[str, Any]:
     """The smallest complete discharge sheet its template accepts, with ``note`` as the hospital course."""
     def answered(link: str, text: str, value: dict[str, Any]) -> dict[str, Any]:
         return {"linkId": link, "text": text, "answer": [value]}

@@ -26,11 +26,13 @@ from services.auth.context import AuthContext
 from services.auth.directory.schemas import BootstrapFile
 from services.auth.directory.service import Directory
 from services.kit.settings import Settings
+from tests.planted import register_secret
 
 PG_ADMIN_URL = os.environ.get("RENKEI_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("RENKEI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PASSWORD = "correct horse battery staple"
+register_secret("test password", PASSWORD)
 
 
 def free_port() -> int:
@@ -171,6 +173,8 @@ class Network:
             answer = http.post("/auth/login/mfa", json={"mfa_token": data["mfa_token"], "code": code})
             assert answer.status_code == 200, answer.text
             data = answer.json()
+        register_secret("access token", data.get("access_token"))
+        register_secret("refresh token", data.get("refresh_token"))
         return data
 
     def bearer(self, role: str) -> dict[str, str]:
@@ -214,6 +218,7 @@ def make_network(server: LiveServer, *, mfa_required: bool = False, clients: lis
                        "admin": admin}
         if has_totp:
             users[role]["totp_secret"] = pyotp.random_base32()
+            register_secret("TOTP secret", users[role]["totp_secret"])
     for extra in extra_users or []:  # an "organization" may be one of the keys above (clinic, hospital …)
         extra = dict(extra)
         role = extra.pop("role")

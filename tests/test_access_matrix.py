@@ -26,6 +26,7 @@ import pytest
 
 from tests.fhir_helpers import FHIR_JSON, patient
 from tests.infra import PASSWORD, LiveServer, bootstrap
+from tests.planted import register_secret
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 ROLE = "urn:renkei:codesystem:care-team-role"
@@ -146,6 +147,7 @@ def build_world(server: LiveServer, kinds: list[str], all_kinds: list[str]) -> W
         answer = server.client().post("/auth/login", json={"username": username, "password": PASSWORD})
         assert answer.status_code == 200 and "access_token" in answer.json(), answer.text
         token = answer.json()["access_token"]
+        register_secret("access token", token)
         return {"Authorization": f"Bearer {token}"}
 
     writer = bearer(f"writer-{tag}")

@@ -13,6 +13,7 @@ from sqlalchemy import update
 from services.share.access.models import BreakGlassGrant
 from tests.fhir_helpers import FHIR_JSON, create, created_id, example, patient, response
 from tests.infra import LiveServer, Network, make_network
+from tests.planted import register_secret
 from tests.test_clients import ClientKey, request_token
 
 ROLE = "urn:renkei:codesystem:care-team-role"
@@ -130,6 +131,7 @@ def system_token(server: LiveServer, network: Network, client_id: str, key: Clie
                           "exp": now + 240, "jti": uuid.uuid4().hex})
     answer = request_token(server, assertion, scope=scope)
     assert answer.status_code == 200, answer.text
+    register_secret("system access token", answer.json()["access_token"])
     return {"Authorization": f"Bearer {answer.json()['access_token']}"}
 
 

@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from tests.infra import free_port
+from tests.planted import log_path, register_secret
 from tests.test_bootstrap import description
 
 RENKEI = [sys.executable, "-m", "services.cli"]
@@ -64,8 +65,10 @@ def demo_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     data_dir = tmp_path / "demo-data"
     environment = {**os.environ, "RENKEI_DATA_DIR": str(data_dir), "COLUMNS": "200"}
     environment.pop("RENKEI_PUBLIC_URL", None)
-    process = subprocess.Popen([*RENKEI, "serve", "--port", str(port), "--demo"], env=environment,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = log_path("demo-serve")  # searched for planted strings and secrets at the end of the run
+    with log.open("ab") as output:
+        process = subprocess.Popen([*RENKEI, "serve", "--port", str(port), "--demo"], env=environment,
+                                   stdout=output, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -76,8 +79,7 @@ def demo_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             except httpx.HTTPError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                output = process.stdout.read() if process.stdout else ""
-                raise AssertionError(f"renkei serve did not come up:\n{output}")
+                raise AssertionError(f"renkei serve did not come up:\n{log.read_text(errors='replace')}")
             time.sleep(0.2)
         yield base, data_dir
     finally:
@@ -99,6 +101,8 @@ def test_serve_demo_brings_up_the_documented_endpoints(demo_server: tuple[str, P
     code = run(["demo", "code", "demo-physician"], data_dir).stdout.strip()
     tokens = httpx.post(base + "/auth/login/mfa", json={"mfa_token": step.json()["mfa_token"], "code": code})
     assert tokens.status_code == 200, tokens.text
+    register_secret("access token", tokens.json()["access_token"])
+    register_secret("refresh token", tokens.json()["refresh_token"])
     whoami = httpx.get(base + "/auth/me", headers={"Authorization": f"Bearer {tokens.json()['access_token']}"})
     assert whoami.json()["organization"] == "demo-clinic"
     # And the demo hospital system client can get a token with `renkei demo assertion`.
@@ -116,8 +120,9 @@ def test_serve_with_workers_listens_in_every_worker_and_stops_cleanly(tmp_path: 
     port = free_port()
     environment = {**os.environ, "RENKEI_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"}
     environment.pop("RENKEI_PUBLIC_URL", None)
-    process = subprocess.Popen([*RENKEI, "serve", "--port", str(port), "--workers", "2"], env=environment,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with log_path("serve-workers").open("ab") as output:
+        process = subprocess.Popen([*RENKEI, "serve", "--port", str(port), "--workers", "2"], env=environment,
+                                   stdout=output, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         workers: set[int] = set()

@@ -34,6 +34,7 @@ from services.share.fhir.binary import MAX_JSON_BYTES
 from tests.conftest import require
 from tests.fhir_helpers import create, created_id, patient
 from tests.infra import LiveServer, PostgresDatabases, free_port, make_network, settings_for_tests
+from tests.planted import FAMILY
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -627,7 +628,7 @@ def test_backup_restore_round_trip(deployment: Deployment, tmp_path: Path) -> No
             assert http.get("/readyz").status_code == 200
             read = http.get(f"/fhir/Patient/{patient_id}", headers=headers)
             assert read.status_code == 200, read.text
-            assert read.json()["name"][0]["family"] == "山田"
+            assert read.json()["name"][0]["family"] == FAMILY
             attachment = http.get(f"/fhir/Binary/{binary_id}", headers={**headers, "Accept": "text/plain"})
             assert attachment.status_code == 200, attachment.text
             assert attachment.content == NOTE

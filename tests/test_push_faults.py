@@ -25,6 +25,7 @@ from websockets.sync.client import connect
 from tests.conftest import PostgresDatabases, _migrated, require
 from tests.fhir_helpers import FHIR_JSON, created_id, observation, patient
 from tests.infra import REDIS_URL, LiveServer, free_port, redis_available, settings_for_tests
+from tests.planted import log_path
 from tests.test_access_rules import add_to_team, consent, open_network
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -45,8 +46,9 @@ class Killable:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--port", str(self.port)],
-                                        env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with log_path("instance-b").open("ab") as log:  # searched for planted strings at the end of the run
+            self.process = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--port",
+                                             str(self.port)], env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:

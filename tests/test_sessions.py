@@ -18,6 +18,7 @@ from services.auth.sessions.models import Device, LoginSession, RefreshToken
 from services.kit.db import utcnow
 from services.kit.secrets import sha256_hex
 from tests.infra import PASSWORD, LiveServer, Network, next_totp_code
+from tests.planted import register_secret
 
 # Helpers -------------------------------------------------------------------------------------------------
 
@@ -32,8 +33,12 @@ def bearer(tokens: dict[str, Any]) -> dict[str, str]:
 
 
 def refresh(server: LiveServer, refresh_token: str, http: httpx.Client | None = None) -> httpx.Response:
-    return (http or server.client()).post(
+    answer = (http or server.client()).post(
         "/auth/token", data={"grant_type": "refresh_token", "refresh_token": refresh_token})
+    if answer.status_code == 200:  # the rotated pair: searched for in every log line at the end of the run
+        register_secret("access token", answer.json().get("access_token"))
+        register_secret("refresh token", answer.json().get("refresh_token"))
+    return answer
 
 
 def refreshed(server: LiveServer, tokens: dict[str, Any]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from sqlalchemy.pool import NullPool
 
 from tests.conftest import require
 from tests.infra import free_port
+from tests.planted import log_path, register_log
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -142,10 +143,11 @@ class Redis:
         import redis
 
         started = time.monotonic()
-        self.process = subprocess.Popen(
-            [str(_bin("redis-server")), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with log_path("redis").open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(_bin("redis-server")), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--protected-mode", "no"],
+                stdout=log, stderr=subprocess.STDOUT)
         _wait_for(lambda: redis.Redis.from_url(self.url, socket_connect_timeout=1).ping(), 20, "redis-server")
         return time.monotonic() - started
 
@@ -179,6 +181,7 @@ class Server:
 
     def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
         self.env, self.port, self.log = env, port, log
+        register_log(log)  # searched for planted patient strings and secrets at the end of the run
         self.base = f"http://127.0.0.1:{port}"
         self.ws = f"ws://127.0.0.1:{port}/ws"
         self.process: subprocess.Popen[bytes] | None = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from services.share.push import protocol
 from tests.conftest import require
 from tests.fhir_helpers import FHIR_JSON, create, created_id, example, patient
 from tests.infra import IN_CI, Network, postgres_available
+from tests.planted import keep_logs
 from tests.test_access_rules import add_to_team, consent, open_network, system_token
 from tests.test_clients import ClientKey
 from tests.test_push_socket import events_until
@@ -67,7 +69,7 @@ class Gateway:
 def gateway() -> Iterator[Gateway]:
     require(postgres_available(), "PostgreSQL")
     module = load_topology()
-    topology = module.Topology(env={
+    topology = module.Topology(keep=True, env={  # kept until its logs are copied for the end-of-run log scan
         "RENKEI_OUTBOUND_ALLOW_LOOPBACK": "true",  # the hospital's receiver is on 127.0.0.1 (tests only)
         "RENKEI_SUBSCRIPTION_POLL_SECONDS": "0.2",
         "RENKEI_JWKS_MIN_REFRESH_SECONDS": "0.5",
@@ -75,6 +77,7 @@ def gateway() -> Iterator[Gateway]:
     try:
         topology.start()
     except module.Unavailable as error:
+        shutil.rmtree(topology.work, ignore_errors=True)
         if IN_CI:
             pytest.fail(f"CI=true but the topology cannot run: {error}")
         pytest.skip(f"the production topology cannot run here: {error}")
@@ -88,6 +91,8 @@ def gateway() -> Iterator[Gateway]:
     began = time.monotonic()
     topology.stop()
     print(f"topology torn down in {time.monotonic() - began:.1f} s")
+    keep_logs(topology.work, "topology")
+    shutil.rmtree(topology.work, ignore_errors=True)
 
 
 def receive(socket: ClientConnection, timeout: float) -> Json:
