@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from queue import Empty
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -65,21 +66,34 @@ def _requests(work: Workload) -> dict[str, Request]:
     return {"create": create, "read": read, "search": search}
 
 
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
-    """Send one request and read its whole response; the status code."""
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bool]:
+    """Send one request and read its whole response: the status code, and whether the server closes the
+    connection after it."""
     writer.write(request)
+    status, _, closing = await read_response(reader)
+    return status, closing
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    """One HTTP/1.1 response: its status, its body, and whether the server closes the connection after it (nginx
+    does after keepalive_requests, 1,000 by default)."""
     head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length = 0
+    length, closing = 0, False
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
+        name = name.strip().lower()
+        if name == b"content-length":
             length = int(value)
-        elif name.strip().lower() == b"transfer-encoding":
+        elif name == b"connection":
+            closing = value.strip().lower() == b"close"
+        elif name == b"transfer-encoding":
             raise RuntimeError("chunked responses are not expected from these endpoints")
-    if length:
-        await reader.readexactly(length)
-    return status
+    return int(head[9:12]), await reader.readexactly(length) if length else b"", closing
+
+
+async def _open(work: Workload) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    address = urlsplit(work.base)
+    return await asyncio.open_connection(address.hostname, address.port, ssl=client_tls(work.base, work.cafile))
 
 
 async def _connection(work: Workload, seed: int, connections: int, deadline: float,
@@ -87,9 +101,7 @@ async def _connection(work: Workload, seed: int, connections: int, deadline: flo
     rng = random.Random(seed)
     requests = _requests(work)
     names, weights = zip(*work.mix.items(), strict=True)
-    address = urlsplit(work.base)
-    reader, writer = await asyncio.open_connection(address.hostname, address.port,
-                                                   ssl=client_tls(work.base, work.cafile))
+    reader, writer = await _open(work)
     interval = connections / work.rate if work.rate else 0.0
     due = time.perf_counter() + interval * seed / connections  # the connections' schedules interleave
     try:
@@ -100,12 +112,15 @@ async def _connection(work: Workload, seed: int, connections: int, deadline: flo
                 await asyncio.sleep(max(0.0, due - time.perf_counter()))
             start = due if interval else time.perf_counter()
             due += interval
-            status = await _exchange(reader, writer, request)
+            status, closing = await _exchange(reader, writer, request)
             elapsed = time.perf_counter() - start
             if status >= 400:
                 failures[0] += 1
             else:
                 latencies[name].append(elapsed)
+            if closing:  # a client of a keep-alive pool opens another, as browsers and tablets do
+                writer.close()
+                reader, writer = await _open(work)
     finally:
         writer.close()
 
@@ -136,6 +151,12 @@ def run(work: Workload, connections: int) -> tuple[dict[str, list[float]], int, 
     queue = context.Queue()
     process = context.Process(target=_child, args=(work, connections, queue))
     process.start()
-    result: tuple[dict[str, list[float]], int, float] = queue.get()
+    while True:  # a load process that died (a refused connection, say) must not leave the benchmark waiting
+        try:
+            result: tuple[dict[str, list[float]], int, float] = queue.get(timeout=1.0)
+            break
+        except Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"the load process ended without its figures (exit {process.exitcode})") from None
     process.join()
     return result

@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import client_tls, percentile
 from bench.fronted import Fronted
+from bench.load import read_response
 from bench.seed import seed
 from bench.store import Server, analyze, bootstrap_network, scene
 from services.share.access.models import TeamParticipant
@@ -192,13 +193,17 @@ async def post_messages(bases: list[str], token: str, patients: list[str], rate:
                            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
                 writer.write(request)
-                status, answer = await _response(reader)
+                status, answer, closing = await read_response(reader)
                 answered = time.monotonic()
                 if status == 201:
                     done.append((str(orjson.loads(answer)["id"]), patient, due, answered))
                 else:
                     failed.append(str(status))
                 due += interval
+                if closing:  # nginx after keepalive_requests: open another, as a client's pool does
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(base.hostname, base.port,
+                                                                   ssl=client_tls(url, cafile))
         finally:
             writer.close()
 
@@ -206,16 +211,6 @@ async def post_messages(bases: list[str], token: str, patients: list[str], rate:
     if failed:
         print(f"    {len(failed)} posts failed: {sorted(set(failed))}", flush=True)
     return done
-
-
-async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    return int(head[9:12]), await reader.readexactly(length) if length else b""
 
 
 # One set-up ----------------------------------------------------------------------------------------------------------

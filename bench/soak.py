@@ -24,11 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -81,9 +83,10 @@ class Scene:
     network: str
     users: dict[str, dict[str, str]]  # username -> {"id", "profession"}
     patients: list[str] = field(default_factory=list)
+    plant: str = ""  # a string the patients' names and the messages carry (tests/planted.py searches the logs)
 
 
-def bootstrap(topology: Any, patients: int, nurses: int, managers: int) -> Scene:
+def bootstrap(topology: Any, patients: int, nurses: int, managers: int, plant: str = "") -> Scene:
     """The network through the identity service's bootstrap (as `renkei admin bootstrap` does), its patients
     through the API, through nginx."""
     from services.auth.context import AuthContext
@@ -115,11 +118,13 @@ def bootstrap(topology: Any, patients: int, nurses: int, managers: int) -> Scene
             Directory(ctx).bootstrap(db, BootstrapFile.model_validate(data))
     finally:
         ctx.db.dispose()
-    scene = Scene(network=network, users=users)
+    scene = Scene(network=network, users=users, plant=plant)
     with topology.client() as http:
         doctor = {"Authorization": f"Bearer {login(http, f'{network}-doc')}"}
         for index in range(patients):
-            pid = posted(http, doctor, fixtures.patient(index))
+            patient = fixtures.patient(index)
+            patient["name"][0]["family"] += plant  # still found by a search for the family name (a prefix)
+            pid = posted(http, doctor, patient)
             posted(http, doctor, {"resourceType": "Consent", "status": "active",
                                   "scope": {"text": "patient-privacy"}, "category": [{"text": "共同利用への同意"}],
                                   "patient": {"reference": f"Patient/{pid}"},
@@ -216,7 +221,8 @@ class HttpClient(threading.Thread):
         body = {"resourceType": "Communication", "status": "completed",
                 "category": [{"coding": [{"system": CATEGORY, "code": "daily-update"}]}],
                 "subject": {"reference": f"Patient/{self.patient()}"}, "sent": "2026-12-04T09:00:00+09:00",
-                "payload": [{"contentString": f"本日の訪問で変わりありません ({uuid.uuid4().hex[:6]})"}]}
+                "payload": [{"contentString": f"本日の訪問で変わりありません "
+                                              f"({uuid.uuid4().hex[:6]}{self.scene.plant})"}]}
         return self.expect(http.post("/fhir/Communication", json=body, headers={**self.headers(), **FHIR_JSON}),
                            201)
 
@@ -359,9 +365,9 @@ def growth_after(samples: list[tuple[float, dict[str, int]]], warmup: float) -> 
 
 def soak(topology: Any, module: ModuleType, *, seconds: float, warmup: float, http_clients: int,
          ws_clients: int, pause: float, sample_every: float = 10.0, session: float = 60.0,
-         patients: int = 8) -> Result:
+         patients: int = 8, plant: str = "") -> Result:
     """Run the load against a started topology for ``seconds``; the figures."""
-    scene = bootstrap(topology, patients, nurses=http_clients, managers=max(1, ws_clients))
+    scene = bootstrap(topology, patients, nurses=http_clients, managers=max(1, ws_clients), plant=plant)
     tally, stop = Tally(), threading.Event()
     nurses = [name for name, user in scene.users.items() if user["profession"] == "nurse"]
     managers = [name for name, user in scene.users.items() if user["profession"] == "care-manager"]
@@ -400,14 +406,24 @@ def soak(topology: Any, module: ModuleType, *, seconds: float, warmup: float, ht
 
 
 def run(*, seconds: float = 600.0, warmup: float | None = None, http_clients: int = 4, ws_clients: int = 6,
-        pause: float = 0.02, workers: int = 1, sample_every: float = 10.0, session: float = 60.0) -> Result:
-    """Start the topology, soak it, tear it down. Raises the topology's ``Unavailable`` if it cannot run here."""
+        pause: float = 0.02, workers: int = 1, sample_every: float = 10.0, session: float = 60.0, plant: str = "",
+        logs_to: Callable[[Path], object] | None = None) -> Result:
+    """Start the topology, soak it, tear it down. Raises the topology's ``Unavailable`` if it cannot run here.
+    ``plant``: a string for the patients' names and the messages; ``logs_to``: handed the topology's working
+    directory (its processes' logs) once they stopped, before it is removed (tests/planted.py scans them)."""
     module = load_topology()
     warm = warmup if warmup is not None else max(20.0, seconds / 5)
-    with module.Topology(workers=workers) as topology:
-        print(f"[soak] topology up in {topology.timings['started']:.1f} s: {topology.base_url}", file=sys.stderr)
-        return soak(topology, module, seconds=seconds, warmup=warm, http_clients=http_clients,
-                    ws_clients=ws_clients, pause=pause, sample_every=sample_every, session=session)
+    topology = module.Topology(workers=workers, keep=logs_to is not None)
+    try:
+        with topology:
+            print(f"[soak] topology up in {topology.timings['started']:.1f} s: {topology.base_url}",
+                  file=sys.stderr)
+            return soak(topology, module, seconds=seconds, warmup=warm, http_clients=http_clients,
+                        ws_clients=ws_clients, pause=pause, sample_every=sample_every, session=session, plant=plant)
+    finally:
+        if logs_to is not None:
+            logs_to(topology.work)
+            shutil.rmtree(topology.work, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import os
 import pytest
 
 from bench import soak
+from tests import planted
 from tests.conftest import require
 from tests.infra import IN_CI, postgres_available
 
@@ -26,7 +27,8 @@ def test_a_minute_of_mixed_load_through_nginx_fails_nothing_and_grows_no_process
     require(postgres_available(), "PostgreSQL")
     module = soak.load_topology()
     try:
-        result = soak.run(seconds=SECONDS, warmup=max(20.0, SECONDS / 3))
+        result = soak.run(seconds=SECONDS, warmup=max(20.0, SECONDS / 3), plant=planted.MARKER,
+                          logs_to=lambda work: planted.keep_logs(work, "soak"))
     except module.Unavailable as error:
         if IN_CI:
             pytest.fail(f"CI=true but the topology cannot run: {error}")
