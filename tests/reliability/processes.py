@@ -36,7 +36,7 @@ from sqlalchemy.pool import NullPool
 
 from tests.conftest import require
 from tests.infra import free_port
-from tests.planted import log_path, register_log
+from tests.planted import keep_logs, log_path, register_log
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,8 +88,8 @@ class Postgres:
                        "shared_buffers = 32MB\nmax_connections = 100\nfsync = on\nsynchronous_commit = on\n")
 
     def _ctl(self, *args: str) -> None:
-        subprocess.run([*self.as_postgres, str(_bin("pg_ctl")), "-D", str(self.data), "-l", str(self.root / "log"),
-                        *args], check=True, capture_output=True, timeout=120)
+        subprocess.run([*self.as_postgres, str(_bin("pg_ctl")), "-D", str(self.data), "-l",
+                        str(self.root / "postgres.log"), *args], check=True, capture_output=True, timeout=120)
 
     def start(self) -> float:
         """Start (after an immediate stop: replay the WAL); the seconds it took."""
@@ -128,6 +128,7 @@ class Postgres:
         if self.running:
             subprocess.run([*self.as_postgres, str(_bin("pg_ctl")), "-D", str(self.data), "-m", "immediate", "-w",
                             "stop"], capture_output=True, check=False)
+        keep_logs(self.root, "postgres")  # the server's own log is searched for planted strings too
         shutil.rmtree(self.root, ignore_errors=True)
 
 
