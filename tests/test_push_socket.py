@@ -342,3 +342,23 @@ def test_a_client_that_stops_answering_heartbeats_is_dropped(strict_server: Live
         while True:
             receive(socket, 5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == protocol.HEARTBEAT_MISSED
+
+
+def test_connections_opened_together_are_not_pinged_together(strict_server: LiveServer) -> None:
+    """A connection's first heartbeat comes at a random point of the period's second half (push/ws.py): tablets
+    reconnecting together after a restart must not be pinged, and answer, in one tick every period. Here the
+    period is one second, so without that each first ping would come a full second or more after its connect."""
+    token = token_of(Team(strict_server).network, "nurse")
+
+    def first_ping_after_connecting() -> float:
+        began = time.monotonic()  # before the handshake: no later than the server's own start of the period
+        socket = subscribed(strict_server, token)
+        while receive(socket, 5)["type"] != "ping":
+            pass
+        return time.monotonic() - began
+
+    with ThreadPoolExecutor(10) as pool:
+        delays = list(pool.map(lambda _: first_ping_after_connecting(), range(10)))
+    # Each first ping is due between 0.5 and 1 s and sent at the hub's next tick (every 0.25 s here): ten all at a
+    # second or later would have about one chance in a million.
+    assert min(delays) < 1.0, sorted(delays)

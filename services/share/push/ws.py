@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections import deque
 from dataclasses import replace
@@ -82,7 +83,11 @@ class Connection:
         self.sent = 0  # the highest seq this connection has sent, or passed over while replaying the log
         self.acked = 0
         self.last_heard = time.monotonic()
-        self._next_ping = self.last_heard + ctx.settings.ws_heartbeat_seconds
+        # The first ping comes at a random point of the second half of the period, and each next one a period
+        # after it: connections opened together (every tablet reconnecting after a restart, or bench/push.py's
+        # thousand) would otherwise be pinged in the same tick every period, and answer together — a burst of
+        # frames that held every event delivery back for a hundred milliseconds.
+        self._next_ping = self.last_heard + ctx.settings.ws_heartbeat_seconds * (0.5 + random.random() / 2)  # noqa: S311
         self.live = False
         self.replayed = False
         self.ended = False
