@@ -4,13 +4,14 @@
     .venv/bin/python bench/push.py --seconds 60     # longer runs, steadier figures
 
 1,000 WebSocket connections (one per user) in 50 teams of 20: each team is one patient's, its 20 members in an
-organisation of their own on the patient's care team. A physician posts routine Communications at a steady
---rate (default 200 a second) for random patients, on a fixed schedule over keep-alive HTTP connections; every
-member of the patient's team must receive the event. Measured, per message: from the POST's answer (the server
+organisation of their own on the patient's care team. A physician posts routine Communications at a steady --rate
+(default 200 a second) for random patients, on a fixed schedule over keep-alive HTTP connections; every member of
+the patient's team must receive the event. Each set-up first posts for --warmup seconds (3) unmeasured: a server's
+first requests prepare its statements and fill its caches. Measured, per message: from the POST's answer (the server
 answers after the commit) to the receipt by the last of its 20 members — p50/p99 — and, beside it, from when the
-schedule sent the request (which adds the POST's own time). Also: server memory per connection (resident memory
-with 1,000 idle connections, less without), messages lost (must be 0), and the same load in four set-ups, all in
-the same run:
+schedule sent the request (which adds the POST's own time). Also: server memory per connection (resident memory with
+1,000 idle connections, less without), messages lost (must be 0), and the same load in four set-ups, all in the same
+run:
 
   floor      bench/servers.py ``pushbare``: one process of the same framework inserting the JSON and fanning a frame
              out in-process to the patient's sockets — no token check, no event log, no access decision
@@ -236,6 +237,9 @@ def measure(label: str, servers: list[Server], members_by_user: dict[str, str], 
         raise RuntimeError("the clients did not connect")
     time.sleep(2.0)
     connected_mb = memory(servers)
+    if args.warmup > 0:  # unmeasured: each server's first requests (its statements prepared, its caches filled)
+        asyncio.run(post_messages(post_bases, poster_token, patients, args.rate, args.warmup, cafile))
+        time.sleep(1.0)
     posted = asyncio.run(post_messages(post_bases, poster_token, patients, args.rate, args.seconds, cafile))
     if not posted:
         raise RuntimeError("no message was accepted")
@@ -285,6 +289,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30.0, help="posting time per set-up")
     parser.add_argument("--rate", type=float, default=200.0, help="messages posted a second")
+    parser.add_argument("--warmup", type=float, default=3.0,
+                        help="seconds of unmeasured posting at the same rate before each set-up's measured ones")
     parser.add_argument("--workers", type=int, default=2, help="worker processes of the renkei server")
     parser.add_argument("--pg", default="own", help="'own' (default): a cluster of this run's own; or an admin URL")
     parser.add_argument("--topology", action="store_true",

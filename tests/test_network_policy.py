@@ -73,3 +73,27 @@ def test_without_the_identity_service_the_strictest_policy_applies(server: LiveS
 
 def test_the_share_context_asks_the_deployments_own_identity_service(server: LiveServer, network: Network) -> None:
     assert server.app.state.share.policies.auth_base == f"{server.settings.public_url}/auth"
+
+
+def test_a_known_policy_past_its_time_is_answered_at_once_and_renewed_behind_it(
+        server: LiveServer, network: Network) -> None:
+    """Only a network's first request waits for the identity service: later ones take the policy known, and one
+    background fetch renews it when it is old (every request waiting on that fetch stalled them all together)."""
+    admin = {"Authorization": f"Bearer {network.login('admin')['access_token']}"}
+
+    async def scenario() -> tuple[int, int, int, int]:
+        policies = NetworkPolicies(f"{server.base_url}/auth", ttl_seconds=0)
+        try:
+            first = await policies.of(network.id)
+            changed = await asyncio.to_thread(server.client().patch, "/auth/admin/network/settings",
+                                              headers=admin, json={"emergency_review_days": 45})
+            assert changed.status_code == 200, changed.text
+            answered = await policies.of(network.id)  # old: answered with, and a renewal starts
+            again = await policies.of(network.id)  # the renewal under way: no second one
+            await policies.renewed()
+            return (first.emergency_review_days, answered.emergency_review_days, again.emergency_review_days,
+                    (await policies.of(network.id)).emergency_review_days)
+        finally:
+            await policies.close()
+
+    assert asyncio.run(scenario()) == (90, 90, 90, 45)
