@@ -148,16 +148,19 @@ def serve(
 
         auth, share = service.parts
         uvicorn.run(create_app(settings, auth=auth, share=share), host=host, port=port, log_level="info",
-                    proxy_headers=True, **WEBSOCKET_OPTIONS)
+                    proxy_headers=True, access_log=False, **WEBSOCKET_OPTIONS)
         return
     from services.serving import serve_workers
 
+    # access_log=False, here and above: uvicorn's own access line prints the raw path and query, and a search's
+    # query names the patient. The application logs every request as one JSON line instead, with the route
+    # template, never the query (services/kit/requests.py).
     # Each worker builds its application from the environment; pass it what this command decided.
     os.environ["RENKEI_PUBLIC_URL"] = settings.public_url
     os.environ["RENKEI_DATA_DIR"] = str(settings.data_dir.resolve())
     serve_workers(_FACTORIES[service], host, port, workers,
                   prepare=functools.partial(prepare, settings, demo_data, keys=True, service=service),
-                  log_level="info", proxy_headers=True)
+                  log_level="info", proxy_headers=True, access_log=False)
 
 
 def prepare(settings: Settings, demo_data: bool, keys: bool = False, service: Service = Service.both) -> None:

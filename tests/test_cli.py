@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from tests.infra import free_port
-from tests.planted import log_path, register_secret
+from tests.planted import FAMILY, MARKER, log_path, register_secret
 from tests.test_bootstrap import description
 
 RENKEI = [sys.executable, "-m", "services.cli"]
@@ -60,7 +60,7 @@ def test_bootstrap_command_explains_a_bad_file(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def demo_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+def demo_server(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
     port = free_port()
     data_dir = tmp_path / "demo-data"
     environment = {**os.environ, "RENKEI_DATA_DIR": str(data_dir), "COLUMNS": "200"}
@@ -81,14 +81,14 @@ def demo_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"renkei serve did not come up:\n{log.read_text(errors='replace')}")
             time.sleep(0.2)
-        yield base, data_dir
+        yield base, data_dir, log
     finally:
         process.terminate()
         process.wait(timeout=20)
 
 
-def test_serve_demo_brings_up_the_documented_endpoints(demo_server: tuple[str, Path]) -> None:
-    base, data_dir = demo_server
+def test_serve_demo_brings_up_the_documented_endpoints(demo_server: tuple[str, Path, Path]) -> None:
+    base, data_dir, log = demo_server
     for path in ("/healthz", "/readyz", "/fhir/metadata", "/auth/jwks.json"):
         assert httpx.get(base + path).status_code == 200, path
     assert httpx.get(base + "/fhir/metadata").json()["fhirVersion"] == "4.3.0"
@@ -113,6 +113,13 @@ def test_serve_demo_brings_up_the_documented_endpoints(demo_server: tuple[str, P
         "client_assertion": assertion, "scope": "system/Patient.rs"})
     assert client_token.status_code == 200, client_token.text
     assert client_token.json()["scope"] == "system/Patient.rs"
+    # A search's query names the patient: `renkei serve` logs the request (its route template), never the query.
+    searched = httpx.get(base + "/fhir/Patient", params={"name": FAMILY, "identifier": MARKER},
+                         headers={"Authorization": f"Bearer {client_token.json()['access_token']}"})
+    assert searched.status_code == 200, searched.text
+    time.sleep(0.5)  # the server's output reaches its file
+    logged = log.read_text(errors="replace")
+    assert '"route":"/fhir/{resource_type}"' in logged and MARKER not in logged, logged[-2000:]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads worker sockets from /proc and ss (Linux)")
