@@ -15,6 +15,9 @@ line of the run is kept, and at the end every line is searched for them (ASVS 5.
   was found, never the secret itself.
 
 ``RENKEI_TEST_LOG_SCAN=0`` turns the capture and the check off (a quick local loop); they are on otherwise.
+
+PYTEST_DONT_REWRITE: tests/infra.py imports this module before pytest loads it as a plugin; it holds no test
+assertions, so pytest need not rewrite it (and would warn that it cannot).
 """
 
 from __future__ import annotations
