@@ -123,8 +123,7 @@ def main() -> None:
                   f"{args.rounds} alternating turns", flush=True)
             before = audit_rows(urls["share"])
             works = {label: Workload(server.base, token, {"search": 1.0}, args.seconds, search_patients=patients,
-                                     cafile=server.cafile,
-                                     count=50)
+                                     count=50, cafile=server.cafile)
                      for label, server in (("renkei (access)", renkei), ("unchecked (baseline)", unchecked))}
             postmaster = POSTMASTERS.get(server_url)
 

@@ -91,9 +91,10 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]
     return int(head[9:12]), await reader.readexactly(length) if length else b"", closing
 
 
-async def _open(work: Workload) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    address = urlsplit(work.base)
-    return await asyncio.open_connection(address.hostname, address.port, ssl=client_tls(work.base, work.cafile))
+async def open_stream(base: str, cafile: str | None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection to ``base``'s host and port: TLS for https, trusting ``cafile``."""
+    address = urlsplit(base)
+    return await asyncio.open_connection(address.hostname, address.port, ssl=client_tls(base, cafile))
 
 
 async def _connection(work: Workload, seed: int, connections: int, deadline: float,
@@ -101,7 +102,7 @@ async def _connection(work: Workload, seed: int, connections: int, deadline: flo
     rng = random.Random(seed)
     requests = _requests(work)
     names, weights = zip(*work.mix.items(), strict=True)
-    reader, writer = await _open(work)
+    reader, writer = await open_stream(work.base, work.cafile)
     interval = connections / work.rate if work.rate else 0.0
     due = time.perf_counter() + interval * seed / connections  # the connections' schedules interleave
     try:
@@ -120,7 +121,7 @@ async def _connection(work: Workload, seed: int, connections: int, deadline: flo
                 latencies[name].append(elapsed)
             if closing:  # a client of a keep-alive pool opens another, as browsers and tablets do
                 writer.close()
-                reader, writer = await _open(work)
+                reader, writer = await open_stream(work.base, work.cafile)
     finally:
         writer.close()
 

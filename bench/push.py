@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import client_tls, percentile
 from bench.fronted import Fronted
-from bench.load import read_response
+from bench.load import open_stream, read_response
 from bench.seed import seed
 from bench.store import Server, analyze, bootstrap_network, scene
 from services.share.access.models import TeamParticipant
@@ -177,7 +177,7 @@ async def post_messages(bases: list[str], token: str, patients: list[str], rate:
         rng = random.Random(seed)
         url = bases[seed % len(bases)]
         base = urlsplit(url)
-        reader, writer = await asyncio.open_connection(base.hostname, base.port, ssl=client_tls(url, cafile))
+        reader, writer = await open_stream(url, cafile)
         interval = connections / rate
         due = start + interval * seed / connections
         try:
@@ -203,8 +203,7 @@ async def post_messages(bases: list[str], token: str, patients: list[str], rate:
                 due += interval
                 if closing:  # nginx after keepalive_requests: open another, as a client's pool does
                     writer.close()
-                    reader, writer = await asyncio.open_connection(base.hostname, base.port,
-                                                                   ssl=client_tls(url, cafile))
+                    reader, writer = await open_stream(url, cafile)
         finally:
             writer.close()
 
@@ -268,10 +267,10 @@ def measure(label: str, servers: list[Server], members_by_user: dict[str, str], 
         "p99_ms": percentile(from_answer, 0.99) if from_answer else float("nan"),
         "p50_from_sending_ms": statistics.median(from_sending) if from_sending else float("nan"),
         "p99_from_sending_ms": percentile(from_sending, 0.99) if from_sending else float("nan"),
-        # The application's processes (the target's); nginx, where it is in front, apart.
         "p90_ms": percentile(from_answer, 0.90) if from_answer else float("nan"),
         "p95_ms": percentile(from_answer, 0.95) if from_answer else float("nan"),
         "samples_ms": [round(value, 2) for value in from_answer],  # for a histogram (results/push.json)
+        # The application's processes (the target's); nginx, where it is in front, apart.
         "kb_per_connection": sum(connected_mb[part] - idle_mb[part] for part in APPLICATION if part in idle_mb)
         * 1024 / len(members),
     }

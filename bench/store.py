@@ -82,11 +82,7 @@ class Scene:
     def primary(self, mode: str, workers: int, topology: bool = False) -> Server:
         """The measured server; its baseline is ``primary(...).baseline(mode)`` (one data directory: both read the
         same key files). ``topology``: served as deployed, behind nginx (bench/fronted.py)."""
-        if topology:
-            from bench.fronted import Fronted
-
-            return Fronted(mode, self.scratch / "data", self.urls["auth"], self.urls["share"], workers)
-        return Server(mode, self.scratch / "data", self.urls["auth"], self.urls["share"], workers)
+        return served(topology)(mode, self.scratch / "data", self.urls["auth"], self.urls["share"], workers)
 
 
 @contextmanager
@@ -180,6 +176,15 @@ class Server:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(timeout=30)
+
+
+def served(topology: bool) -> type[Server]:
+    """The class of a measured server: one process, or behind nginx as deployed (bench/fronted.py)."""
+    if topology:
+        from bench.fronted import Fronted  # it builds on Server
+
+        return Fronted
+    return Server
 
 
 def tree_rss_mb(root: int) -> float:
@@ -358,13 +363,8 @@ def main() -> None:
             tempfile.TemporaryDirectory() as scratch_dir, \
             databases("auth", "share", "plainauth", "plainshare", "bare", server=server) as urls:
         scratch = Path(scratch_dir)
-        served: type[Server] = Server
-        if args.topology:
-            from bench.fronted import Fronted
-
-            served = Fronted
-        renkei = served("renkei", scratch / "renkei", urls["auth"], urls["share"], args.workers)
-        plain = served("plain", scratch / "plain", urls["plainauth"], urls["plainshare"], args.workers)
+        renkei = served(args.topology)("renkei", scratch / "renkei", urls["auth"], urls["share"], args.workers)
+        plain = served(args.topology)("plain", scratch / "plain", urls["plainauth"], urls["plainshare"], args.workers)
         bare = Server("bare", scratch / "bare", None, urls["bare"], args.workers)
         try:
             print("1. create / read / search against the baselines (small store)", flush=True)
