@@ -129,6 +129,7 @@ class _Validator:
         self.issues: list[Issue] = []
         self._enabled: dict[str, bool] = {}
         self._resolving: set[str] = set()
+        self._content: dict[int, bool] = {}  # by id() of items of the response, which lives as long as this
 
     def add(
         self, code: str, node: dict[str, Any], path: tuple[str, ...], expression: str, reason: str, **detail: str
@@ -142,8 +143,10 @@ class _Validator:
 
     def check_items(self, items: Any, nodes: list[dict[str, Any]], path: tuple[str, ...], parent: str) -> None:
         """One item list of the response (top level, a group's, an answer's) against the template's children."""
+        if not items and not nodes:
+            return  # a question's or an answer's absent child list: most of them, and nothing to check
         items = dicts(items)
-        by_id = {node.get("linkId"): node for node in nodes}
+        by_id = _children(nodes)
         for index, item in enumerate(items):
             where = f"{parent}.item[{index}]"
             link_id = item.get("linkId")
@@ -169,13 +172,14 @@ class _Validator:
         # A repeating question keeps all its answers in one item; only a repeating group occurs more than once.
         if len(indexes) > 1 and not (node.get("type") == "group" and node.get("repeats")):
             self.add("not-repeating", node, here, f"{parent}.item[{indexes[1]}]", "once")
-        if node.get("required") and not any(_has_content(items[i]) for i in indexes) and self.enabled(str(link_id)):
+        if node.get("required") and not any(self.has_content(items[i]) for i in indexes) \
+                and self.enabled(str(link_id)):
             self.add("required", node, here, f"{parent}.item.where(linkId='{link_id}')", "required")
 
     def check_item(self, item: dict[str, Any], node: dict[str, Any], path: tuple[str, ...], where: str) -> None:
         if not self.enabled(str(node["linkId"])):
             # One issue for the whole disabled branch: everything below it is disabled too.
-            if _has_content(item):
+            if self.has_content(item):
                 self.add("disabled-answered", node, path, where, "disabled")
             return
         kind = node.get("type")
@@ -228,6 +232,14 @@ class _Validator:
             code = f"{entry[1].get('system')}#{entry[1].get('code')}"
             self.add("answer-option", node, path, where, "option", coding=code)
 
+    def has_content(self, item: dict[str, Any]) -> bool:
+        """_has_content, remembered per item: a required group's check would otherwise walk each section again for
+        every required item inside it."""
+        found = self._content.get(id(item))
+        if found is None:
+            found = self._content[id(item)] = _has_content(item)
+        return found
+
     def enabled(self, link_id: str) -> bool:
         """Whether the item is enabled: its parent is, and its enableWhen conditions hold (R4B semantics)."""
         if link_id not in self._enabled:
@@ -267,6 +279,20 @@ class _Validator:
 
 
 Nodes = dict[str, tuple[dict[str, Any], str | None]]  # linkId -> (template item, its parent's linkId)
+_CHILDREN: dict[int, tuple[list[dict[str, Any]], dict[Any, dict[str, Any]]]] = {}
+
+
+def _children(nodes: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+    """A template item list by linkId, worked out once per list (templates live as long as the process)."""
+    found = _CHILDREN.get(id(nodes))
+    if found is not None and found[0] is nodes:
+        return found[1]
+    by_id = {node.get("linkId"): node for node in nodes}
+    if nodes:  # an empty list is often a fresh one ([] in a call): not worth keeping
+        if len(_CHILDREN) > 4096:
+            _CHILDREN.clear()
+        _CHILDREN[id(nodes)] = (nodes, by_id)  # the list is kept, so its id is not reused meanwhile
+    return by_id
 _INDEXES: dict[int, tuple[dict[str, Any], Nodes, dict[str, frozenset[str]]]] = {}
 
 
