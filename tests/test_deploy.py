@@ -10,6 +10,7 @@ before; a tampered backup is refused before anything is touched.
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import os
 import re
 import shlex
@@ -33,7 +34,7 @@ from services.kit.settings import Settings
 from services.share.fhir.binary import MAX_JSON_BYTES
 from tests.conftest import require
 from tests.fhir_helpers import create, created_id, patient
-from tests.infra import LiveServer, PostgresDatabases, free_port, make_network, settings_for_tests
+from tests.infra import IN_CI, LiveServer, PostgresDatabases, free_port, make_network, settings_for_tests
 from tests.planted import FAMILY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -400,11 +401,24 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+def _nginx() -> str | None:
+    """nginx's path; in CI (CI=true) installed when missing, as scripts/topology.sh installs it (apt-get, root)."""
+    found = os.environ.get("RENKEI_TEST_NGINX") or shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+    if found or not IN_CI:
+        return found
+    spec = importlib.util.spec_from_file_location("renkei_topology", ROOT / "scripts" / "topology.py")
+    assert spec is not None and spec.loader is not None
+    topology = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(topology)
+    return str(topology.ensure_nginx())  # raises, failing the test, when it cannot be had
+
+
 def test_nginx_accepts_the_configuration(tmp_path: Path) -> None:
     """`nginx -t` on the file as shipped, with only the certificate and log paths moved into a temp dir."""
-    nginx = os.environ.get("RENKEI_TEST_NGINX") or shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+    nginx = _nginx()
     if nginx is None:
-        pytest.skip("nginx is not installed (set RENKEI_TEST_NGINX to a binary to check deploy/nginx/renkei.conf)")
+        pytest.skip("nginx is not installed (set RENKEI_TEST_NGINX to a binary to check deploy/nginx/renkei.conf; "
+                    "with CI=true it is installed)")
     cert, key = self_signed(tmp_path)
     (tmp_path / "logs").mkdir()
     site = (NGINX_CONF.read_text(encoding="utf-8")
