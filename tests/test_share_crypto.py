@@ -550,13 +550,18 @@ def test_a_read_unwraps_a_cold_key_from_its_own_row_without_a_key_query(
     reader = ResourceStore(keys, Indexer(BlindIndex(keyring.index_key)))
     queries: list[object] = []
     real_execute = Session.execute
+    reading: list[Session] = []
 
     def counting_execute(self: Session, statement: Any, *args: Any, **kwargs: Any) -> Any:
-        queries.append(statement)
+        # This read's session only: the patch is process-wide, and a server another test left running in this
+        # worker (its audit chainer, its event hub) may query meanwhile in threads of its own.
+        if self in reading:
+            queries.append(statement)
         return real_execute(self, statement, *args, **kwargs)
 
     monkeypatch.setattr(Session, "execute", counting_execute)
     with sessions.begin() as db:
+        reading.append(db)
         stored = reader.read(db, caller, "Patient", pid)
     assert json.loads(stored.body)["gender"] == "female"
     assert queries == [], "the key came with the resource's row; no separate key query"
