@@ -10,7 +10,10 @@ library's model validation. The quick check must also recognise the real resourc
 from __future__ import annotations
 
 import copy
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +189,13 @@ def test_doubtful_bodies_go_to_the_library(body: dict[str, Any]) -> None:
         with pytest.raises(BadRequest) as refused:
             validate(copy.deepcopy(body))
         assert refused.value.code == "invalid_resource"
+
+
+def test_switched_off_with_the_speedups() -> None:
+    """RENKEI_FHIR_SPEEDUPS=0 leaves validation to the library alone (for comparison), this check included."""
+    program = ("from bench.fixtures import sheet; from services.share.store.fastcheck import surely_valid; "
+               "print(surely_valid('QuestionnaireResponse', sheet('p1', 'a1', 3)))")
+    for setting, expected in (("0", "False"), ("1", "True")):
+        done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, check=True,
+                              env={**os.environ, "RENKEI_FHIR_SPEEDUPS": setting})
+        assert done.stdout.strip() == expected
