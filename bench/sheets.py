@@ -26,7 +26,8 @@ inverse of throughput; the closed loop keeps the machine busy) and the median-la
 Targets (the [sheets] issue): at least 300 sheets a second on this 2-core machine, p99 at most 50 ms, and the
 sheet path at most 2× the bare create. The throughput and the cost are measured at saturation (the closed loop);
 the p99 at the rate the target names — each server is then driven at 300 sheets a second on a fixed schedule,
-every latency counted from when its request was due, so a slow answer cannot hide the wait it causes. (At
+every latency counted from when its request was due, so a slow answer cannot hide the wait it causes (after a
+pause and a few uncounted seconds at that rate, so that the saturation turns' leftover work is not counted). (At
 saturation every request also waits behind the ones queued before it: that p99 is printed too.)
 """
 
