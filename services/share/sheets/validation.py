@@ -293,6 +293,8 @@ def _children(nodes: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
             _CHILDREN.clear()
         _CHILDREN[id(nodes)] = (nodes, by_id)  # the list is kept, so its id is not reused meanwhile
     return by_id
+
+
 _INDEXES: dict[int, tuple[dict[str, Any], Nodes, dict[str, frozenset[str]]]] = {}
 
 
