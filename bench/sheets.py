@@ -222,9 +222,10 @@ def measure(args: argparse.Namespace, servers: dict[str, Server], token: str, pa
             pooled[label] += latencies["create"]
             print(f"  turn {turn + 1} {label:24} {figures['throughput']:6.0f} sheets/s  p50 {figures['p50_ms']:5.1f}"
                   f"  p95 {figures['p95_ms']:5.1f}  p99 {figures['p99_ms']:5.1f} ms  errors {errors}", flush=True)
+    paced_warmup = min(args.warmup, 3.0)  # seconds at the target rate before each path's counted step
     print(f"4. the same at the target's rate, {TARGET_THROUGHPUT:.0f} sheets/s on a fixed schedule over "
           f"{4 * args.connections} connections, {args.paced:g} s per path (each latency counted from when its "
-          f"request was due; each path after a {SETTLE_SECONDS:g} s pause and {min(args.warmup, 3.0):g} s at the "
+          f"request was due; each path after a {SETTLE_SECONDS:g} s pause and {paced_warmup:g} s at the "
           "rate uncounted)", flush=True)
     paced: dict[str, dict[str, Any]] = {}
     for label in labels:
@@ -236,7 +237,7 @@ def measure(args: argparse.Namespace, servers: dict[str, Server], token: str, pa
         # timeline of each request — the last saturation turn's, not what 300 sheets a second costs. A pause, then
         # a few seconds at the rate that are not counted.
         time.sleep(SETTLE_SECONDS)
-        run(dataclasses.replace(at_rate, seconds=min(args.warmup, 3.0)), 4 * args.connections)
+        run(dataclasses.replace(at_rate, seconds=paced_warmup), 4 * args.connections)
         latencies, errors, seconds = run(dataclasses.replace(at_rate, seconds=args.paced), 4 * args.connections)
         paced[label] = turn_figures(latencies["create"], errors, seconds)
         print(f"  {label:31} {paced[label]['throughput']:6.0f} sheets/s  p50 {paced[label]['p50_ms']:5.1f}  "

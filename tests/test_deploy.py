@@ -402,14 +402,15 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
 
 
 def _nginx() -> str | None:
-    """nginx's path; in CI (CI=true) installed when missing, as scripts/topology.sh installs it (apt-get, root)."""
-    found = os.environ.get("RENKEI_TEST_NGINX") or shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
-    if found or not IN_CI:
-        return found
+    """nginx's path, found as scripts/topology.py finds it; in CI (CI=true) installed when missing, as that script
+    installs it (apt-get, root)."""
     spec = importlib.util.spec_from_file_location("renkei_topology", ROOT / "scripts" / "topology.py")
     assert spec is not None and spec.loader is not None
     topology = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(topology)
+    found: str | None = topology.nginx_binary()
+    if found or not IN_CI:
+        return found
     return str(topology.ensure_nginx())  # raises, failing the test, when it cannot be had
 
 

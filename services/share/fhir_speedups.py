@@ -122,7 +122,7 @@ def install() -> bool:
     """Put the replacements in place (once); False if disabled or the library's checks are not the known ones."""
     if _ORIGINAL:
         return True
-    if os.environ.get("RENKEI_FHIR_SPEEDUPS", "1") == "0":
+    if not wanted():
         return False
     originals = {name: _unwrap(Model.__dict__[name]) for name in _REPLACEMENTS}
     changed = [name for name, function in originals.items() if fingerprint(function) != _FINGERPRINTS[name]]
@@ -134,6 +134,12 @@ def install() -> bool:
         wrapped = classmethod(replacement) if isinstance(Model.__dict__[name], classmethod) else replacement
         setattr(Model, name, wrapped)
     return True
+
+
+def wanted() -> bool:
+    """False with ``RENKEI_FHIR_SPEEDUPS=0``: validation is then the library's alone (for comparison), without these
+    replacements and without the quick check of plainly valid bodies (services/share/store/fastcheck.py)."""
+    return os.environ.get("RENKEI_FHIR_SPEEDUPS", "1") != "0"
 
 
 def installed() -> bool:

@@ -122,7 +122,7 @@ def validate_response(response: dict[str, Any], template: dict[str, Any]) -> lis
 
 class _Validator:
     def __init__(self, template: dict[str, Any], response: dict[str, Any]) -> None:
-        self.nodes, self.groups = _index(template)
+        self.nodes, self.groups, self.children = _index(template)
         self.answers: dict[str, list[Any]] = {}
         for item in walk(response.get("item")):
             self.answers.setdefault(str(item.get("linkId")), []).extend(dicts(item.get("answer")))
@@ -146,7 +146,7 @@ class _Validator:
         if not items and not nodes:
             return  # a question's or an answer's absent child list: most of them, and nothing to check
         items = dicts(items)
-        by_id = _children(nodes)
+        by_id = self.children.get(id(nodes)) or {node.get("linkId"): node for node in nodes}
         for index, item in enumerate(items):
             where = f"{parent}.item[{index}]"
             link_id = item.get("linkId")
@@ -279,32 +279,21 @@ class _Validator:
 
 
 Nodes = dict[str, tuple[dict[str, Any], str | None]]  # linkId -> (template item, its parent's linkId)
-_CHILDREN: dict[int, tuple[list[dict[str, Any]], dict[Any, dict[str, Any]]]] = {}
+Children = dict[int, dict[Any, dict[str, Any]]]  # id() of a template item list -> its items by linkId
+_INDEXES: dict[int, tuple[dict[str, Any], Nodes, dict[str, frozenset[str]], Children]] = {}
 
 
-def _children(nodes: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
-    """A template item list by linkId, worked out once per list (templates live as long as the process)."""
-    found = _CHILDREN.get(id(nodes))
-    if found is not None and found[0] is nodes:
-        return found[1]
-    by_id = {node.get("linkId"): node for node in nodes}
-    if nodes:  # an empty list is often a fresh one ([] in a call): not worth keeping
-        if len(_CHILDREN) > 4096:
-            _CHILDREN.clear()
-        _CHILDREN[id(nodes)] = (nodes, by_id)  # the list is kept, so its id is not reused meanwhile
-    return by_id
-
-
-_INDEXES: dict[int, tuple[dict[str, Any], Nodes, dict[str, frozenset[str]]]] = {}
-
-
-def _index(template: dict[str, Any]) -> tuple[Nodes, dict[str, frozenset[str]]]:
-    """The template's items by linkId, and each repeating group's descendants: worked out once per template (the
-    registry's templates live as long as the process), not on every sheet."""
+def _index(template: dict[str, Any]) -> tuple[Nodes, dict[str, frozenset[str]], Children]:
+    """The template's items by linkId, each repeating group's descendants, and each of its item lists by linkId:
+    worked out once per template (the registry's templates live as long as the process), not on every sheet."""
     found = _INDEXES.get(id(template))
     if found is not None and found[0] is template:
-        return found[1], found[2]
+        return found[1], found[2], found[3]
     nodes: Nodes = dict(_template_nodes(template.get("item"), None))
+    # The template is kept below, so the ids of its lists are not reused meanwhile.
+    lists = [template.get("item"), *(node.get("item") for node, _ in nodes.values())]
+    children: Children = {id(items): {node.get("linkId"): node for node in items}
+                          for items in lists if isinstance(items, list) and items}
     groups: dict[str, set[str]] = {}
     for link_id, (node, _) in nodes.items():
         if node.get("type") == "group" and node.get("repeats"):
@@ -318,8 +307,8 @@ def _index(template: dict[str, Any]) -> tuple[Nodes, dict[str, frozenset[str]]]:
     frozen = {group: frozenset(members) for group, members in groups.items()}
     if len(_INDEXES) > 256:
         _INDEXES.clear()
-    _INDEXES[id(template)] = (template, nodes, frozen)  # the template is kept, so its id is not reused meanwhile
-    return nodes, frozen
+    _INDEXES[id(template)] = (template, nodes, frozen, children)  # kept: its id is not reused meanwhile
+    return nodes, frozen, children
 
 
 def _template_nodes(items: Any, parent: str | None) -> Iterator[tuple[str, tuple[dict[str, Any], str | None]]]:

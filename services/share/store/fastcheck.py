@@ -18,7 +18,6 @@ accepts, and the valid examples are all recognised (or the quick path would neve
 
 from __future__ import annotations
 
-import os
 import types
 import typing
 from collections.abc import Callable
@@ -31,9 +30,10 @@ from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from fhir_core.types import FhirBase, FhirElementOrResourceBase, String
 from pydantic import TypeAdapter, ValidationError
 
+from services.share import fhir_speedups
+
 Check = Callable[[Any], bool]
-# RENKEI_FHIR_SPEEDUPS=0 validates with the library alone, as it leaves the library's own checks (fhir_speedups.py).
-ENABLED = os.environ.get("RENKEI_FHIR_SPEEDUPS", "1") != "0"
+ENABLED = fhir_speedups.wanted()
 
 
 @dataclass(frozen=True)
