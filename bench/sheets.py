@@ -202,6 +202,11 @@ def measure(args: argparse.Namespace, servers: dict[str, Server], token: str, pa
         _, errors, _ = run(dataclasses.replace(works[label], seconds=args.warmup), args.connections)
         if errors:
             print(f"  {label}: {errors} errors during the warm-up", flush=True)
+    # The warm-up wrote the first sheet records, Tasks and events into tables that were empty when bench/store.py's
+    # analyze ran; the plans prepared then (a sequential scan of a "one-page" sheet_records) would last until
+    # autovacuum's first analyze, a minute later, while the table grew to thousands of rows. Measured: 41 million
+    # rows read in the first minute of a run. What a running network has is current statistics.
+    analyze(engine.url.render_as_string(hide_password=False))
 
     size = len(orjson.dumps(works[SHEETS].make(patients[0], "bench-author", 1))) / 1024
     print(f"3. POST /fhir/QuestionnaireResponse (a completed discharge sheet, {args.sheet}, {size:.1f} KB), "

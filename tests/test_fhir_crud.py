@@ -8,7 +8,7 @@ import httpx
 import pytest
 from sqlalchemy import event
 
-from tests.fhir_helpers import FHIR_JSON, create, created_id, observation, patient, response
+from tests.fhir_helpers import FHIR_JSON, create, created_id, example, observation, patient, response
 from tests.infra import LiveServer, Network, make_network
 
 
@@ -208,8 +208,9 @@ def test_oversized_bodies_are_refused_with_413(http: httpx.Client, auth: dict[st
 def test_creates_skip_the_transaction_only_where_one_statement_writes_them(
     server: LiveServer, http: httpx.Client, auth: dict[str, str]
 ) -> None:
-    """On PostgreSQL an Observation for a patient whose data key exists is one statement that commits by itself; a
-    Patient (its key is new), a sheet (its rules write more), an idempotent create and anything on SQLite run in a
+    """On PostgreSQL an Observation for a patient whose data key exists is one statement that commits by itself, and
+    so is a discharge sheet with its record and Tasks; a Patient (its key is new), an emergency sheet (its rules
+    lock the patient and read their current sheets first), an idempotent create and anything on SQLite run in a
     transaction. All of them land."""
     db = server.app.state.share.db
     transactions: list[object] = []
@@ -233,10 +234,11 @@ def test_creates_skip_the_transaction_only_where_one_statement_writes_them(
         in_observation = counted(lambda: create(http, auth, observation(pid)))
         in_sheet = counted(lambda: create(http, auth, response(pid)))
         in_keyed = counted(lambda: create(http, auth, response(pid), **{"Idempotency-Key": f"k-{pid}"}))
+        in_emergency = counted(lambda: create(http, auth, example("EmergencySheet", pid)))
     finally:
         event.remove(db.engine, "begin", begun)
-    assert in_patient == 1 and in_keyed == 1 and in_sheet == 1
-    assert in_observation == (0 if db.single_statement_writes else 1)
+    assert in_patient == 1 and in_keyed == 1 and in_emergency == 1
+    assert in_observation == in_sheet == (0 if db.single_statement_writes else 1)
 
 
 def test_only_network_administrators_read_the_audit_trail(server: LiveServer, network: Network) -> None:

@@ -125,6 +125,38 @@ def test_a_discharge_sheet_goes_from_draft_to_shared_to_acknowledged(scene: Scen
                            headers={**scene.manager, **FHIR_JSON}).status_code == 409  # once
 
 
+def test_a_discharge_sheet_shared_at_once_asks_its_acknowledgements_and_a_review_only_when_one_is_wanted(
+        server: LiveServer, scene: Scene) -> None:
+    # On PostgreSQL a new sheet with its record and Tasks is one statement, unless a review must be raised too.
+    first = created_id(scene.post(scene.ward, example("DischargeSheet", scene.pid, "stroke-gastrostomy-home")))
+    asked = scene.tasks(scene.ward, "acknowledge", status="requested")
+    assert sorted(t["owner"]["reference"] for t in asked) == sorted([scene.user("care_manager"),
+                                                                     scene.user("physician")])
+    assert {t["focus"]["reference"] for t in asked} == {f"QuestionnaireResponse/{first}"}
+    assert scene.tasks(scene.doctor, "review") == []  # no emergency sheet to review
+
+    emergency = created_id(scene.post(scene.doctor, example("EmergencySheet", scene.pid)))
+    second = created_id(scene.post(scene.ward, example("DischargeSheet", scene.pid, "terminal-cancer-home")))
+    (review,) = scene.tasks(scene.doctor, "review", status="requested")  # its medication is what the sheet sums up
+    assert review["focus"]["reference"] == f"QuestionnaireResponse/{emergency}"
+    third = created_id(scene.post(scene.ward, example("DischargeSheet", scene.pid, "stroke-gastrostomy-home")))
+    assert [t["id"] for t in scene.tasks(scene.doctor, "review", status="requested")] == [review["id"]]  # still one
+    asked = scene.tasks(scene.ward, "acknowledge", status="requested")
+    assert sorted(t["focus"]["reference"].rsplit("/", 1)[1] for t in asked) == sorted([first, first, second, second,
+                                                                                       third, third])
+    with server.app.state.share.db.transaction() as db:
+        kinds = {r.resource_id: (r.kind, r.status, r.version) for r in db.query(SheetRecord).filter(
+            SheetRecord.patient_id == scene.pid)}
+    assert {kinds[i] for i in (first, second, third)} == {("DischargeSheet", "completed", 1)}
+    assert kinds[emergency][0] == "EmergencySheet"
+
+    assert scene.http.delete(f"/fhir/Patient/{scene.pid}", headers=scene.doctor).status_code in (200, 204)
+    gone = scene.post(scene.ward, example("DischargeSheet", scene.pid, "terminal-cancer-home"))
+    assert gone.status_code == 410 and gone.json()["resourceType"] == "OperationOutcome"
+    with server.app.state.share.db.transaction() as db:
+        assert db.query(SheetRecord).filter(SheetRecord.patient_id == scene.pid).count() == len(kinds)
+
+
 def test_a_shared_sheet_changes_only_as_an_amendment_and_keeps_every_version(scene: Scene) -> None:
     sheet = example("DischargeSheet", scene.pid, "terminal-cancer-home")
     sheet_id = created_id(scene.post(scene.ward, sheet))

@@ -25,7 +25,7 @@ from services.share.fhir.responses import FhirResponse, operation_outcome
 from services.share.security.deps import Context, CurrentPrincipal
 from services.share.store import search as S
 from services.share.store.models import IdempotencyRecord
-from services.share.store.service import SHEET_RESOURCES, Caller, Stored
+from services.share.store.service import Caller, Stored
 from services.share.store.statements import AUDIT_WITH_WRITE, AUDIT_WRITTEN
 from services.share.store.types import ADMINISTRATORS_ONLY, READ_ONLY, SUPPORTED
 from services.share.store.validation import MAX_BODY_BYTES, parse_resource
@@ -325,9 +325,10 @@ def _single_statement(ctx: Context, resource_type: str, if_none_exist: str | Non
     then commits by itself: the BEGIN and COMMIT round trips were a fifth of a create's database time. Not when it
     checks a condition or records an idempotency key first, nor for a Patient, whose data key is always new, nor for
     what access decisions read (a CareTeam, a Consent: their rows in services/share/access/models.py change too),
-    nor for a sheet or template, whose rules write more (services/share/sheets/rules.py)."""
+    nor for a template, whose rules write more. A new sheet's rules mostly write its record and Tasks, which then
+    ride in its statement (services/share/sheets/rules.py, SheetRules.beside); those that write more say so."""
     return (ctx.db.single_statement_writes and resource_type != "Patient" and resource_type not in PROJECTED
-            and not (resource_type in SHEET_RESOURCES and ctx.store.sheets is not None)
+            and not (resource_type == "Questionnaire" and ctx.store.sheets is not None)
             and not if_none_exist and not idempotency_key)
 
 

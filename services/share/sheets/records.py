@@ -54,6 +54,9 @@ class PatientSheets:
     current: dict[str, list[SheetState]] = field(default_factory=dict)  # kind -> shared sheets, newest first
 
 
+_PG_TYPES = {"version": "integer", "updated_at": "timestamptz", "reviewed_at": "timestamptz"}  # else varchar
+
+
 class _Sql:
     def __init__(self, mark: str) -> None:
         m = mark
@@ -63,6 +66,14 @@ class _Sql:
         self.update = (f"UPDATE sheet_records SET kind = {m}, template = {m}, status = {m}, version = {m},"
                        f" updated_at = {m}, reviewed_at = {m}, review_task = {m} WHERE resource_id = {m}")
         self.review_task = f"UPDATE sheet_records SET review_task = {m} WHERE resource_id = {m}"
+        # PostgreSQL, in Statements.insert_together: a new row only if its statement writes (``ok``), and the
+        # condition that no review of the patient's current emergency sheet is wanted (SheetRules.raise_review).
+        typed = ", ".join(f"{m}::{_PG_TYPES.get(column, 'varchar')}" for column in _COLUMNS)
+        self.insert_gated = f"INSERT INTO sheet_records ({columns}) SELECT {typed} FROM ok"
+        self.no_review_wanted = (
+            f"NOT EXISTS (SELECT 1 FROM sheet_records WHERE network_id = {m} AND patient_id = {m}"
+            f" AND kind = 'EmergencySheet' AND status IN ({', '.join(repr(status) for status in sorted(SHARED))})"
+            " AND review_task = '')")
         self.context = (
             f"SELECT 'm', kind, member_id, role, NULL, NULL, NULL, NULL, NULL, start, \"end\""
             f" FROM care_team_participants WHERE network_id = {m} AND patient_id = {m} AND team_status = 'active'"
@@ -112,6 +123,18 @@ def write(db: Session, sheet: SheetState, new: bool, *, with_context: bool = Fal
     then = (sql.context, _context_parameters(sheet.network_id, sheet.patient_id)) if with_context else None
     rows = found.insert_new(db, beside, also=(sql.insert if new else sql.update, values), then=then)
     return _patient_sheets(found, sheet.network_id, sheet.patient_id, rows) if with_context else None
+
+
+def insert_gated(db: Session, sheet: SheetState) -> tuple[str, list[Any]]:
+    """A new sheet's row, for Statements.insert_together (Beside.also)."""
+    sql = _sql(statements(db))
+    return sql.insert_gated, [getattr(sheet, column) for column in _COLUMNS]
+
+
+def no_review_wanted(db: Session, network_id: str, patient_id: str) -> tuple[str, list[Any]]:
+    """The condition that the patient has no current emergency sheet waiting for a review Task to be raised (one
+    it has is open already), for Statements.insert_together (Beside.unless)."""
+    return _sql(statements(db)).no_review_wanted, [network_id, patient_id]
 
 
 def set_review_task(db: Session, resource_id: str, task_id: str) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from services.kit.codes import SECTION_LABEL_EXTENSION, SENSITIVITY_LABEL
+from services.kit.db import TransactionRequired, without_transaction
 from services.kit.errors import Conflict, Forbidden, NotFound
 from services.share.access.layout import sheet_kind
 from services.share.sheets import records, scenes
@@ -31,7 +32,7 @@ from services.share.sheets.validation import validate_response
 from services.share.sheets.vital_ranges import VitalRanges
 from services.share.sheets.vitals import is_urgent, observations_from_note
 from services.share.store.models import ResourceHead
-from services.share.store.statements import NewRows, statements
+from services.share.store.statements import Beside, NewRows, statements
 
 if TYPE_CHECKING:
     from services.share.store.service import Caller, ResourceStore, Stored
@@ -68,6 +69,8 @@ class SheetRules:
     def before_write(self, db: Session, caller: Caller, resource_type: str, resource_id: str,
                      body: dict[str, Any], existing: bool) -> Change:
         if resource_type == "Questionnaire":
+            if without_transaction(db):
+                raise TransactionRequired("a template is projected beside its write")
             self._check_template(db, caller, resource_id, body, existing)
             return Change()
         before = records.state(db, resource_id) if existing else None
@@ -76,6 +79,8 @@ class SheetRules:
             raise NotFound(f"QuestionnaireResponse/{resource_id} is not known")  # a draft: its author's alone
         check_transition(before.status if before else None, body.get("status"))
         template = self._template(db, caller, body)
+        if without_transaction(db) and not self._alone(before, sheet_kind(body) or template.name, body.get("status")):
+            raise TransactionRequired("this sheet's rules write more than its record and Tasks")  # before any write
         if before is not None and before.kind != template.name:
             raise SheetInvalid([sheet_issue("wrong-questionnaire", "記録の様式の種類は変えられません",
                                             f"a {before.kind} cannot become a {template.name}",
@@ -93,6 +98,15 @@ class SheetRules:
         previous = self._previous(db, caller, resource_id) if before is not None \
             and template.name in scenes.SUMMARISED and body.get("status") in SHARED else None
         return Change(template, before, previous)
+
+    @staticmethod
+    def _alone(before: SheetState | None, kind: str, status: Any) -> bool:
+        """Whether a write's rules write only its record and Tasks — and, for a sheet that changes what an
+        emergency sheet summarises, a review Task only if one is wanted (Beside.unless) — so that all of it can be
+        one statement (``beside``): a new sheet that is not the patient's one current emergency sheet or ACP record
+        and not a daily note's vitals. The rest run in a transaction (after_write)."""
+        shared = status in SHARED
+        return before is None and not (shared and (kind in ONE_CURRENT or kind == "DailyCareNote"))
 
     def _template(self, db: Session, caller: Caller, body: dict[str, Any]) -> Template:
         canonical = body.get("questionnaire")
@@ -185,8 +199,30 @@ class SheetRules:
         if kind == "DailyCareNote" and status in SHARED:
             self._record_vitals(db, caller, stored, body, change.template)
 
+    def beside(self, db: Session, caller: Caller, stored: Stored, body: dict[str, Any], patient_id: str,
+               change: Change) -> Beside:
+        """What after_write would write of a new sheet that ``_alone`` let through, for the sheet's own statement
+        (ResourceStore.create, without a transaction): its record and the Tasks of a shared discharge sheet. One
+        that summarises into an emergency sheet is written only while no review is wanted of the patient's
+        current one; when one is, nothing is, and the share runs again in a transaction (raise_review)."""
+        record = self._state(caller, stored, body, patient_id, change)
+        status = body.get("status")
+        tasks = self._acknowledgements(db, caller, stored, body, patient_id) \
+            if record.kind == "DischargeSheet" and status in SHARED else []
+        summarised = record.kind in scenes.SUMMARISED and status in SHARED \
+            and scenes.summarised_change(record.kind, None, body)
+        return Beside(self._store.prepare_created(db, scenes.server(caller), tasks), records.insert_gated(db, record),
+                      records.no_review_wanted(db, caller.network_id, patient_id) if summarised else None)
+
     def _record(self, db: Session, caller: Caller, stored: Stored, body: dict[str, Any], patient_id: str,
                 change: Change, with_context: bool, beside: list[NewRows]) -> tuple[SheetState, PatientSheets | None]:
+        record = self._state(caller, stored, body, patient_id, change)
+        return record, records.write(db, record, new=change.before is None, with_context=with_context,
+                                     beside=beside)
+
+    @staticmethod
+    def _state(caller: Caller, stored: Stored, body: dict[str, Any], patient_id: str, change: Change) -> SheetState:
+        """The sheet's ``sheet_records`` row as this write leaves it."""
         assert change.template is not None
         record = change.before or SheetState(stored.resource_id, caller.network_id, patient_id, "", "", "", 0,
                                              caller.organization, stored.last_updated)
@@ -197,8 +233,7 @@ class SheetRules:
         record.updated_at = stored.last_updated
         if record.kind == "EmergencySheet":
             record.reviewed_at = scenes.reviewed_at(body) or stored.last_updated
-        return record, records.write(db, record, new=change.before is None, with_context=with_context,
-                                     beside=beside)
+        return record
 
     @staticmethod
     def _only_current(sheets: PatientSheets, record: SheetState) -> None:

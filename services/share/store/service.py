@@ -7,6 +7,7 @@ hand back those bytes untouched — a read never re-parses or re-serialises a re
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -33,7 +34,7 @@ from services.share.messages import acknowledgements
 from services.share.store.audit_records import store_audit_event
 from services.share.store.indexing import Indexer
 from services.share.store.models import ResourceHead, ResourceVersion, SearchEntry
-from services.share.store.statements import NewRows, VersionRow, statements
+from services.share.store.statements import Beside, NewRows, VersionRow, statements
 from services.share.store.types import COMPARTMENT_ELEMENT, compartment_patient
 
 if TYPE_CHECKING:
@@ -148,6 +149,14 @@ class ResourceStore:
         urgent = resource_type == "Communication" and body.get("priority") in acknowledgements.URGENT
         if urgent and without_transaction(db):  # before the first write: it runs again in a transaction
             raise TransactionRequired("an urgent message writes its urgent event (and its Tasks) beside it")
+        if change is not None and without_transaction(db):
+            # The sheet rules let through only a sheet whose rules write its record and Tasks, nothing else: those
+            # ride in the sheet's own statement (SheetRules.beside), which commits by itself.
+            if patient_id is None or self.sheets is None or change.template is None:  # a template; a sheet of no one
+                raise TransactionRequired("the sheet rules write this in several statements")
+            sheets, patient = self.sheets, patient_id
+            return self._write(db, caller, resource_type, resource_id, 1, patient_id, body, "POST", head=None,
+                               beside=lambda stored: sheets.beside(db, caller, stored, body, patient, change))
         stored = self._write(db, caller, resource_type, resource_id, 1, patient_id, body, "POST", head=None)
         self._sheet_rules_after(db, caller, stored, body, patient_id, change)
         if urgent and patient_id:
@@ -459,6 +468,16 @@ class ResourceStore:
             raise Gone(f"Patient/{patient_id} has been deleted or erased; nothing more can be stored for them")
         known.add((caller.network_id, patient_id))
 
+    def _write_together(self, db: Session, caller: Caller, patient_id: str, rows: Rows, beside: Beside) -> None:
+        """A new resource with what its rules write beside it, in one statement; if that wrote nothing, why."""
+        if statements(db).insert_together(db, [(rows.version, rows.head, rows.index), *beside.resources],
+                                          (caller.network_id, patient_id), beside):
+            return
+        self._verify_patient(db, caller, patient_id)  # raises the precise refusal (unknown, or gone)
+        if beside.unless is not None:  # the rules have more to write: all of it, in a transaction
+            raise TransactionRequired("the rules found more to write than one statement holds")
+        raise Conflict(f"Patient/{patient_id} changed while this was written; retry", code="write_conflict")
+
     def prepare_new(
         self, db: Session, caller: Caller, resource_type: str, body: dict[str, Any], *, resource_id: str | None = None
     ) -> tuple[Stored, Rows]:
@@ -526,9 +545,15 @@ class ResourceStore:
         method: str,
         *,
         head: ResourceHead | None,
+        beside: Callable[[Stored], Beside] | None = None,
     ) -> Stored:
-        """Write a version; ``head`` is the resource's current head row, None for a new resource."""
+        """Write a version; ``head`` is the resource's current head row, None for a new resource; ``beside``, of a
+        new resource of a patient: what else its statement writes (Statements.insert_together), given the version."""
         stored, rows = self._rows(db, caller, resource_type, resource_id, version, patient_id, body, method)
+        if beside is not None:
+            assert head is None and patient_id is not None
+            self._write_together(db, caller, patient_id, rows, beside(stored))
+            return stored
         if head is not None:
             head.version, head.deleted, head.last_updated = version, False, stored.last_updated
             head.patient_id = patient_id or ""

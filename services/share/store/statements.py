@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -139,26 +140,58 @@ def _pg_insert(check_patient: bool, new_head: bool, audit: int = 0) -> str:
 _BYTEA_COLUMNS = frozenset({"body", "layout"})
 
 
-def _pg_insert_many() -> str:
+def _pg_insert_many(gated: bool = False) -> str:
     """The common table expressions writing the first versions, heads and index entries of several new resources
     in one PostgreSQL statement: each table's rows as one JSON document (bytea base64-encoded), whatever their
     number — one C call to encode, where arrays of each column cost the driver Python work per value (a shared
-    sheet's two Tasks spent more on that than on the rest of their statement)."""
+    sheet's two Tasks spent more on that than on the rest of their statement). ``gated``: only if the statement's
+    ``ok`` expression has a row (``_pg_insert_together``)."""
+    where = " WHERE EXISTS (SELECT 1 FROM ok)" if gated else ""
 
     def rows_of(columns: Sequence[str]) -> str:
         record = ", ".join(f"{c} {'text' if c in _BYTEA_COLUMNS else _PG_TYPES[c]}" for c in columns)
         values = ", ".join(f"decode({c}, 'base64')" if c in _BYTEA_COLUMNS else c for c in columns)
-        return f"SELECT {values} FROM jsonb_to_recordset(%s::jsonb) AS x({record})"
+        return f"SELECT {values} FROM jsonb_to_recordset(%s::jsonb) AS x({record}){where}"
 
-    return (f"v AS (INSERT INTO resource_versions ({', '.join(VERSION_COLUMNS)}) {rows_of(VERSION_COLUMNS)}),"
+    return (f"v AS (INSERT INTO resource_versions ({', '.join(VERSION_COLUMNS)}) {rows_of(VERSION_COLUMNS)}"
+            f"{' RETURNING 1' if gated else ''}),"
             f" h AS (INSERT INTO resources ({', '.join(HEAD_COLUMNS)}) {rows_of(HEAD_COLUMNS)}),"
             f" i AS (INSERT INTO search_index ({', '.join(INDEX_COLUMNS)}) {rows_of(INDEX_COLUMNS)})")
+
+
+def _pg_insert_together(audit: int, also: str | None, unless: str | None) -> str:
+    """Statements.insert_together's statement: new resources (``_pg_insert_many``), the interaction's audit rows
+    (``audit``, as in _pg_insert) and a statement of another module's (``also``, which selects its values ``FROM
+    ok``), written only if the first resource's Patient exists undeleted and the condition ``unless`` holds. It
+    answers how many versions it wrote."""
+    ok = ("SELECT 1 FROM resources WHERE resource_type = 'Patient' AND resource_id = %s AND network_id = %s"
+          f" AND NOT deleted{f' AND {unless}' if unless else ''}")
+    parts = [f"ok AS ({ok})", _pg_insert_many(gated=True)]
+    if audit == 1:
+        parts.append(f"a AS (INSERT INTO audit_log ({_AUDIT_COLUMNS}) SELECT {_AUDIT_VALUES} FROM ok)")
+    elif audit > 1:
+        parts.append(f"a AS (INSERT INTO audit_log ({_AUDIT_COLUMNS}) SELECT * FROM unnest({_AUDIT_ARRAYS})"
+                     " WHERE EXISTS (SELECT 1 FROM ok))")
+    if also:
+        parts.append(f"also AS ({also})")
+    return f"WITH {', '.join(parts)} SELECT count(*) FROM v"
 
 
 def _json_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     """Rows for _pg_insert_many's JSON documents: the columns only, bytea as base64."""
     return orjson.dumps([{c: base64.b64encode(row[c]).decode() if c in _BYTEA_COLUMNS and row[c] is not None
                           else row[c] for c in columns} for row in rows]).decode()
+
+
+@dataclass(frozen=True)
+class Beside:
+    """What another module writes in the statement of a new resource (Statements.insert_together): new resources
+    of the same patient, a statement (SQL, values) that selects its values ``FROM ok`` — the row that exists only
+    while the write may happen — and a condition (SQL, values) without which nothing is written."""
+
+    resources: Sequence[NewRows] = ()
+    also: tuple[str, Sequence[Any]] | None = None
+    unless: tuple[str, Sequence[Any]] | None = None
 
 
 class Statements:
@@ -174,6 +207,8 @@ class Statements:
         # PostgreSQL writes a whole new version in one statement (see _pg_insert); keyed by (check, new head).
         self._pg_inserts = {(check, new, audit): _pg_insert(check, new, audit)
                             for check in (False, True) for new in (False, True) for audit in (0, 1, 2)}
+        # insert_together's statements, by (audit rows, also SQL, unless SQL): a few, built on first use.
+        self._pg_together: dict[tuple[int, str | None, str | None], str] = {}
         self.patient_state = (
             f"SELECT network_id, deleted FROM resources WHERE resource_type = 'Patient' AND resource_id = {m}"
         )
@@ -388,6 +423,28 @@ class Statements:
             cursor.execute(f"WITH {', '.join(ctes)} {query}" if ctes else query, parameters)
             return list(cursor.fetchall()) if then is not None else []
 
+    def insert_together(self, db: Session, resources: Sequence[NewRows], patient: tuple[str, str],
+                        beside: Beside) -> bool:
+        """New resources of one patient (network id, patient id) — the first one's audit rows (AUDIT_WITH_WRITE)
+        and ``beside``'s statement with them — in one PostgreSQL statement, written only if that Patient exists
+        undeleted and ``beside.unless`` holds; False means nothing was written. A shared sheet with its record and
+        Tasks (services/share/sheets/rules.py): where a transaction took four round trips, one that commits by
+        itself (Database.reading)."""
+        assert not self.dialect.sqlite, "SQLite writes in several statements, in a transaction"
+        unless, also = beside.unless, beside.also
+        parameters: list[Any] = [patient[1], patient[0], *(unless[1] if unless else ())]
+        parameters.append(_json_rows([v for v, _, _ in resources], VERSION_COLUMNS))
+        parameters.append(_json_rows([h for _, h, _ in resources], HEAD_COLUMNS))
+        parameters.append(orjson.dumps([entry for _, _, index in resources for entry in index]).decode())
+        audit_rows = self._audit_parameters(db, parameters)
+        if also is not None:
+            parameters += also[1]
+        key = (min(len(audit_rows or ()), 2), also[0] if also else None, unless[0] if unless else None)
+        sql = self._pg_together.get(key)
+        if sql is None:
+            sql = self._pg_together[key] = _pg_insert_together(*key)
+        return self._written(db, sql, parameters, audit_rows)
+
     def _pg_insert_rows(self, db: Session, version: dict[str, Any], head: dict[str, Any] | None,
                         index: list[dict[str, Any]], patient: tuple[str, str] | None) -> bool:
         parameters: list[Any] = [patient[1], patient[0]] if patient is not None else []
@@ -397,15 +454,26 @@ class Statements:
         # Index rows travel as one JSON document: dumping it is a single C call, where arrays or an executemany
         # cost the driver Python work per value.
         parameters.append(orjson.dumps(index).decode())
+        audit_rows = self._audit_parameters(db, parameters)
+        audit_mode = min(len(audit_rows or ()), 2)
+        return self._written(db, self._pg_inserts[(patient is not None, head is not None, audit_mode)], parameters,
+                             audit_rows)
+
+    @staticmethod
+    def _audit_parameters(db: Session, parameters: list[Any]) -> list[Any] | None:
+        """The interaction's audit rows to write with this statement (AUDIT_WITH_WRITE), added to ``parameters``:
+        one row as plain values, several as one array per column."""
         audit = db.info.pop(AUDIT_WITH_WRITE, None)
         audit_rows = audit() if audit is not None else None
         if audit_rows and len(audit_rows) == 1:
             parameters += list(audit_rows[0])
         elif audit_rows:
             parameters += [list(column) for column in zip(*audit_rows, strict=True)]
-        audit_mode = min(len(audit_rows or ()), 2)
+        return audit_rows
+
+    def _written(self, db: Session, sql: str, parameters: list[Any], audit_rows: list[Any] | None) -> bool:
         with self._cursor(db) as cursor:
-            cursor.execute(self._pg_inserts[(patient is not None, head is not None, audit_mode)], parameters)
+            cursor.execute(sql, parameters)
             found = cursor.fetchone()
         written = bool(found and found[0])
         if audit_rows and written:
