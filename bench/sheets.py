@@ -11,7 +11,8 @@ deployed: bench/pg.py) and key files, measured in alternating turns after a warm
             parsed, access decided (team, consent, profession, sheet kind), checked against the exact template
             version it names, section labels stamped, lifecycle checked, encrypted and written with its audit
             record, a sheet_records row, and an "acknowledge" Task for each of the patient's care manager and
-            primary physician (their CareTeam), all in one transaction
+            primary physician (their CareTeam), all in one statement that commits by itself (on PostgreSQL;
+            services/share/store/statements.py insert_together)
   ruleless  the same application with the sheet rules off (bench/servers.py ``ruleless``: ShareContext.build
             with sheet_rules=False): the bare store create of the same JSON — parsed, access decided, encrypted,
             written with its audit record
