@@ -261,11 +261,14 @@ class SearchRunner:
                     if prefix not in ("eq", "ne")
                     else (and_(stamp >= qlow, stamp < qhigh) if prefix == "eq" else or_(stamp < qlow, stamp >= qhigh))
                 )
+            # Date rows only, said outright: their index holds nothing else (models.py), and a condition on
+            # date_high alone ("gt", "ne") would not tell the planner so.
             return self._entry(
                 network_id,
                 resource_type,
                 item.name,
-                _date_condition(SearchEntry.date_low, SearchEntry.date_high, prefix, qlow, qhigh),
+                and_(SearchEntry.date_low.is_not(None),
+                     _date_condition(SearchEntry.date_low, SearchEntry.date_high, prefix, qlow, qhigh)),
             )
         if item.kind == "token":
             key = token_query_key(value)
