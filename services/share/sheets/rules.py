@@ -180,8 +180,7 @@ class SheetRules:
         # Read before _record updates the sheet's row (change.before) to this write.
         became_shared = status in SHARED and (change.before is None or change.before.status not in SHARED)
         kind = sheet_kind(body) or change.template.name
-        summarised = kind in scenes.SUMMARISED and status in SHARED \
-            and scenes.summarised_change(kind, change.previous, body)
+        summarised = _summarises(kind, status, change, body)
         if kind in ONE_CURRENT and became_shared:
             scenes.lock_patient(db, patient_id)  # before the patient's current sheets are read
         tasks = self._acknowledgements(db, caller, stored, body, patient_id) \
@@ -209,8 +208,7 @@ class SheetRules:
         status = body.get("status")
         tasks = self._acknowledgements(db, caller, stored, body, patient_id) \
             if record.kind == "DischargeSheet" and status in SHARED else []
-        summarised = record.kind in scenes.SUMMARISED and status in SHARED \
-            and scenes.summarised_change(record.kind, None, body)
+        summarised = _summarises(record.kind, status, change, body)
         return Beside(self._store.prepare_created(db, scenes.server(caller), tasks), records.insert_gated(db, record),
                       records.no_review_wanted(db, caller.network_id, patient_id) if summarised else None)
 
@@ -321,6 +319,11 @@ class SheetRules:
     def _store(self) -> ResourceStore:
         assert self.store is not None, "SheetRules.store is set by the ResourceStore that applies them"
         return self.store
+
+
+def _summarises(kind: str, status: Any, change: Change, body: dict[str, Any]) -> bool:
+    """Whether a shared sheet changes what the patient's emergency sheet summarises (a review is then wanted)."""
+    return kind in scenes.SUMMARISED and status in SHARED and scenes.summarised_change(kind, change.previous, body)
 
 
 def _items(raw: bytes) -> Any:

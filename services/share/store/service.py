@@ -152,8 +152,9 @@ class ResourceStore:
         if change is not None and without_transaction(db):
             # The sheet rules let through only a sheet whose rules write its record and Tasks, nothing else: those
             # ride in the sheet's own statement (SheetRules.beside), which commits by itself.
-            if patient_id is None or self.sheets is None or change.template is None:  # a template; a sheet of no one
+            if patient_id is None:  # a sheet of no one (a template never gets here: before_write sends it back)
                 raise TransactionRequired("the sheet rules write this in several statements")
+            assert self.sheets is not None
             sheets, patient = self.sheets, patient_id
             return self._write(db, caller, resource_type, resource_id, 1, patient_id, body, "POST", head=None,
                                beside=lambda stored: sheets.beside(db, caller, stored, body, patient, change))

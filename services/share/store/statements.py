@@ -115,8 +115,7 @@ def _pg_insert(check_patient: bool, new_head: bool, audit: int = 0) -> str:
     def typed(columns: Sequence[str]) -> str:
         return ", ".join(f"%s::{_PG_TYPES[c]}" for c in columns)
 
-    ok = ("SELECT 1 FROM resources WHERE resource_type = 'Patient' AND resource_id = %s AND network_id = %s"
-          " AND NOT deleted" if check_patient else "SELECT 1")
+    ok = _PATIENT_EXISTS if check_patient else "SELECT 1"
     parts = [
         f"ok AS ({ok})",
         f"v AS (INSERT INTO resource_versions ({', '.join(VERSION_COLUMNS)}) SELECT {typed(VERSION_COLUMNS)}"
@@ -129,12 +128,22 @@ def _pg_insert(check_patient: bool, new_head: bool, audit: int = 0) -> str:
         f"i AS (INSERT INTO search_index ({', '.join(INDEX_COLUMNS)}) SELECT {', '.join(INDEX_COLUMNS)}"
         f" FROM jsonb_to_recordset(%s::jsonb) AS x({record}) WHERE EXISTS (SELECT 1 FROM ok))"
     )
+    return f"WITH {', '.join([*parts, *_audit_cte(audit)])} SELECT count(*) FROM v"
+
+
+# The row a statement's writes are gated on (its ``ok`` expression): the compartment's Patient, undeleted.
+_PATIENT_EXISTS = ("SELECT 1 FROM resources WHERE resource_type = 'Patient' AND resource_id = %s AND network_id = %s"
+                   " AND NOT deleted")
+
+
+def _audit_cte(audit: int) -> list[str]:
+    """The interaction's ``audit`` rows written with a statement, only if its ``ok`` expression has a row."""
     if audit == 1:  # the usual one row as plain values: arrays cost the driver Python work per value
-        parts.append(f"a AS (INSERT INTO audit_log ({_AUDIT_COLUMNS}) SELECT {_AUDIT_VALUES} FROM ok)")
-    elif audit > 1:
-        parts.append(f"a AS (INSERT INTO audit_log ({_AUDIT_COLUMNS}) SELECT * FROM unnest({_AUDIT_ARRAYS})"
-                     " WHERE EXISTS (SELECT 1 FROM ok))")
-    return f"WITH {', '.join(parts)} SELECT count(*) FROM v"
+        return [f"a AS (INSERT INTO audit_log ({_AUDIT_COLUMNS}) SELECT {_AUDIT_VALUES} FROM ok)"]
+    if audit > 1:
+        return [f"a AS (INSERT INTO audit_log ({_AUDIT_COLUMNS}) SELECT * FROM unnest({_AUDIT_ARRAYS})"
+                " WHERE EXISTS (SELECT 1 FROM ok))"]
+    return []
 
 
 _BYTEA_COLUMNS = frozenset({"body", "layout"})
@@ -164,17 +173,17 @@ def _pg_insert_together(audit: int, also: str | None, unless: str | None) -> str
     (``audit``, as in _pg_insert) and a statement of another module's (``also``, which selects its values ``FROM
     ok``), written only if the first resource's Patient exists undeleted and the condition ``unless`` holds. It
     answers how many versions it wrote."""
-    ok = ("SELECT 1 FROM resources WHERE resource_type = 'Patient' AND resource_id = %s AND network_id = %s"
-          f" AND NOT deleted{f' AND {unless}' if unless else ''}")
-    parts = [f"ok AS ({ok})", _pg_insert_many(gated=True)]
-    if audit == 1:
-        parts.append(f"a AS (INSERT INTO audit_log ({_AUDIT_COLUMNS}) SELECT {_AUDIT_VALUES} FROM ok)")
-    elif audit > 1:
-        parts.append(f"a AS (INSERT INTO audit_log ({_AUDIT_COLUMNS}) SELECT * FROM unnest({_AUDIT_ARRAYS})"
-                     " WHERE EXISTS (SELECT 1 FROM ok))")
+    ok = f"{_PATIENT_EXISTS} AND {unless}" if unless else _PATIENT_EXISTS
+    parts = [f"ok AS ({ok})", _pg_insert_many(gated=True), *_audit_cte(audit)]
     if also:
         parts.append(f"also AS ({also})")
     return f"WITH {', '.join(parts)} SELECT count(*) FROM v"
+
+
+def _documents(resources: Sequence[NewRows]) -> list[str]:
+    """_pg_insert_many's three parameters: the new resources' versions, heads and index entries."""
+    return [_json_rows([v for v, _, _ in resources], VERSION_COLUMNS), _json_rows([h for _, h, _ in resources],
+            HEAD_COLUMNS), orjson.dumps([entry for _, _, index in resources for entry in index]).decode()]
 
 
 def _json_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -407,9 +416,7 @@ class Statements:
         parameters: list[Any] = []
         if resources:
             ctes.append(self.pg_insert_many)
-            parameters.append(_json_rows([v for v, _, _ in resources], VERSION_COLUMNS))
-            parameters.append(_json_rows([h for _, h, _ in resources], HEAD_COLUMNS))
-            parameters.append(orjson.dumps([entry for _, _, index in resources for entry in index]).decode())
+            parameters += _documents(resources)
         if also is not None:
             ctes.append(f"also AS ({also[0]})")
             parameters += also[1]
@@ -432,10 +439,7 @@ class Statements:
         itself (Database.reading)."""
         assert not self.dialect.sqlite, "SQLite writes in several statements, in a transaction"
         unless, also = beside.unless, beside.also
-        parameters: list[Any] = [patient[1], patient[0], *(unless[1] if unless else ())]
-        parameters.append(_json_rows([v for v, _, _ in resources], VERSION_COLUMNS))
-        parameters.append(_json_rows([h for _, h, _ in resources], HEAD_COLUMNS))
-        parameters.append(orjson.dumps([entry for _, _, index in resources for entry in index]).decode())
+        parameters: list[Any] = [patient[1], patient[0], *(unless[1] if unless else ()), *_documents(resources)]
         audit_rows = self._audit_parameters(db, parameters)
         if also is not None:
             parameters += also[1]
