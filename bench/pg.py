@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
+
 from bench.common import free_port
 
 CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "postgresql" / "renkei.conf"
@@ -28,6 +30,26 @@ def _bin(name: str) -> str:
     if found is None:
         raise RuntimeError(f"{name} not found: install Debian's postgresql package (or use --pg URL)")
     return found
+
+
+def recycle_wal(url: str) -> None:
+    """Give a fresh cluster the recycled WAL segments a running server has (min_wal_size of them: renkei.conf).
+
+    A fresh cluster has none: each segment its writes need is created, zero-filled and synced by the commit that
+    needs it, while every other commit waits — at the sheet benchmark's rates a stall of 30-70 ms every two
+    seconds, which a server that has checkpointed once no longer has. So: fill that many segments with a switch
+    each, then a checkpoint recycles them all (about 2 s for 2 GB).
+    """
+    with psycopg.connect(url, autocommit=True) as connection:
+        megabytes = int(connection.execute("SELECT setting FROM pg_settings WHERE name = 'min_wal_size'")
+                        .fetchone()[0])  # type: ignore[index]
+        segment = int(connection.execute("SHOW wal_segment_size").fetchone()[0].removesuffix("MB"))  # type: ignore[index]
+        connection.execute("CREATE TABLE renkei_wal_filler (x int)")
+        for _ in range(megabytes // segment):
+            connection.execute("INSERT INTO renkei_wal_filler VALUES (1)")  # a switch needs WAL since the last
+            connection.execute("SELECT pg_switch_wal()")
+        connection.execute("DROP TABLE renkei_wal_filler")
+        connection.execute("CHECKPOINT")
 
 
 @contextmanager
@@ -51,6 +73,7 @@ def own_postgres() -> Iterator[str]:
                        check=True, capture_output=True)
         url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         POSTMASTERS[url] = int((data / "postmaster.pid").read_text().split()[0])
+        recycle_wal(url)
         yield url
         POSTMASTERS.pop(url, None)
     finally:
