@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
+
 from services.share.access.policy import STRICTEST, NetworkPolicies, NetworkPolicy
+from services.share.security.jwks import JwksCache
 from tests.infra import LiveServer, Network, free_port
 
 
@@ -97,3 +100,61 @@ def test_a_known_policy_past_its_time_is_answered_at_once_and_renewed_behind_it(
             await policies.close()
 
     assert asyncio.run(scenario()) == (90, 90, 90, 45)
+
+
+async def _closing_on_reuse(body: bytes) -> tuple[asyncio.Server, list[int]]:
+    """A peer that answers the first request on each connection and closes the connection when a second one
+    arrives on it — what a keep-alive timeout firing as the request comes in looks like to the client. The list
+    counts the requests answered, by connection."""
+    answered: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        answered.append(0)
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")  # a GET: no body
+                if answered[-1]:
+                    break
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+                await writer.drain()
+                answered[-1] += 1
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0), answered
+
+
+def test_a_request_lost_with_a_connection_the_peer_closed_is_sent_again(server: LiveServer, network: Network) -> None:
+    """A network's policy and the identity service's keys are had although the pooled connection a request went
+    out on was closed under it (services/kit/peers.py): once taken for an unreachable identity service, a
+    network's first request was decided under the strictest policy."""
+    policy = orjson.dumps({"network": network.id, "consent_required": False, "team_join_approvals": [],
+                           "emergency_review_days": 30})
+    jwks = server.client().get("/auth/jwks.json").content
+
+    async def scenario() -> tuple[NetworkPolicy, NetworkPolicy, list[int], bool, list[int]]:
+        peer, answered = await _closing_on_reuse(policy)
+        port = peer.sockets[0].getsockname()[1]
+        policies = NetworkPolicies(f"http://127.0.0.1:{port}/auth", ttl_seconds=300)
+        try:
+            first, second = await policies.of(network.id), await policies.of("another-network")
+        finally:
+            await policies.close()
+            peer.close()
+        keys_peer, keys_answered = await _closing_on_reuse(jwks)
+        keys = JwksCache(f"http://127.0.0.1:{keys_peer.sockets[0].getsockname()[1]}/auth/jwks.json")
+        try:
+            await keys.refresh()
+            await keys.refresh()  # on the connection the peer closes: sent again
+        finally:
+            await keys.close()
+            keys_peer.close()
+        return first, second, answered, keys.loaded, keys_answered
+
+    first, second, answered, loaded, keys_answered = asyncio.run(scenario())
+    expected = NetworkPolicy(consent_required=False, team_join_approvals=(), emergency_review_days=30)
+    assert first == second == expected  # not STRICTEST
+    assert answered == [1, 1] and keys_answered == [1, 1] and loaded  # the second request, on a new connection

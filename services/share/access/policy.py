@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import structlog
 
+from services.kit.peers import get, peer_client
+
 log = structlog.get_logger(__name__)
 
 APPROVALS = ("invitee", "organization", "patient")
@@ -83,8 +85,8 @@ class NetworkPolicies:
 
     async def _fetch(self, network_id: str) -> Any:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout_seconds)
-        answer = await self._client.get(f"{self.auth_base}/networks/{network_id}/policy")
+            self._client = peer_client(self.timeout_seconds)
+        answer = await get(self._client, f"{self.auth_base}/networks/{network_id}/policy")
         answer.raise_for_status()
         return answer.json()
 

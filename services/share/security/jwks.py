@@ -16,6 +16,7 @@ import jwt
 import structlog
 
 from services.kit.errors import RenkeiError
+from services.kit.peers import get, peer_client
 from services.kit.tokens import keys_from_jwks
 
 log = structlog.get_logger(__name__)
@@ -70,9 +71,9 @@ class JwksCache:
 
     async def refresh(self) -> None:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=5.0)
+            self._client = peer_client(5.0)
         try:
-            response = await self._client.get(self.url)
+            response = await get(self._client, self.url)
             response.raise_for_status()
             keys = keys_from_jwks(response.json())
         except (httpx.HTTPError, ValueError, jwt.PyJWTError) as error:
