@@ -165,7 +165,8 @@ def nginx_config(*, work: Path, port: int, doors: list[int], auth_port: int, sha
     pinned = []
     for index, (door, share_port) in enumerate(zip(doors, share_ports, strict=True)):
         name = f"renkei_share_{'ab'[index]}"
-        pinned.append(f"upstream {name} {{\n    server 127.0.0.1:{share_port};\n    keepalive 16;\n}}\n\n"
+        pinned.append(f"upstream {name} {{\n    server 127.0.0.1:{share_port};\n    keepalive 16;\n"
+                      "    keepalive_timeout 4s;\n}\n\n"
                       + server.replace("listen 443 ssl http2;", f"listen 127.0.0.1:{door} ssl http2;")
                       .replace("ssl_session_cache shared:renkei_tls:10m;", "")
                       .replace("http://renkei_share;", f"http://{name};"))

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from inspect import signature
 from pathlib import Path
 from typing import Any
 
@@ -319,6 +320,22 @@ def test_nginx_upstreams_are_the_units_ports() -> None:
     assert len(share_ports) == 2 and "least_conn;" in share.group(1)
 
 
+def test_nginx_closes_idle_upstream_connections_before_the_instances_do(tmp_path: Path) -> None:
+    """An instance closing an idle connection as nginx reuses it would lose the request on it (a POST: a 502): in
+    the shipped file and in the topology scripts/topology.py runs, nginx closes them first."""
+    import uvicorn
+
+    instance_idle = signature(uvicorn.Config).parameters["timeout_keep_alive"].default  # renkei serve's
+    run = _topology().nginx_config(work=tmp_path, port=1, doors=[2, 3], auth_port=4, share_ports=[5, 6],
+                                   cert=tmp_path / "cert.pem", key=tmp_path / "key.pem")
+    for conf, count in ((NGINX_CONF.read_text(encoding="utf-8"), 2), (run, 4)):
+        upstreams = re.findall(r"^ *upstream \S+ \{\n(.*?)^ *\}", conf, re.DOTALL | re.MULTILINE)
+        assert len(upstreams) == count
+        for block in upstreams:
+            found = re.search(r"^ +keepalive_timeout (\d+)s;", block, re.MULTILINE)
+            assert found and int(found.group(1)) < instance_idle, block
+
+
 def test_systemd_accepts_the_units(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
@@ -401,13 +418,19 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def _nginx() -> str | None:
-    """nginx's path, found as scripts/topology.py finds it; in CI (CI=true) installed when missing, as that script
-    installs it (apt-get, root)."""
+def _topology() -> Any:
+    """scripts/topology.py, loaded as a module."""
     spec = importlib.util.spec_from_file_location("renkei_topology", ROOT / "scripts" / "topology.py")
     assert spec is not None and spec.loader is not None
     topology = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(topology)
+    return topology
+
+
+def _nginx() -> str | None:
+    """nginx's path, found as scripts/topology.py finds it; in CI (CI=true) installed when missing, as that script
+    installs it (apt-get, root)."""
+    topology = _topology()
     found: str | None = topology.nginx_binary()
     if found or not IN_CI:
         return found
