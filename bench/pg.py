@@ -37,15 +37,18 @@ def recycle_wal(url: str) -> None:
 
     A fresh cluster has none: each segment its writes need is created, zero-filled and synced by the commit that
     needs it, while every other commit waits — at the sheet benchmark's rates a stall of 30-70 ms every two
-    seconds, which a server that has checkpointed once no longer has. So: fill that many segments with a switch
-    each, then a checkpoint recycles them all (about 2 s for 2 GB).
+    seconds, gone from a server once its checkpoints have recycled that much WAL. So: fill that many segments
+    with a switch each, then a checkpoint recycles them all (about 2.5 s for 2 GB).
     """
     with psycopg.connect(url, autocommit=True) as connection:
-        megabytes = int(connection.execute("SELECT setting FROM pg_settings WHERE name = 'min_wal_size'")
-                        .fetchone()[0])  # type: ignore[index]
-        segment = int(connection.execute("SHOW wal_segment_size").fetchone()[0].removesuffix("MB"))  # type: ignore[index]
+        # pg_settings' units: min_wal_size in MB, wal_segment_size in bytes
+        sizes = connection.execute(
+            "SELECT (SELECT setting::bigint * 1024 * 1024 FROM pg_settings WHERE name = 'min_wal_size'),"
+            " (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')").fetchone()
+        assert sizes is not None
+        wanted, segment = sizes
         connection.execute("CREATE TABLE renkei_wal_filler (x int)")
-        for _ in range(megabytes // segment):
+        for _ in range(wanted // segment):
             connection.execute("INSERT INTO renkei_wal_filler VALUES (1)")  # a switch needs WAL since the last
             connection.execute("SELECT pg_switch_wal()")
         connection.execute("DROP TABLE renkei_wal_filler")
